@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Checks docker-compose.yml without a Docker engine:
+#   1. the compose tool parses, interpolates and validates it against the compose schema
+#      (`config`, which never talks to an engine), with the `pipeline` profile enabled;
+#   2. its images use the versions pinned in scripts/versions.env.
+#
+#   scripts/check-compose.sh [compose-file]      (default: docker-compose.yml at the repo root)
+#
+# The tool is Docker Compose v2 when present (`docker compose` or a v2 `docker-compose`), else
+# Debian's docker-compose package (the Python Compose 1.29, which knows profiles and
+# `depends_on: condition:`), installed with apt-get when missing; that needs root (CI) or
+# passwordless sudo. Prints one line `compose: ok (...)`, or the reason it failed and exits 1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+FILE=${1:-$ROOT/docker-compose.yml}
+
+fail() { printf 'compose: FAIL: %s\n' "$*" >&2; exit 1; }
+
+[[ -f $FILE ]] || fail "no such file: $FILE"
+
+# ---------------------------------------------------------------- the checker
+
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then "$@"
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo -n "$@"
+  else return 1
+  fi
+}
+
+# sets COMPOSE to the command to run
+find_compose() {
+  if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+  elif command -v docker-compose >/dev/null 2>&1; then
+    COMPOSE=(docker-compose)
+  else
+    return 1
+  fi
+}
+
+if ! find_compose; then
+  as_root true \
+    || fail "the checker docker-compose is missing, and installing it needs root or passwordless sudo: run 'apt-get install docker-compose' as root, or install Docker Compose v2"
+  printf 'compose: installing Debian'\''s docker-compose package (the checker)\n' >&2
+  # --no-install-recommends: the recommended docker.io engine is not needed to check a file
+  if ! out=$(as_root apt-get update -qq 2>&1 &&
+             as_root env DEBIAN_FRONTEND=noninteractive \
+               apt-get install -y -qq --no-install-recommends docker-compose 2>&1); then
+    printf '%s\n' "$out" >&2
+    fail "apt-get could not install docker-compose"
+  fi
+  find_compose || fail "docker-compose is still missing after apt-get install"
+fi
+TOOL=$("${COMPOSE[@]}" version 2>/dev/null | sed -n 1p)
+
+# ---------------------------------------------------------------- 1. validate
+
+# --project-directory: relative paths (build context, bind mounts) resolve against the repo,
+# also when checking a copy of the file elsewhere
+compose() {
+  COMPOSE_PROFILES=pipeline "${COMPOSE[@]}" --project-directory "$ROOT" -f "$FILE" "$@"
+}
+if ! errors=$(compose config -q 2>&1); then
+  printf '%s\n' "$errors" >&2
+  fail "$FILE is not a valid compose file (checked with: $TOOL)"
+fi
+resolved=$(compose config 2>/dev/null)
+
+# ---------------------------------------------------------------- 2. versions
+
+# the file's values only (not the environment), parsed like scripts/stack.sh does
+declare -A pinned=()
+while IFS= read -r line; do
+  [[ $line =~ ^([A-Z0-9_]+)=(.*)$ ]] && pinned[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}
+done <"$ROOT/scripts/versions.env"
+
+# every image of the repository ($1) in the resolved file must have tag $2 (a postgres tag may
+# add to the major version: 15, 15.8, 15-bookworm); at least one image must be there
+check_image() {
+  local repo=$1 want=$2 key=$3 image tag found=0
+  while read -r image; do
+    [[ $image == "$repo":* ]] || continue
+    found=1
+    tag=${image#"$repo":}
+    if [[ $repo == postgres ]]; then
+      [[ $tag == "$want" || $tag == "$want".* || $tag == "$want"-* ]] && continue
+    else
+      [[ $tag == "$want" ]] && continue
+    fi
+    fail "$FILE uses image $image but scripts/versions.env has $key=$want (expected $repo:$want)"
+  done < <(sed -n 's/^ *image: *["'\'']\{0,1\}\([^"'\'' ]*\).*/\1/p' <<<"$resolved")
+  [[ $found -eq 1 ]] || fail "$FILE has no $repo image (expected $repo:$want from $key in scripts/versions.env)"
+}
+
+for key in KAFKA_VERSION APICURIO_VERSION POSTGRES_MAJOR; do
+  [[ -n ${pinned[$key]:-} ]] || fail "scripts/versions.env does not set $key"
+done
+check_image apache/kafka "${pinned[KAFKA_VERSION]}" KAFKA_VERSION
+check_image apicurio/apicurio-registry "${pinned[APICURIO_VERSION]}" APICURIO_VERSION
+check_image postgres "${pinned[POSTGRES_MAJOR]}" POSTGRES_MAJOR
+
+services=$(compose config --services 2>/dev/null | sort | tr '\n' ' ')
+printf 'compose: ok (%s; services: %s; kafka %s, apicurio %s, postgres %s; %s)\n' \
+  "${FILE#"$ROOT"/}" "${services% }" "${pinned[KAFKA_VERSION]}" "${pinned[APICURIO_VERSION]}" \
+  "${pinned[POSTGRES_MAJOR]}" "$TOOL"
