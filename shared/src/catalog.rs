@@ -1,0 +1,366 @@
+//! What a table looks like, read from the source's catalog: columns, types, nullability and the
+//! primary key. Everything downstream (Avro schemas, SELECT lists, the target's DDL) derives
+//! from a [`TableInfo`].
+
+use tokio_postgres::Client;
+
+use crate::pg::{quote_ident, PgError};
+use crate::retry::Retryable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("table {0} does not exist on the source, or the role cannot see it")]
+    NotFound(String),
+    #[error(
+        "table {0} has no primary key: the pipeline needs one to key its events and find deletes"
+    )]
+    NoPrimaryKey(String),
+    #[error("the role cannot SELECT from table {0}: grant it SELECT")]
+    NoSelect(String),
+    #[error("table {table}: watermark column '{column}' {problem}")]
+    BadWatermark {
+        table: String,
+        column: String,
+        problem: String,
+    },
+    #[error(transparent)]
+    Pg(#[from] PgError),
+}
+
+impl Retryable for CatalogError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, CatalogError::Pg(e) if e.is_retryable())
+    }
+}
+
+/// How a column's values travel; see docs/design.md for the whole mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Bool,
+    /// text, varchar, bpchar, name, citext
+    Text,
+    Date,
+    /// timestamp without time zone
+    Timestamp,
+    /// timestamp with time zone
+    TimestampTz,
+    /// time without time zone
+    Time,
+    /// numeric(p, s) with 0 <= s <= p
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
+    Bytea,
+    Uuid,
+    /// json and jsonb, carried as their text
+    Json,
+    /// anything else (numeric without a precision, interval, arrays, enums, ...): carried as
+    /// PostgreSQL's text form of the value, which the target parses back into the same type.
+    AsText,
+}
+
+impl ColumnKind {
+    fn from_catalog(typname: &str, typmod: i32) -> ColumnKind {
+        match typname {
+            "int2" => ColumnKind::Int2,
+            "int4" => ColumnKind::Int4,
+            "int8" => ColumnKind::Int8,
+            "float4" => ColumnKind::Float4,
+            "float8" => ColumnKind::Float8,
+            "bool" => ColumnKind::Bool,
+            "text" | "varchar" | "bpchar" | "name" | "citext" => ColumnKind::Text,
+            "date" => ColumnKind::Date,
+            "timestamp" => ColumnKind::Timestamp,
+            "timestamptz" => ColumnKind::TimestampTz,
+            "time" => ColumnKind::Time,
+            "numeric" if typmod >= 4 => {
+                let precision = (((typmod - 4) >> 16) & 0xffff) as u32;
+                // the scale is an 11-bit signed number since PostgreSQL 15
+                let raw_scale = ((typmod - 4) & 0x7ff) as u32;
+                if raw_scale <= precision && precision >= 1 {
+                    ColumnKind::Decimal {
+                        precision,
+                        scale: raw_scale,
+                    }
+                } else {
+                    ColumnKind::AsText
+                }
+            }
+            "bytea" => ColumnKind::Bytea,
+            "uuid" => ColumnKind::Uuid,
+            "json" | "jsonb" => ColumnKind::Json,
+            _ => ColumnKind::AsText,
+        }
+    }
+
+    /// Whether the producer reads the column through a `::text` cast.
+    pub fn read_as_text(self) -> bool {
+        matches!(self, ColumnKind::Decimal { .. } | ColumnKind::AsText)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// The type as PostgreSQL spells it (`format_type`), e.g. `character varying(1024)`.
+    pub type_name: String,
+    pub kind: ColumnKind,
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns` of the primary key, in key order.
+    pub key: Vec<usize>,
+    /// Index into `columns` of the watermark column, if there is one.
+    pub watermark: Option<usize>,
+}
+
+impl TableInfo {
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
+        self.key.iter().map(|&i| &self.columns[i])
+    }
+
+    /// `"a", "b"::text, ...`: the SELECT list that reads every column in the form
+    /// [`crate::pgbinary`] decodes.
+    pub fn select_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(select_expr)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `"id"` or `("a", "b")`: the primary key as one SQL expression, for keyset pagination.
+    pub fn key_tuple(&self) -> String {
+        let cols: Vec<String> = self.key_columns().map(|c| quote_ident(&c.name)).collect();
+        if cols.len() == 1 {
+            cols[0].clone()
+        } else {
+            format!("({})", cols.join(", "))
+        }
+    }
+
+    /// `"a", "b"`: the primary key columns, for ORDER BY.
+    pub fn key_order(&self) -> String {
+        self.key_columns()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `$1::text::int4` or `($1::text::int4, $2::text::text)`: key parameters passed as text
+    /// and cast to the key's types, starting at parameter `first`.
+    pub fn key_params(&self, first: usize) -> String {
+        let params: Vec<String> = self
+            .key_columns()
+            .enumerate()
+            .map(|(i, c)| format!("${}::text::{}", first + i, c.type_name))
+            .collect();
+        if params.len() == 1 {
+            params[0].clone()
+        } else {
+            format!("({})", params.join(", "))
+        }
+    }
+}
+
+fn select_expr(c: &Column) -> String {
+    if c.kind.read_as_text() {
+        format!("{}::text", quote_ident(&c.name))
+    } else {
+        quote_ident(&c.name)
+    }
+}
+
+const COLUMNS_SQL: &str = "
+SELECT a.attname::text,
+       format_type(a.atttypid, a.atttypmod),
+       COALESCE(bt.typname, t.typname)::text,
+       CASE WHEN t.typtype = 'd' THEN t.typtypmod ELSE a.atttypmod END,
+       NOT a.attnotnull,
+       COALESCE((SELECT k.n FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, n) WHERE k.att = a.attnum), 0)::int4,
+       c.relkind::text,
+       has_table_privilege(c.oid, 'SELECT')
+  FROM pg_catalog.pg_attribute a
+  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_catalog.pg_type bt ON t.typtype = 'd' AND bt.oid = t.typbasetype
+  LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
+ WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum";
+
+/// Reads a table's shape. `watermark`: `None` picks a `timestamp`/`timestamptz` column named
+/// `updated_at` if there is one; `Some("")` means no watermark column; `Some(name)` names it.
+pub async fn load_table(
+    client: &Client,
+    schema: &str,
+    name: &str,
+    watermark: Option<&str>,
+) -> Result<TableInfo, CatalogError> {
+    let qualified = format!("{schema}.{name}");
+    let rows = client
+        .query(COLUMNS_SQL, &[&schema, &name])
+        .await
+        .map_err(PgError::query(format!(
+            "reading the catalog of {qualified}"
+        )))?;
+    if rows.is_empty() {
+        return Err(CatalogError::NotFound(qualified));
+    }
+    let relkind: String = rows[0].get(6);
+    if relkind != "r" && relkind != "p" {
+        return Err(CatalogError::NotFound(qualified));
+    }
+    let can_select: bool = rows[0].get(7);
+    if !can_select {
+        return Err(CatalogError::NoSelect(qualified));
+    }
+    let mut columns = Vec::with_capacity(rows.len());
+    let mut key: Vec<(i32, usize)> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let typname: String = row.get(2);
+        let typmod: i32 = row.get(3);
+        let key_pos: i32 = row.get(5);
+        if key_pos > 0 {
+            key.push((key_pos, i));
+        }
+        columns.push(Column {
+            name: row.get(0),
+            type_name: row.get(1),
+            kind: ColumnKind::from_catalog(&typname, typmod),
+            nullable: row.get(4),
+        });
+    }
+    if key.is_empty() {
+        return Err(CatalogError::NoPrimaryKey(qualified));
+    }
+    key.sort();
+    let key = key.into_iter().map(|(_, i)| i).collect();
+    let watermark = pick_watermark(&qualified, &columns, watermark)?;
+    Ok(TableInfo {
+        schema: schema.to_string(),
+        name: name.to_string(),
+        columns,
+        key,
+        watermark,
+    })
+}
+
+fn pick_watermark(
+    table: &str,
+    columns: &[Column],
+    wanted: Option<&str>,
+) -> Result<Option<usize>, CatalogError> {
+    let is_time = |c: &Column| matches!(c.kind, ColumnKind::Timestamp | ColumnKind::TimestampTz);
+    match wanted {
+        Some("") => Ok(None),
+        None => Ok(columns
+            .iter()
+            .position(|c| c.name == "updated_at" && is_time(c))),
+        Some(name) => {
+            let Some(i) = columns.iter().position(|c| c.name == name) else {
+                return Err(CatalogError::BadWatermark {
+                    table: table.to_string(),
+                    column: name.to_string(),
+                    problem: "does not exist".into(),
+                });
+            };
+            if !is_time(&columns[i]) {
+                return Err(CatalogError::BadWatermark {
+                    table: table.to_string(),
+                    column: name.to_string(),
+                    problem: format!("is {}, not timestamp or timestamptz", columns[i].type_name),
+                });
+            }
+            Ok(Some(i))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, type_name: &str, kind: ColumnKind) -> Column {
+        Column {
+            name: name.into(),
+            type_name: type_name.into(),
+            kind,
+            nullable: true,
+        }
+    }
+
+    #[test]
+    fn numeric_typmod_decodes_precision_and_scale() {
+        // numeric(10,2): typmod = ((10 << 16) | 2) + 4
+        let typmod = ((10 << 16) | 2) + 4;
+        assert_eq!(
+            ColumnKind::from_catalog("numeric", typmod),
+            ColumnKind::Decimal {
+                precision: 10,
+                scale: 2
+            }
+        );
+        assert_eq!(ColumnKind::from_catalog("numeric", -1), ColumnKind::AsText);
+        assert_eq!(ColumnKind::from_catalog("interval", -1), ColumnKind::AsText);
+    }
+
+    #[test]
+    fn sql_fragments_for_single_and_composite_keys() {
+        let mut t = TableInfo {
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![
+                col("a", "integer", ColumnKind::Int4),
+                col("b", "text", ColumnKind::Text),
+                col("n", "numeric", ColumnKind::AsText),
+            ],
+            key: vec![0],
+            watermark: None,
+        };
+        assert_eq!(t.key_tuple(), "\"a\"");
+        assert_eq!(t.key_params(1), "$1::text::integer");
+        assert_eq!(t.select_list(), "\"a\", \"b\", \"n\"::text");
+        t.key = vec![1, 0];
+        assert_eq!(t.key_tuple(), "(\"b\", \"a\")");
+        assert_eq!(t.key_order(), "\"b\", \"a\"");
+        assert_eq!(t.key_params(3), "($3::text::text, $4::text::integer)");
+    }
+
+    #[test]
+    fn watermark_is_picked_or_refused() {
+        let cols = vec![
+            col("id", "integer", ColumnKind::Int4),
+            col(
+                "updated_at",
+                "timestamp without time zone",
+                ColumnKind::Timestamp,
+            ),
+        ];
+        assert_eq!(pick_watermark("t", &cols, None).unwrap(), Some(1));
+        assert_eq!(pick_watermark("t", &cols, Some("")).unwrap(), None);
+        let err = pick_watermark("t", &cols, Some("id"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not timestamp"), "{err}");
+        let err = pick_watermark("t", &cols, Some("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,430 @@
+//! The TOML configuration shared by the producer and the consumer.
+//!
+//! Every option is documented in `config/example.toml`. Hosts and secrets can be overridden by
+//! environment variables (see [`ENV_OVERRIDES`]), so that one file serves every environment.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Environment variables that override a setting of the file, and the setting they override.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("TUNNEL_SOURCE_URL", "source.url"),
+    ("TUNNEL_TARGET_URL", "target.url"),
+    ("TUNNEL_KAFKA_BROKERS", "kafka.brokers"),
+    ("TUNNEL_REGISTRY_URL", "registry.url"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub target: TargetConfig,
+    pub kafka: KafkaConfig,
+    pub registry: RegistryConfig,
+    #[serde(default)]
+    pub producer: ProducerConfig,
+    #[serde(default)]
+    pub consumer: ConsumerConfig,
+    /// The tables to replicate; at least one.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user:password@host:port/database`; override: `TUNNEL_SOURCE_URL`.
+    pub url: String,
+    #[serde(default = "default_application_name")]
+    pub application_name: String,
+    /// Longest a single statement may run on the source before PostgreSQL cancels it.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Longest a statement may wait for a lock on the source (a pending `ALTER TABLE` never
+    /// queues behind us for longer than this).
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Override: `TUNNEL_TARGET_URL`.
+    pub url: String,
+    /// Schema of the target database that holds the pipeline's bookkeeping (consumed offsets).
+    #[serde(default = "default_bookkeeping_schema")]
+    pub bookkeeping_schema: String,
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list; override: `TUNNEL_KAFKA_BROKERS`.
+    pub brokers: String,
+    /// Topics are named `<topic_prefix>.<schema>.<table>`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Consumer group of `tunnel-consumer`.
+    #[serde(default = "default_group")]
+    pub consumer_group: String,
+    /// Extra librdkafka properties given to every client (security settings, for example).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL of the Confluent-compatible API; override: `TUNNEL_REGISTRY_URL`.
+    pub url: String,
+    /// Compatibility level set on every subject the producer registers.
+    #[serde(default = "default_compatibility")]
+    pub compatibility: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// Rows per snapshot chunk (one short read-only transaction each).
+    pub snapshot_chunk_rows: i64,
+    /// Rows per chunk of the streaming scans.
+    pub scan_chunk_rows: i64,
+    /// Ceiling on the rows read from the source per second, over all passes; 0 = no ceiling.
+    pub max_rows_per_second: u64,
+    /// How often new keys are looked for (`pk > max shipped key`).
+    pub insert_interval_ms: u64,
+    /// How often the watermark column is scanned for updates.
+    pub update_interval_ms: u64,
+    /// How far below the highest watermark value already seen each update scan starts again.
+    pub watermark_overlap_ms: u64,
+    /// Longest the capture horizon waits for transactions that were open on the source before
+    /// moving on anyway (with a warning); see docs/design.md.
+    pub horizon_max_wait_s: u64,
+    /// Longest between two checkpoints when nothing changes.
+    pub checkpoint_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Most events applied in one target transaction.
+    pub batch_max_events: usize,
+    /// Longest a batch waits to fill before it is applied.
+    pub batch_max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    pub name: String,
+    /// Column whose value the database moves on every insert and update. Absent: a
+    /// `timestamp`/`timestamptz` column named `updated_at` if the table has one. `""`: none
+    /// (updates are then found by reconciliation only).
+    #[serde(default)]
+    pub watermark_column: Option<String>,
+    /// Where the consumer writes the replica; defaults to the source's schema and name.
+    #[serde(default)]
+    pub target_schema: Option<String>,
+    #[serde(default)]
+    pub target_name: Option<String>,
+}
+
+impl TableConfig {
+    /// `schema.table`, as used in logs and topic names.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+    pub fn target_schema(&self) -> &str {
+        self.target_schema.as_deref().unwrap_or(&self.schema)
+    }
+    pub fn target_name(&self) -> &str {
+        self.target_name.as_deref().unwrap_or(&self.name)
+    }
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_chunk_rows: 10_000,
+            scan_chunk_rows: 20_000,
+            max_rows_per_second: 0,
+            insert_interval_ms: 100,
+            update_interval_ms: 250,
+            watermark_overlap_ms: 1_000,
+            horizon_max_wait_s: 600,
+            checkpoint_interval_ms: 10_000,
+        }
+    }
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_events: 5_000,
+            batch_max_wait_ms: 50,
+        }
+    }
+}
+
+fn default_application_name() -> String {
+    "data-tunnel".into()
+}
+fn default_statement_timeout_ms() -> u64 {
+    30_000
+}
+fn default_lock_timeout_ms() -> u64 {
+    1_000
+}
+fn default_bookkeeping_schema() -> String {
+    "tunnel".into()
+}
+fn default_topic_prefix() -> String {
+    "tunnel".into()
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_group() -> String {
+    "tunnel-consumer".into()
+}
+fn default_compatibility() -> String {
+    "BACKWARD".into()
+}
+fn default_schema() -> String {
+    "public".into()
+}
+
+impl Config {
+    /// Reads, parses, applies the environment overrides and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let env: Vec<(String, String)> = ENV_OVERRIDES
+            .iter()
+            .filter_map(|(var, _)| std::env::var(var).ok().map(|v| ((*var).to_string(), v)))
+            .collect();
+        Self::parse(&text, &shown, &env)
+    }
+
+    /// Parses config text; `env` holds the override variables that are set.
+    pub fn parse(text: &str, path: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        for (var, value) in env {
+            match var.as_str() {
+                "TUNNEL_SOURCE_URL" => config.source.url = value.clone(),
+                "TUNNEL_TARGET_URL" => config.target.url = value.clone(),
+                "TUNNEL_KAFKA_BROKERS" => config.kafka.brokers = value.clone(),
+                "TUNNEL_REGISTRY_URL" => config.registry.url = value.clone(),
+                _ => {}
+            }
+        }
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.tables.is_empty() {
+            return Err("no [[tables]] entry: name at least one table to replicate".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.tables {
+            if t.name.is_empty() || t.schema.is_empty() {
+                return Err("a [[tables]] entry has an empty schema or name".into());
+            }
+            if !seen.insert(t.qualified()) {
+                return Err(format!("table {} is listed twice", t.qualified()));
+            }
+        }
+        for (name, url) in [
+            ("source.url", &self.source.url),
+            ("target.url", &self.target.url),
+        ] {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(format!(
+                    "{name} must be a postgres:// URL, got '{}'",
+                    redact_url(url)
+                ));
+            }
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            return Err("kafka.brokers is empty".into());
+        }
+        if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://"))
+        {
+            return Err(format!(
+                "registry.url must be an http(s) URL, got '{}'",
+                redact_url(&self.registry.url)
+            ));
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
+            return Err("kafka.partitions and kafka.replication_factor must be at least 1".into());
+        }
+        let p = &self.producer;
+        if p.snapshot_chunk_rows < 1 || p.scan_chunk_rows < 1 {
+            return Err("producer chunk sizes must be at least 1".into());
+        }
+        if p.insert_interval_ms == 0 || p.update_interval_ms == 0 {
+            return Err("producer intervals must be at least 1 ms".into());
+        }
+        if self.consumer.batch_max_events == 0 {
+            return Err("consumer.batch_max_events must be at least 1".into());
+        }
+        match self.registry.compatibility.as_str() {
+            "BACKWARD"
+            | "BACKWARD_TRANSITIVE"
+            | "FORWARD"
+            | "FORWARD_TRANSITIVE"
+            | "FULL"
+            | "FULL_TRANSITIVE"
+            | "NONE" => {}
+            other => {
+                return Err(format!(
+                    "registry.compatibility '{other}' is not a known level"
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The topic of a table: `<prefix>.<schema>.<table>`.
+    pub fn topic(&self, table: &TableConfig) -> String {
+        format!(
+            "{}.{}.{}",
+            self.kafka.topic_prefix, table.schema, table.name
+        )
+    }
+
+    /// The compacted topic that holds the producer's checkpoints.
+    pub fn checkpoint_topic(&self) -> String {
+        format!("{}._checkpoints", self.kafka.topic_prefix)
+    }
+}
+
+/// A URL with its password replaced by `***`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[source]
+url = "postgres://r:pw@127.0.0.1:5433/source"
+[target]
+url = "postgres://w:pw@127.0.0.1:5434/target"
+[kafka]
+brokers = "127.0.0.1:9092"
+[registry]
+url = "http://127.0.0.1:8081/apis/ccompat/v7"
+[[tables]]
+name = "media"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, "t.toml", &[]).unwrap();
+        assert_eq!(c.tables[0].schema, "public");
+        assert_eq!(c.producer.snapshot_chunk_rows, 10_000);
+        assert_eq!(c.kafka.partitions, 6);
+        assert_eq!(c.topic(&c.tables[0]), "tunnel.public.media");
+    }
+
+    #[test]
+    fn partial_producer_section_merges_over_defaults() {
+        let text = format!("{MINIMAL}\n[producer]\nsnapshot_chunk_rows = 7\n");
+        let c = Config::parse(&text, "t.toml", &[]).unwrap();
+        assert_eq!(c.producer.snapshot_chunk_rows, 7);
+        assert_eq!(c.producer.scan_chunk_rows, 20_000);
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_its_name() {
+        let text = MINIMAL.replace("[kafka]", "[kafka]\nbrokerz = 1");
+        let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+        assert!(err.contains("brokerz"), "{err}");
+        assert!(err.contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let env = vec![("TUNNEL_KAFKA_BROKERS".to_string(), "k:1".to_string())];
+        let c = Config::parse(MINIMAL, "t.toml", &env).unwrap();
+        assert_eq!(c.kafka.brokers, "k:1");
+    }
+
+    #[test]
+    fn bad_url_is_refused_without_its_password() {
+        let text = MINIMAL.replace("postgres://r:pw@", "mysql://r:secret@");
+        let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+        assert!(err.contains("source.url"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn no_tables_is_refused() {
+        let text = MINIMAL.replace("[[tables]]\nname = \"media\"", "");
+        let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+        assert!(err.contains("[[tables]]"), "{err}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:1/db"),
+            "postgres://u:***@h:1/db"
+        );
+        assert_eq!(redact_url("postgres://u@h:1/db"), "postgres://u@h:1/db");
+        assert_eq!(redact_url("http://h:8081/x"), "http://h:8081/x");
+    }
+}

@@ -1,0 +1,153 @@
+//! Kafka client settings in one place, and the creation of topics with explicit configs.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::config::KafkaConfig;
+use crate::retry::Retryable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("cannot create topic {topic}: {source}")]
+    Create { topic: String, source: KafkaError },
+    #[error("cannot reach Kafka at {brokers}: {source}")]
+    Client { brokers: String, source: KafkaError },
+}
+
+impl Retryable for TopicError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            TopicError::Client { .. } => true,
+            TopicError::Create { source, .. } => is_transient(source),
+        }
+    }
+}
+
+/// Whether a Kafka error may go away by itself (broker restarting, leader moving, timeouts).
+pub fn is_transient(e: &KafkaError) -> bool {
+    match e.rdkafka_error_code() {
+        Some(code) => matches!(
+            code,
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::QueueFull
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::ConcurrentTransactions
+                | RDKafkaErrorCode::NotEnoughReplicas
+                | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+                | RDKafkaErrorCode::Resolve
+        ),
+        None => false,
+    }
+}
+
+/// The settings every client shares: brokers and the extra properties of the config.
+pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers);
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A transactional, idempotent producer: events and the checkpoint that covers them are
+/// committed together or not at all.
+pub fn transactional_producer_config(kafka: &KafkaConfig, transactional_id: &str) -> ClientConfig {
+    let mut c = base_config(kafka);
+    c.set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("transaction.timeout.ms", "60000")
+        .set("message.timeout.ms", "55000");
+    c
+}
+
+/// A plain producer (DLQ writes, tests).
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = base_config(kafka);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5");
+    c
+}
+
+/// A consumer that reads only committed transactions and never commits offsets to Kafka by
+/// itself: the pipeline decides what is stored, and where.
+pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = base_config(kafka);
+    c.set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    c
+}
+
+pub fn admin(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, TopicError> {
+    base_config(kafka)
+        .create()
+        .map_err(|source| TopicError::Client {
+            brokers: kafka.brokers.clone(),
+            source,
+        })
+}
+
+/// Creates a topic with the given configs if it does not exist yet.
+pub async fn ensure_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), TopicError> {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .map_err(|source| TopicError::Create {
+            topic: name.to_string(),
+            source,
+        })?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(TopicError::Create {
+                    topic: name.to_string(),
+                    source: KafkaError::AdminOp(code),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The configs of a table's topic: compacted, so that a new consumer group can rebuild the
+/// table from the topic alone.
+pub const TABLE_TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "compact"),
+    ("min.compaction.lag.ms", "60000"),
+    ("delete.retention.ms", "86400000"),
+];

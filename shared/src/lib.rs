@@ -1,0 +1,21 @@
+//! Common library of Data Tunnel: configuration, the source catalog, Avro schemas and the
+//! registry, Kafka client settings, PostgreSQL helpers and the change-event model shared by
+//! `tunnel-producer` and `tunnel-consumer`.
+
+pub mod catalog;
+pub mod config;
+pub mod event;
+pub mod kafka;
+pub mod logging;
+pub mod pg;
+pub mod pgbinary;
+pub mod registry;
+pub mod retry;
+pub mod schema;
+pub mod wire;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+/// The version every binary reports and stamps into the events and DLQ headers it writes.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,198 @@
+//! The schema registry, through its Confluent-compatible API: registering the schemas of a
+//! table under `<topic>-key` / `<topic>-value`, setting their compatibility level, and fetching
+//! writer schemas by id (cached: an id never changes its schema).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+use tokio::sync::RwLock;
+
+use crate::retry::Retryable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("schema registry at {url} cannot be reached: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("schema registry refused {what}: {message}")]
+    Refused {
+        what: String,
+        message: String,
+        retryable: bool,
+    },
+    #[error("schema id {0} is unknown to the registry")]
+    UnknownId(u32),
+    #[error("schema id {id} is not a usable Avro schema: {message}")]
+    BadSchema { id: u32, message: String },
+}
+
+impl Retryable for RegistryError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            RegistryError::Unreachable { .. } => true,
+            RegistryError::Refused { retryable, .. } => *retryable,
+            RegistryError::UnknownId(_) | RegistryError::BadSchema { .. } => false,
+        }
+    }
+}
+
+pub struct Registry {
+    base: String,
+    settings: SrSettings,
+    http: reqwest::Client,
+    cache: RwLock<HashMap<u32, Arc<Schema>>>,
+}
+
+impl Registry {
+    pub fn new(url: &str) -> Result<Self, RegistryError> {
+        let base = url.trim_end_matches('/').to_string();
+        let unreachable = |message: String| RegistryError::Unreachable {
+            url: base.clone(),
+            message,
+        };
+        let settings = SrSettings::new_builder(base.clone())
+            .set_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| unreachable(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Self {
+            base,
+            settings,
+            http,
+            cache: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Registers an Avro schema under a subject (or finds it there) and returns its id.
+    pub async fn register(&self, subject: &str, schema_json: &str) -> Result<u32, RegistryError> {
+        let supplied = SuppliedSchema {
+            name: None,
+            schema_type: SchemaType::Avro,
+            schema: schema_json.to_string(),
+            references: vec![],
+            properties: None,
+            tags: None,
+        };
+        let registered = post_schema(&self.settings, subject.to_string(), supplied)
+            .await
+            .map_err(|e| {
+                let message = match &e.cause {
+                    Some(cause) => format!("{} ({cause})", e.error),
+                    None => e.error.clone(),
+                };
+                if e.retriable && message.contains("error sending request") {
+                    RegistryError::Unreachable {
+                        url: self.base.clone(),
+                        message,
+                    }
+                } else {
+                    RegistryError::Refused {
+                        what: format!("the schema for subject {subject}"),
+                        message,
+                        retryable: e.retriable,
+                    }
+                }
+            })?;
+        Ok(registered.id)
+    }
+
+    /// Sets a subject's compatibility level (`PUT /config/{subject}`).
+    pub async fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), RegistryError> {
+        let url = format!("{}/config/{}", self.base, subject);
+        let response = self
+            .http
+            .put(&url)
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            .json(&serde_json::json!({ "compatibility": level }))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(RegistryError::Refused {
+                what: format!("compatibility {level} for subject {subject}"),
+                message: format!("HTTP {status}: {body}"),
+                retryable: status.is_server_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The compatibility level set on a subject, if any.
+    pub async fn compatibility(&self, subject: &str) -> Result<Option<String>, RegistryError> {
+        let url = format!("{}/config/{}", self.base, subject);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| self.unreachable(e))?;
+        Ok(body
+            .get("compatibilityLevel")
+            .or_else(|| body.get("compatibility"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string))
+    }
+
+    /// The writer schema with this id, from the cache or the registry.
+    pub async fn schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
+        if let Some(s) = self.cache.read().await.get(&id) {
+            return Ok(s.clone());
+        }
+        let url = format!("{}/schemas/ids/{}", self.base, id);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(RegistryError::UnknownId(id));
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Refused {
+                what: format!("schema id {id}"),
+                message: format!("HTTP {status}"),
+                retryable: status.is_server_error(),
+            });
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| self.unreachable(e))?;
+        let text = body.get("schema").and_then(|v| v.as_str()).ok_or_else(|| {
+            RegistryError::BadSchema {
+                id,
+                message: "the answer has no 'schema' string".into(),
+            }
+        })?;
+        let schema = Arc::new(
+            Schema::parse_str(text).map_err(|e| RegistryError::BadSchema {
+                id,
+                message: e.to_string(),
+            })?,
+        );
+        self.cache.write().await.insert(id, schema.clone());
+        Ok(schema)
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> RegistryError {
+        RegistryError::Unreachable {
+            url: self.base.clone(),
+            message: e.to_string(),
+        }
+    }
+}

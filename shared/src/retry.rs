@@ -1,0 +1,127 @@
+//! Retrying transient failures with exponential back-off.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Every error of the library knows whether trying again can help.
+pub trait Retryable {
+    /// True when the same operation may succeed later (a connection refused, a broker or
+    /// database restarting); false when it will fail the same way again (bad config, bad data).
+    fn is_retryable(&self) -> bool;
+}
+
+/// Exponential back-off from `initial` up to `max`, doubled after every failure.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            next: initial,
+            initial,
+            max,
+        }
+    }
+
+    /// The delay to wait now; the following one is twice as long (up to `max`).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(Duration::from_millis(200), Duration::from_secs(10))
+    }
+}
+
+/// Runs `op` until it succeeds or fails with an error that is not retryable, or until
+/// `attempts` tries have failed. Every retry is logged with `what`.
+pub async fn retry<T, E, F, Fut>(what: &str, attempts: u32, mut op: F) -> Result<T, E>
+where
+    E: Retryable + std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::default();
+    let mut tried = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && tried + 1 < attempts => {
+                tried += 1;
+                let delay = backoff.next_delay();
+                tracing::warn!(what, error = %e, attempt = tried, delay_ms = delay.as_millis() as u64, "transient failure, retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_max() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+        assert_eq!(b.next_delay(), Duration::from_millis(200));
+        assert_eq!(b.next_delay(), Duration::from_millis(350));
+        assert_eq!(b.next_delay(), Duration::from_millis(350));
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[derive(Debug)]
+    struct E(bool);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "e{}", self.0)
+        }
+    }
+    impl Retryable for E {
+        fn is_retryable(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_only_retryable_errors() {
+        let mut calls = 0;
+        let r: Result<(), E> = retry("x", 5, || {
+            calls += 1;
+            async { Err(E(false)) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+
+        let mut calls = 0;
+        let r: Result<u8, E> = retry("x", 5, || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    Err(E(true))
+                } else {
+                    Ok(7)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(calls, 3);
+    }
+}
