@@ -1,0 +1,132 @@
+//! The ways the producer finds changes on a source it may only read. Each is a
+//! [`ChangeDetector`]: the worker runs each on its own cadence, skips it when the table's
+//! activity shows it cannot find anything, and ships what it returns. Delete scans and content
+//! reconciliation join them as further detectors.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tunnel_shared::event::Detection;
+
+use crate::horizon::Bounds;
+use crate::source::{Activity, Source, SourceError, SourceRow};
+
+/// What one pass found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Rows that may have changed, in key order. The worker ships those that differ from what
+    /// it last shipped.
+    pub rows: Vec<SourceRow>,
+    /// The highest key the pass saw in key order, if it read keys in order to the end.
+    pub max_key: Option<Vec<String>>,
+}
+
+/// One way of detecting changes.
+///
+/// Contract: a pass reads the source through `source` only (short read-only statements), reads
+/// every row that may have changed at or above `bounds` (rows below them were seen by earlier
+/// passes; see [`crate::horizon`]), and returns them without shipping anything. A pass may be
+/// repeated with the same bounds at any time (after a failed publish, after a restart): it
+/// must not keep state that assumes its result was shipped.
+pub trait ChangeDetector: Send + Sync {
+    fn detection(&self) -> Detection;
+    fn interval(&self) -> Duration;
+    /// Whether activity on the table since this detector's last pass may mean new results.
+    fn wants(&self, before: &Activity, now: &Activity) -> bool;
+    fn pass<'a>(
+        &'a mut self,
+        source: &'a mut Source,
+        bounds: &'a Bounds,
+    ) -> BoxFuture<'a, Result<Found, SourceError>>;
+}
+
+/// Inserts, found by key: `pk > bound`, an index range scan that stays cheap at any size.
+pub struct KeyScan {
+    pub interval: Duration,
+    pub chunk_rows: i64,
+}
+
+impl ChangeDetector for KeyScan {
+    fn detection(&self) -> Detection {
+        Detection::KeyScan
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn wants(&self, before: &Activity, now: &Activity) -> bool {
+        before.inserted != now.inserted || before.wal != now.wal
+    }
+    fn pass<'a>(
+        &'a mut self,
+        source: &'a mut Source,
+        bounds: &'a Bounds,
+    ) -> BoxFuture<'a, Result<Found, SourceError>> {
+        Box::pin(async move {
+            let mut found = Found {
+                max_key: bounds.key.clone(),
+                ..Default::default()
+            };
+            loop {
+                let chunk = source
+                    .rows_after(found.max_key.as_deref(), self.chunk_rows)
+                    .await?;
+                let n = chunk.len() as i64;
+                if let Some(last) = chunk.last() {
+                    found.max_key = Some(last.key_text.clone());
+                }
+                found.rows.extend(chunk);
+                if n < self.chunk_rows {
+                    return Ok(found);
+                }
+            }
+        })
+    }
+}
+
+/// Updates, found by the watermark column (`updated_at >= bound`). The column is not indexed,
+/// so the table is read in key ranges of `chunk_rows`, each its own short statement.
+pub struct WatermarkScan {
+    pub interval: Duration,
+    pub chunk_rows: i64,
+    /// Overlap below the bound, against clock differences between sessions.
+    pub overlap_micros: i64,
+}
+
+impl ChangeDetector for WatermarkScan {
+    fn detection(&self) -> Detection {
+        Detection::Watermark
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn wants(&self, before: &Activity, now: &Activity) -> bool {
+        before.updated != now.updated || before.inserted != now.inserted || before.wal != now.wal
+    }
+    fn pass<'a>(
+        &'a mut self,
+        source: &'a mut Source,
+        bounds: &'a Bounds,
+    ) -> BoxFuture<'a, Result<Found, SourceError>> {
+        Box::pin(async move {
+            let since = bounds
+                .ts
+                .unwrap_or(i64::MIN)
+                .saturating_sub(self.overlap_micros);
+            let mut found = Found::default();
+            let mut after: Option<Vec<String>> = None;
+            loop {
+                let upto = source
+                    .key_at_offset(after.as_deref(), self.chunk_rows)
+                    .await?;
+                let rows = source
+                    .rows_changed_since(after.as_deref(), upto.as_deref(), since)
+                    .await?;
+                found.rows.extend(rows);
+                match upto {
+                    Some(k) => after = Some(k),
+                    None => return Ok(found),
+                }
+            }
+        })
+    }
+}

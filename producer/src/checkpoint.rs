@@ -1,0 +1,185 @@
+//! The producer's checkpoint: where the snapshot got to, the capture bounds and the highest key
+//! and watermark shipped. It lives in a compacted Kafka topic (key = the table) and is written
+//! in the same Kafka transaction as the events it covers, so that after a crash the checkpoint
+//! and the events in the topic always agree. Nothing is ever written to the source.
+
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tunnel_shared::config::KafkaConfig;
+use tunnel_shared::kafka;
+
+use crate::horizon::Bounds;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoints from topic {topic}: {source}")]
+    Read { topic: String, source: KafkaError },
+    #[error("checkpoint of {table} in topic {topic} is not valid: {message}")]
+    Corrupt {
+        table: String,
+        topic: String,
+        message: String,
+    },
+    #[error("reading checkpoints from topic {0} did not reach its end within 60 s")]
+    Timeout(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotPhase {
+    /// reading the table in key order
+    #[default]
+    Scan,
+    /// reading again the keys that were read while transactions older than the snapshot were
+    /// still open (they may have written behind the cursor)
+    CatchUp,
+    Done,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotState {
+    pub phase: SnapshotPhase,
+    /// The last key shipped by the current phase.
+    pub after_key: Option<Vec<String>>,
+    /// The bounds streaming starts from once the snapshot is done.
+    pub start: Bounds,
+    /// Transactions running when the snapshot started.
+    pub start_running: Vec<String>,
+    pub started_at_micros: i64,
+    /// Whether those transactions have all ended.
+    pub drained: bool,
+    /// The key the scan had reached when they had (`None`: before the first row). Keys up to it
+    /// are read again in `CatchUp`.
+    pub drained_upto: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub table: String,
+    pub snapshot: SnapshotState,
+    /// The bounds a restarted producer streams from.
+    pub bounds: Bounds,
+    /// The highest key shipped by a key scan or the snapshot.
+    pub max_key: Option<Vec<String>>,
+    /// The highest watermark value shipped.
+    pub max_watermark: Option<i64>,
+    /// Events shipped since the table was first snapshotted.
+    pub events: u64,
+}
+
+impl Checkpoint {
+    pub const VERSION: u32 = 1;
+
+    pub fn new(table: &str) -> Self {
+        Self {
+            version: Self::VERSION,
+            table: table.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // a struct of strings and numbers always serializes
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A consumer context that does not report reaching the end of the topic as an error: that is
+/// how the reader knows it has read everything.
+struct EndIsExpected;
+
+impl ClientContext for EndIsExpected {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(error = %error, reason, "kafka client error while reading checkpoints");
+        }
+    }
+}
+
+impl ConsumerContext for EndIsExpected {}
+
+/// Reads the checkpoint topic to its end and returns the newest checkpoint of `table`.
+pub fn load(
+    kafka_cfg: &KafkaConfig,
+    topic: &str,
+    table: &str,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    let read_err = |source| CheckpointError::Read {
+        topic: topic.to_string(),
+        source,
+    };
+    let mut cfg = kafka::consumer_config(kafka_cfg, &format!("{topic}.reader"));
+    cfg.set("enable.partition.eof", "true");
+    let consumer: BaseConsumer<EndIsExpected> =
+        cfg.create_with_context(EndIsExpected).map_err(read_err)?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .map_err(read_err)?;
+    consumer.assign(&tpl).map_err(read_err)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut latest: Option<Vec<u8>> = None;
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(CheckpointError::Timeout(topic.to_string()));
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) if kafka::is_transient(&e) => continue,
+            Some(Err(e)) => return Err(read_err(e)),
+            Some(Ok(m)) => {
+                if m.key() == Some(table.as_bytes()) {
+                    latest = m.payload().map(<[u8]>::to_vec);
+                }
+            }
+        }
+    }
+    match latest {
+        None => Ok(None),
+        Some(bytes) => {
+            let cp: Checkpoint =
+                serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
+                    table: table.to_string(),
+                    topic: topic.to_string(),
+                    message: e.to_string(),
+                })?;
+            if cp.version != Checkpoint::VERSION {
+                return Err(CheckpointError::Corrupt {
+                    table: table.to_string(),
+                    topic: topic.to_string(),
+                    message: format!(
+                        "version {} (this producer writes {})",
+                        cp.version,
+                        Checkpoint::VERSION
+                    ),
+                });
+            }
+            Ok(Some(cp))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_round_trips_through_json() {
+        let mut cp = Checkpoint::new("public.media");
+        cp.snapshot.phase = SnapshotPhase::CatchUp;
+        cp.snapshot.drained = true;
+        cp.max_key = Some(vec!["42".into()]);
+        cp.bounds = Bounds {
+            key: Some(vec!["40".into()]),
+            ts: Some(7),
+        };
+        let back: Checkpoint = serde_json::from_slice(&cp.to_json()).unwrap();
+        assert_eq!(back, cp);
+    }
+}

@@ -1,0 +1,124 @@
+//! `tunnel-producer`: reads source tables through a SELECT-only role and ships their rows and
+//! changes as keyed Avro events into Kafka.
+
+mod capture;
+mod checkpoint;
+mod horizon;
+mod publish;
+mod snapshot;
+mod source;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use tracing::{error, info, Instrument};
+use tunnel_shared::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tunnel-producer",
+    version,
+    about = "Captures changes of read-only PostgreSQL tables into Kafka"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Snapshot the configured tables, then stream their changes until SIGINT/SIGTERM.
+    Run {
+        /// The TOML config file (see config/example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tunnel_shared::logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Command::Run { config } = cli.command;
+    let config = Arc::new(Config::load(&config)?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("stopping: finishing the current batch");
+        let _ = stop_tx.send(true);
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for table in config.tables.clone() {
+        let span = tracing::info_span!("table", name = %table.qualified());
+        let (config, stop) = (config.clone(), stop_rx.clone());
+        tasks.spawn(
+            async move {
+                let name = table.qualified();
+                let worker = worker::Worker::start(config, table, stop)
+                    .await
+                    .with_context(|| format!("table {name}"))?;
+                worker.run().await.with_context(|| format!("table {name}"))
+            }
+            .instrument(span),
+        );
+    }
+    let mut first_error = None;
+    while let Some(result) = tasks.join_next().await {
+        let result = result.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = result {
+            error!(error = %format!("{e:#}"), "worker failed");
+            first_error.get_or_insert(e);
+            tasks.abort_all();
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,215 @@
+//! The initial snapshot: the whole table in keyset-paginated chunks, each its own short
+//! statement and its own Kafka transaction with the checkpoint, so that a restarted producer
+//! resumes after the last shipped key.
+//!
+//! Transactions that were already running when the snapshot started may write behind its
+//! cursor and commit later, with keys and timestamps older than anything streaming looks at.
+//! The snapshot therefore notes which transactions were running at its start and the key it had
+//! reached when the last of them ended; once the scan is over it reads those keys again
+//! (`CatchUp`). Streaming then starts from the key and time taken before the snapshot began.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+use tunnel_shared::event::{ChangeEvent, Detection, Op};
+
+use crate::checkpoint::{Checkpoint, SnapshotPhase};
+use crate::horizon::Bounds;
+use crate::source::SourceRow;
+use crate::worker::{Worker, WorkerError};
+
+pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
+    let chunk = w.config.producer.snapshot_chunk_rows;
+    if w.checkpoint.snapshot.started_at_micros == 0 {
+        let max_key = w.source.max_key().await?;
+        let probe = w.source.probe().await?;
+        let mut next = w.checkpoint.clone();
+        next.snapshot.start = Bounds {
+            key: max_key,
+            ts: Some(probe.at_micros),
+        };
+        next.snapshot.started_at_micros = probe.at_micros;
+        next.snapshot.start_running = probe.running.into_iter().collect();
+        next.snapshot.start_running.sort();
+        next.snapshot.drained = next.snapshot.start_running.is_empty();
+        w.publisher.publish(&[], &next).await?;
+        w.checkpoint = next;
+    }
+    let total = w.source.estimated_rows().await.unwrap_or(0);
+    let mut progress = Progress::new(total, w.checkpoint.events);
+    info!(estimated_rows = total, phase = ?w.checkpoint.snapshot.phase, "snapshot started");
+    while w.checkpoint.snapshot.phase == SnapshotPhase::Scan {
+        if w.stopping() {
+            return Ok(());
+        }
+        let mut next = w.checkpoint.clone();
+        if !next.snapshot.drained && start_drained(w).await? {
+            next.snapshot.drained = true;
+            next.snapshot.drained_upto = next.snapshot.after_key.clone();
+        }
+        let rows = w
+            .source
+            .rows_after(next.snapshot.after_key.as_deref(), chunk)
+            .await?;
+        let done = (rows.len() as i64) < chunk;
+        if let Some(last) = rows.last() {
+            next.snapshot.after_key = Some(last.key_text.clone());
+            next.max_key = Some(last.key_text.clone());
+        }
+        if done {
+            finish_scan(w, &mut next).await?;
+        }
+        ship(w, next, &rows, &mut progress).await?;
+    }
+    while w.checkpoint.snapshot.phase == SnapshotPhase::CatchUp {
+        if w.stopping() {
+            return Ok(());
+        }
+        let mut next = w.checkpoint.clone();
+        let Some(upto) = next.snapshot.drained_upto.clone() else {
+            next.snapshot.phase = SnapshotPhase::Done;
+            ship(w, next, &[], &mut progress).await?;
+            break;
+        };
+        let rows = w
+            .source
+            .rows_between(next.snapshot.after_key.as_deref(), &upto, chunk)
+            .await?;
+        if let Some(last) = rows.last() {
+            next.snapshot.after_key = Some(last.key_text.clone());
+        }
+        if (rows.len() as i64) < chunk {
+            next.snapshot.phase = SnapshotPhase::Done;
+        }
+        ship(w, next, &rows, &mut progress).await?;
+    }
+    progress.finish();
+    info!(events = w.checkpoint.events, "snapshot done");
+    Ok(())
+}
+
+/// Whether none of the transactions running at the snapshot's start is running any more (or
+/// they have been waited for longer than `horizon_max_wait_s`).
+async fn start_drained(w: &Worker) -> Result<bool, WorkerError> {
+    let probe = w.source.probe().await?;
+    let still: Vec<&String> = w
+        .checkpoint
+        .snapshot
+        .start_running
+        .iter()
+        .filter(|v| probe.running.contains(*v))
+        .collect();
+    if still.is_empty() {
+        return Ok(true);
+    }
+    if probe.at_micros - w.checkpoint.snapshot.started_at_micros > w.max_wait_micros() {
+        warn!(transactions = ?still, "transactions older than the snapshot are still open after horizon_max_wait_s; moving on without them");
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// The scan reached the end: wait for the transactions older than the snapshot, then read
+/// again what was read while they were open, or finish.
+async fn finish_scan(w: &mut Worker, next: &mut Checkpoint) -> Result<(), WorkerError> {
+    while !next.snapshot.drained {
+        if start_drained(w).await? {
+            next.snapshot.drained = true;
+            next.snapshot.drained_upto = next.snapshot.after_key.clone();
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    next.snapshot.phase = match next.snapshot.drained_upto {
+        Some(_) => SnapshotPhase::CatchUp,
+        None => SnapshotPhase::Done,
+    };
+    next.snapshot.after_key = None;
+    next.bounds = next.snapshot.start.clone();
+    Ok(())
+}
+
+async fn ship(
+    w: &mut Worker,
+    mut next: Checkpoint,
+    rows: &[SourceRow],
+    progress: &mut Progress,
+) -> Result<(), WorkerError> {
+    let ts_ms = chrono::Utc::now().timestamp_millis();
+    let events: Vec<ChangeEvent> = rows
+        .iter()
+        .map(|r| ChangeEvent {
+            op: Op::Read,
+            key: r.key.clone(),
+            after: Some(r.row.clone()),
+            detected_by: Detection::Snapshot,
+            updated_at: r.watermark,
+            ts_ms,
+        })
+        .collect();
+    next.events += events.len() as u64;
+    next.max_watermark = rows
+        .iter()
+        .filter_map(|r| r.watermark)
+        .chain(next.max_watermark)
+        .max();
+    w.publisher.publish(&events, &next).await?;
+    w.checkpoint = next;
+    progress.add(events.len() as u64);
+    Ok(())
+}
+
+/// Rows, rows/s and ETA: a line redrawn on a terminal, and a log line every 5 s.
+struct Progress {
+    total: i64,
+    done: u64,
+    start: Instant,
+    last_log: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: i64, already: u64) -> Self {
+        Self {
+            total,
+            done: already,
+            start: Instant::now(),
+            last_log: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn add(&mut self, rows: u64) {
+        self.done += rows;
+        let secs = self.start.elapsed().as_secs_f64().max(0.001);
+        let rate = self.done as f64 / secs;
+        let eta = if rate > 0.0 && self.total as f64 > self.done as f64 {
+            (self.total as f64 - self.done as f64) / rate
+        } else {
+            0.0
+        };
+        if self.tty {
+            eprint!(
+                "\rsnapshot: {} / ~{} rows, {:.0} rows/s, eta {:.0}s   ",
+                self.done, self.total, rate, eta
+            );
+        }
+        if self.last_log.elapsed() >= Duration::from_secs(5) {
+            self.last_log = Instant::now();
+            info!(
+                rows = self.done,
+                estimated_rows = self.total,
+                rows_per_s = rate as u64,
+                eta_s = eta as u64,
+                "snapshot progress"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! One table's worker: sets up schemas, topics and the transactional publisher, runs the
+//! snapshot, then streams changes from its detectors until asked to stop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+use tunnel_shared::config::{Config, TableConfig};
+use tunnel_shared::event::{ChangeEvent, Detection, EventEncoder, Op};
+use tunnel_shared::kafka::{self, TopicError, TABLE_TOPIC_CONFIGS};
+use tunnel_shared::registry::{Registry, RegistryError};
+use tunnel_shared::retry::{retry, Backoff, Retryable};
+use tunnel_shared::schema::{self, SchemaError};
+
+use crate::capture::{ChangeDetector, KeyScan, WatermarkScan};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, SnapshotPhase};
+use crate::horizon::{Bounds, Horizon};
+use crate::publish::{PublishError, Publisher};
+use crate::snapshot;
+use crate::source::{Activity, Source, SourceError, SourceRow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+impl Retryable for WorkerError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            WorkerError::Source(e) => e.is_retryable(),
+            WorkerError::Registry(e) => e.is_retryable(),
+            WorkerError::Topic(e) => e.is_retryable(),
+            WorkerError::Publish(e) => e.is_retryable(),
+            WorkerError::Schema(_) | WorkerError::Checkpoint(_) => false,
+        }
+    }
+}
+
+/// How many times setup steps are tried before the worker gives up.
+const SETUP_ATTEMPTS: u32 = 20;
+
+struct Slot {
+    detector: Box<dyn ChangeDetector>,
+    next_due: Instant,
+    /// Activity seen before this detector's last shipped pass.
+    last_activity: Option<Activity>,
+    /// Tick of this detector's last shipped pass.
+    last_tick: u64,
+}
+
+struct CacheEntry {
+    hash: u64,
+    /// Tick at which each detector (by slot index) last read the row.
+    seen: Vec<u64>,
+}
+
+pub struct Worker {
+    pub(crate) config: Arc<Config>,
+    pub(crate) table: TableConfig,
+    pub(crate) source: Source,
+    pub(crate) publisher: Publisher,
+    pub(crate) checkpoint: Checkpoint,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    slots: Vec<Slot>,
+    /// What was last shipped of the rows a detector may read again.
+    cache: HashMap<Vec<String>, CacheEntry>,
+    tick: u64,
+}
+
+impl Worker {
+    /// Connects, registers schemas, creates topics, fences older producers of this table and
+    /// loads its checkpoint.
+    pub async fn start(
+        config: Arc<Config>,
+        table: TableConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, WorkerError> {
+        let p = &config.producer;
+        let source = retry("connecting to the source", SETUP_ATTEMPTS, || {
+            Source::connect(&config.source, &table, p.max_rows_per_second)
+        })
+        .await?;
+        let info = source.table().clone();
+        info!(
+            columns = info.columns.len(),
+            key = %info.key_order(),
+            watermark = info.watermark.map(|i| info.columns[i].name.as_str()).unwrap_or("none"),
+            "read the source catalog"
+        );
+        let topic = config.topic(&table);
+        let schemas = schema::derive(&info, &config.kafka.topic_prefix)?;
+        let registry = Registry::new(&config.registry.url)?;
+        let key_subject = format!("{topic}-key");
+        let value_subject = format!("{topic}-value");
+        let key_id = retry("registering the key schema", SETUP_ATTEMPTS, || {
+            registry.register(&key_subject, &schemas.key_json)
+        })
+        .await?;
+        let value_id = retry("registering the value schema", SETUP_ATTEMPTS, || {
+            registry.register(&value_subject, &schemas.value_json)
+        })
+        .await?;
+        for subject in [&key_subject, &value_subject] {
+            retry("setting schema compatibility", SETUP_ATTEMPTS, || {
+                registry.set_compatibility(subject, &config.registry.compatibility)
+            })
+            .await?;
+        }
+        let admin = kafka::admin(&config.kafka)?;
+        let k = &config.kafka;
+        retry("creating the table's topic", SETUP_ATTEMPTS, || {
+            kafka::ensure_topic(
+                &admin,
+                &topic,
+                k.partitions,
+                k.replication_factor,
+                TABLE_TOPIC_CONFIGS,
+            )
+        })
+        .await?;
+        let cp_topic = config.checkpoint_topic();
+        retry("creating the checkpoint topic", SETUP_ATTEMPTS, || {
+            kafka::ensure_topic(
+                &admin,
+                &cp_topic,
+                1,
+                k.replication_factor,
+                &[("cleanup.policy", "compact")],
+            )
+        })
+        .await?;
+        let encoder =
+            EventEncoder::new(schemas, key_id, value_id, &info).map_err(PublishError::from)?;
+        let table_key = table.qualified();
+        let txn_id = format!("{}.producer.{}", config.kafka.topic_prefix, table_key);
+        let publisher = retry(
+            "starting the transactional producer",
+            SETUP_ATTEMPTS,
+            || {
+                Publisher::new(
+                    &config.kafka,
+                    &txn_id,
+                    topic.clone(),
+                    cp_topic.clone(),
+                    table_key.clone(),
+                    encoder.clone(),
+                )
+            },
+        )
+        .await?;
+        let kcfg = config.kafka.clone();
+        let (t2, key2) = (cp_topic.clone(), table_key.clone());
+        let loaded = tokio::task::spawn_blocking(move || checkpoint::load(&kcfg, &t2, &key2))
+            .await
+            .unwrap_or(Ok(None))?;
+        let checkpoint = match loaded {
+            Some(cp) => {
+                info!(phase = ?cp.snapshot.phase, events = cp.events, "resuming from checkpoint");
+                cp
+            }
+            None => Checkpoint::new(&table_key),
+        };
+        let mut slots: Vec<Slot> = Vec::new();
+        let now = Instant::now();
+        let mut add = |detector: Box<dyn ChangeDetector>| {
+            slots.push(Slot {
+                detector,
+                next_due: now,
+                last_activity: None,
+                last_tick: 0,
+            })
+        };
+        add(Box::new(KeyScan {
+            interval: Duration::from_millis(p.insert_interval_ms),
+            chunk_rows: p.scan_chunk_rows,
+        }));
+        if info.watermark.is_some() {
+            add(Box::new(WatermarkScan {
+                interval: Duration::from_millis(p.update_interval_ms),
+                chunk_rows: p.scan_chunk_rows,
+                overlap_micros: (p.watermark_overlap_ms as i64).saturating_mul(1000),
+            }));
+        }
+        Ok(Self {
+            config,
+            table,
+            source,
+            publisher,
+            checkpoint,
+            shutdown,
+            slots,
+            cache: HashMap::new(),
+            tick: 0,
+        })
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Snapshot (if not done), then stream until shutdown.
+    pub async fn run(mut self) -> Result<(), WorkerError> {
+        if self.checkpoint.snapshot.phase != SnapshotPhase::Done {
+            snapshot::run(&mut self).await?;
+            if self.stopping() {
+                return Ok(());
+            }
+        }
+        let mut horizon = Horizon::new(self.checkpoint.bounds.clone(), self.max_wait_micros());
+        let mut backoff = Backoff::default();
+        info!("streaming changes");
+        while !self.stopping() {
+            let next_due = self
+                .slots
+                .iter()
+                .map(|s| s.next_due)
+                .min()
+                .unwrap_or_else(Instant::now);
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_due.into()) => {}
+                _ = shutdown.changed() => continue,
+            }
+            match self.tick(&mut horizon).await {
+                Ok(()) => backoff.reset(),
+                Err(e) if e.is_retryable() => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "pass failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    self.reconnect_if_needed().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    pub(crate) fn max_wait_micros(&self) -> i64 {
+        (self.config.producer.horizon_max_wait_s as i64).saturating_mul(1_000_000)
+    }
+
+    pub(crate) async fn reconnect_if_needed(&mut self) -> Result<(), WorkerError> {
+        if self.source.is_closed() {
+            let p = &self.config.producer;
+            self.source = retry("reconnecting to the source", SETUP_ATTEMPTS, || {
+                Source::connect(&self.config.source, &self.table, p.max_rows_per_second)
+            })
+            .await?;
+            info!("reconnected to the source");
+        }
+        Ok(())
+    }
+
+    async fn tick(&mut self, horizon: &mut Horizon) -> Result<(), WorkerError> {
+        let activity = self.source.activity().await?;
+        let now = Instant::now();
+        let mut run = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if now < slot.next_due {
+                continue;
+            }
+            slot.next_due = now + slot.detector.interval();
+            let wanted = slot
+                .last_activity
+                .as_ref()
+                .is_none_or(|before| slot.detector.wants(before, &activity));
+            if wanted {
+                run.push(i);
+            }
+        }
+        if run.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let probe = self.source.probe().await?;
+        let observation = horizon.observe(probe, self.checkpoint.max_key.clone());
+        if !observation.gave_up_on.is_empty() {
+            warn!(transactions = ?observation.gave_up_on, "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
+        }
+        let bounds = self.effective_bounds(&observation.bounds);
+        let tick = self.tick + 1;
+        let read_before = self.source.read_rows();
+        let mut found: Vec<(usize, SourceRow)> = Vec::new();
+        let mut max_key = self.checkpoint.max_key.clone();
+        for &i in &run {
+            let f = self.slots[i]
+                .detector
+                .pass(&mut self.source, &bounds)
+                .await?;
+            if self.slots[i].detector.detection() == Detection::KeyScan && f.max_key.is_some() {
+                max_key = f.max_key;
+            }
+            found.extend(f.rows.into_iter().map(|r| (i, r)));
+        }
+        let read = self.source.read_rows() - read_before;
+        // the latest read of a key wins; rows unchanged since they were shipped are dropped
+        let mut latest: HashMap<Vec<String>, (usize, SourceRow)> =
+            HashMap::with_capacity(found.len());
+        for (i, r) in found {
+            latest.insert(r.key_text.clone(), (i, r));
+        }
+        let ts_ms = chrono::Utc::now().timestamp_millis();
+        let mut events = Vec::new();
+        for (key_text, (i, r)) in &latest {
+            let op = match self.cache.get(key_text) {
+                Some(e) if e.hash == r.hash => continue,
+                Some(_) => Op::Update,
+                None if self.slots[*i].detector.detection() == Detection::KeyScan => Op::Create,
+                None => Op::Update,
+            };
+            events.push(ChangeEvent {
+                op,
+                key: r.key.clone(),
+                after: Some(r.row.clone()),
+                detected_by: self.slots[*i].detector.detection(),
+                updated_at: r.watermark,
+                ts_ms,
+            });
+        }
+        let mut next = self.checkpoint.clone();
+        next.bounds = observation.bounds.clone();
+        next.max_key = max_key;
+        next.max_watermark = latest
+            .values()
+            .filter_map(|(_, r)| r.watermark)
+            .chain(next.max_watermark)
+            .max();
+        next.events += events.len() as u64;
+        let progressed = next != self.checkpoint;
+        if !events.is_empty() || progressed {
+            self.publisher.publish(&events, &next).await?;
+        }
+        // shipped: remember what was shipped and seen
+        self.tick = tick;
+        for &i in &run {
+            self.slots[i].last_activity = Some(activity.clone());
+            self.slots[i].last_tick = tick;
+        }
+        let n_slots = self.slots.len();
+        for (key_text, (i, r)) in latest {
+            let e = self.cache.entry(key_text).or_insert_with(|| CacheEntry {
+                hash: r.hash,
+                seen: vec![0; n_slots],
+            });
+            e.hash = r.hash;
+            e.seen[i] = tick;
+        }
+        let last_ticks: Vec<u64> = self.slots.iter().map(|s| s.last_tick).collect();
+        self.cache.retain(|_, e| {
+            e.seen
+                .iter()
+                .zip(&last_ticks)
+                .any(|(seen, last)| seen >= last)
+        });
+        self.checkpoint = next;
+        if !events.is_empty() {
+            info!(
+                events = events.len(),
+                read_rows = read,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "shipped changes"
+            );
+        } else {
+            tracing::debug!(
+                read_rows = read,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "pass found no change"
+            );
+        }
+        Ok(())
+    }
+
+    /// The horizon's bounds, with the time bound lowered to the highest watermark value shipped
+    /// minus the overlap: applications that write their own (older) timestamps are still seen.
+    fn effective_bounds(&self, b: &Bounds) -> Bounds {
+        let overlap = (self.config.producer.watermark_overlap_ms as i64).saturating_mul(1000);
+        let data = self
+            .checkpoint
+            .max_watermark
+            .map(|m| m.saturating_sub(overlap));
+        let ts = match (b.ts, data) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, _) => a,
+        };
+        Bounds {
+            key: b.key.clone(),
+            ts,
+        }
+    }
+}
