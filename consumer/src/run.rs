@@ -1,0 +1,290 @@
+//! The consumer loop: poll a batch, decode it, make sure the target tables exist, apply it in
+//! one target transaction (with its offsets), then tell Kafka the committed position so that
+//! lag is visible to the usual tools. Transient failures are retried with back-off, never
+//! skipped; SIGINT/SIGTERM finish the batch in hand before exiting.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_postgres::Client;
+use tracing::{debug, info, warn};
+use tunnel_shared::config::Config;
+use tunnel_shared::kafka::{self, TopicError, TABLE_TOPIC_CONFIGS};
+use tunnel_shared::pg::{self, PgError, Session};
+use tunnel_shared::registry::{Registry, RegistryError};
+use tunnel_shared::retry::{retry, Backoff, Retryable};
+
+use crate::apply::{self, ApplyError, Entry, TargetTable};
+use crate::ddl;
+use crate::decode::{DecodeError, Decoder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{topic}[{partition}]@{offset}: {}: {source}", source.class())]
+    Decode {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        source: DecodeError,
+    },
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+const SETUP_ATTEMPTS: u32 = 20;
+
+struct Raw {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result<(), RunError> {
+    let registry = Arc::new(Registry::new(&config.registry.url)?);
+    let mut decoder = Decoder::new(registry);
+    let session = Session {
+        application_name: format!("{}-consumer", config.source.application_name),
+        statement_timeout: Duration::from_millis(config.target.statement_timeout_ms),
+        lock_timeout: Duration::ZERO,
+        read_only: false,
+    };
+    let mut client = retry("connecting to the target", SETUP_ATTEMPTS, || {
+        pg::connect(&config.target.url, &session)
+    })
+    .await?;
+    let bk = config.target.bookkeeping_schema.clone();
+    retry("creating the bookkeeping table", SETUP_ATTEMPTS, || async {
+        let mut c = pg::connect(&config.target.url, &session).await?;
+        ddl::ensure_bookkeeping(&mut c, &bk).await
+    })
+    .await?;
+    let mut targets: HashMap<Arc<str>, TargetTable> = HashMap::new();
+    let admin = kafka::admin(&config.kafka)?;
+    for t in &config.tables {
+        let topic = config.topic(t);
+        let k = &config.kafka;
+        retry("creating the table's topic", SETUP_ATTEMPTS, || {
+            kafka::ensure_topic(
+                &admin,
+                &topic,
+                k.partitions,
+                k.replication_factor,
+                TABLE_TOPIC_CONFIGS,
+            )
+        })
+        .await?;
+        targets.insert(
+            Arc::from(topic.as_str()),
+            TargetTable {
+                schema: t.target_schema().to_string(),
+                name: t.target_name().to_string(),
+            },
+        );
+    }
+    let group = config.kafka.consumer_group.clone();
+    let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &group).create()?;
+    let topics: Vec<&str> = targets.keys().map(|t| t.as_ref()).collect();
+    consumer.subscribe(&topics)?;
+    info!(group = %group, topics = ?topics, "consuming");
+
+    let max = config.consumer.batch_max_events;
+    let wait = Duration::from_millis(config.consumer.batch_max_wait_ms);
+    let mut ready: HashSet<Arc<str>> = HashSet::new();
+    let mut known: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+    let mut backoff = Backoff::default();
+    loop {
+        // a batch: the first message, then whatever arrives within `wait`, up to `max`
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            _ = stop.changed() => break,
+        };
+        let mut batch: Vec<Raw> = Vec::new();
+        let owned = |m: rdkafka::message::BorrowedMessage<'_>| Raw {
+            topic: targets
+                .keys()
+                .find(|t| t.as_ref() == m.topic())
+                .cloned()
+                .unwrap_or_else(|| Arc::from(m.topic())),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+        };
+        match first {
+            Ok(m) => batch.push(owned(m)),
+            Err(e) => {
+                warn!(error = %e, "kafka consumer error");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(owned(m)),
+                Ok(Err(e)) => warn!(error = %e, "kafka consumer error"),
+                Err(_) => break,
+            }
+        }
+        // skip what this target already has, seeking past it on a partition seen for the first time
+        let mut entries = Vec::with_capacity(batch.len());
+        for raw in batch {
+            let tp = (raw.topic.clone(), raw.partition);
+            if !known.contains_key(&tp) {
+                let stored = stored_offset(&client, &bk, &raw.topic, raw.partition).await?;
+                known.insert(tp.clone(), stored);
+                if raw.offset + 1 < stored {
+                    info!(topic = %raw.topic, partition = raw.partition, offset = stored, "seeking to the offset stored in the target");
+                    if let Err(e) = consumer.seek(
+                        &raw.topic,
+                        raw.partition,
+                        Offset::Offset(stored),
+                        Duration::from_secs(5),
+                    ) {
+                        debug!(error = %e, "seek failed; already-applied events are skipped instead");
+                    }
+                }
+            }
+            if raw.offset < known[&tp] {
+                continue;
+            }
+            entries.push(decode(&mut decoder, raw).await?);
+        }
+        if entries.is_empty() {
+            continue;
+        }
+        for e in &entries {
+            if ready.contains(&e.topic) {
+                continue;
+            }
+            let (Some(vs), Some(target)) = (&e.value_schema, targets.get(&e.topic)) else {
+                continue;
+            };
+            let (vf, kf) = (vs.fields.clone(), e.key_schema.fields.clone());
+            retry("creating the target table", SETUP_ATTEMPTS, || async {
+                let mut c = pg::connect(&config.target.url, &session).await?;
+                ddl::ensure_table(&mut c, &target.schema, &target.name, &vf, &kf).await
+            })
+            .await?;
+            info!(table = %format!("{}.{}", target.schema, target.name), "target table ready");
+            ready.insert(e.topic.clone());
+        }
+        let usable: HashMap<Arc<str>, TargetTable> = targets
+            .iter()
+            .filter(|(t, _)| ready.contains(*t))
+            .map(|(t, v)| (t.clone(), v.clone()))
+            .collect();
+        let applied = loop {
+            match apply::apply_batch(&mut client, &bk, &group, &usable, &entries).await {
+                Ok(a) => break a,
+                Err(e) if e.is_retryable() => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "apply failed, retrying the batch");
+                    tokio::time::sleep(delay).await;
+                    if client.is_closed() {
+                        client = retry("reconnecting to the target", u32::MAX, || {
+                            pg::connect(&config.target.url, &session)
+                        })
+                        .await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        backoff.reset();
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in &applied.next_offsets {
+            known.insert((topic.clone(), *partition), *next);
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                debug!(error = %e, "committing offsets to kafka failed (the target holds the real ones)");
+            }
+        }
+        debug!(
+            events = applied.events,
+            skipped = applied.already_applied,
+            "applied a batch"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn stored_offset(
+    client: &Client,
+    bk: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, PgError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT next_offset FROM {} WHERE topic = $1 AND partition = $2",
+                ddl::offsets_table(bk)
+            ),
+            &[&topic, &partition],
+        )
+        .await
+        .map_err(PgError::query("reading stored offsets"))?;
+    Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
+}
+
+async fn decode(decoder: &mut Decoder, raw: Raw) -> Result<Entry, RunError> {
+    let mut backoff = Backoff::default();
+    loop {
+        let result = async {
+            let message = decoder
+                .decode(raw.key.as_deref(), raw.value.as_deref())
+                .await?;
+            let key_schema = decoder.writer(message.key_schema, "key").await?;
+            let value_schema = match &message.event {
+                Some((_, id)) => Some(decoder.writer(*id, "value").await?),
+                None => None,
+            };
+            Ok::<_, DecodeError>((message, key_schema, value_schema))
+        }
+        .await;
+        match result {
+            Ok((message, key_schema, value_schema)) => {
+                return Ok(Entry {
+                    topic: raw.topic,
+                    partition: raw.partition,
+                    offset: raw.offset,
+                    message,
+                    key_schema,
+                    value_schema,
+                })
+            }
+            Err(e) if e.is_retryable() => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, delay_ms = delay.as_millis() as u64, "decoding needs the registry, retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(source) => {
+                return Err(RunError::Decode {
+                    topic: raw.topic.to_string(),
+                    partition: raw.partition,
+                    offset: raw.offset,
+                    source,
+                })
+            }
+        }
+    }
+}
