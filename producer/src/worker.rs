@@ -334,8 +334,11 @@ impl Worker {
         let mut next = self.checkpoint.clone();
         next.bounds = observation.bounds.clone();
         next.max_key = max_key;
+        // only a complete watermark pass may move the data-driven bound: rows the key scan found
+        // may carry newer timestamps than updates the watermark scan has not read yet
         next.max_watermark = latest
             .values()
+            .filter(|(i, _)| self.slots[*i].detector.detection() == Detection::Watermark)
             .filter_map(|(_, r)| r.watermark)
             .chain(next.max_watermark)
             .max();
