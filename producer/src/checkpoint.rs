@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tunnel_shared::config::KafkaConfig;
@@ -96,7 +96,11 @@ struct EndIsExpected;
 
 impl ClientContext for EndIsExpected {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let at_end = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !at_end {
             tracing::error!(error = %error, reason, "kafka client error while reading checkpoints");
         }
     }
@@ -130,7 +134,8 @@ pub fn load(
         }
         match consumer.poll(Duration::from_millis(500)) {
             None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(KafkaError::PartitionEOF(_)))
+            | Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => break,
             Some(Err(e)) if kafka::is_transient(&e) => continue,
             Some(Err(e)) => return Err(read_err(e)),
             Some(Ok(m)) => {
