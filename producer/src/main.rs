@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use tracing::{error, info, Instrument};
+use tracing::{info, Instrument};
 use tunnel_shared::config::Config;
 
 #[derive(Parser)]
@@ -90,7 +90,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     while let Some(result) = tasks.join_next().await {
         let result = result.map_err(anyhow::Error::from).and_then(|r| r);
         if let Err(e) = result {
-            error!(error = %format!("{e:#}"), "worker failed");
             first_error.get_or_insert(e);
             tasks.abort_all();
         }

@@ -54,6 +54,11 @@ const SETUP_ATTEMPTS: u32 = 20;
 
 struct Slot {
     detector: Box<dyn ChangeDetector>,
+    /// This detector's own horizon: the argument in [`crate::horizon`] holds for one sequence
+    /// of passes, so a probe only counts for the detector whose pass followed it.
+    horizon: Horizon,
+    /// The bounds of this detector's last shipped pass.
+    bounds: Bounds,
     next_due: Instant,
     /// Activity seen before this detector's last shipped pass.
     last_activity: Option<Activity>,
@@ -175,9 +180,13 @@ impl Worker {
         };
         let mut slots: Vec<Slot> = Vec::new();
         let now = Instant::now();
+        let max_wait = (p.horizon_max_wait_s as i64).saturating_mul(1_000_000);
+        let start = checkpoint.bounds.clone();
         let mut add = |detector: Box<dyn ChangeDetector>| {
             slots.push(Slot {
                 detector,
+                horizon: Horizon::new(start.clone(), max_wait),
+                bounds: start.clone(),
                 next_due: now,
                 last_activity: None,
                 last_tick: 0,
@@ -219,7 +228,12 @@ impl Worker {
                 return Ok(());
             }
         }
-        let mut horizon = Horizon::new(self.checkpoint.bounds.clone(), self.max_wait_micros());
+        // after the snapshot, streaming starts from the bounds the snapshot recorded
+        let max_wait = self.max_wait_micros();
+        for slot in &mut self.slots {
+            slot.horizon = Horizon::new(self.checkpoint.bounds.clone(), max_wait);
+            slot.bounds = self.checkpoint.bounds.clone();
+        }
         let mut backoff = Backoff::default();
         info!("streaming changes");
         while !self.stopping() {
@@ -234,7 +248,7 @@ impl Worker {
                 _ = tokio::time::sleep_until(next_due.into()) => {}
                 _ = shutdown.changed() => continue,
             }
-            match self.tick(&mut horizon).await {
+            match self.tick().await {
                 Ok(()) => backoff.reset(),
                 Err(e) if e.is_retryable() => {
                     let delay = backoff.next_delay();
@@ -265,7 +279,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn tick(&mut self, horizon: &mut Horizon) -> Result<(), WorkerError> {
+    async fn tick(&mut self) -> Result<(), WorkerError> {
         let activity = self.source.activity().await?;
         let now = Instant::now();
         let mut run = Vec::new();
@@ -287,16 +301,20 @@ impl Worker {
         }
         let started = Instant::now();
         let probe = self.source.probe().await?;
-        let observation = horizon.observe(probe, self.checkpoint.max_key.clone());
-        if !observation.gave_up_on.is_empty() {
-            warn!(transactions = ?observation.gave_up_on, "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
-        }
-        let bounds = self.effective_bounds(&observation.bounds);
         let tick = self.tick + 1;
         let read_before = self.source.read_rows();
         let mut found: Vec<(usize, SourceRow)> = Vec::new();
         let mut max_key = self.checkpoint.max_key.clone();
+        // horizons advance only once the pass they bound has been shipped
+        let mut advanced: Vec<(usize, Horizon, Bounds)> = Vec::with_capacity(run.len());
         for &i in &run {
+            let mut horizon = self.slots[i].horizon.clone();
+            let observation = horizon.observe(probe.clone(), self.checkpoint.max_key.clone());
+            if !observation.gave_up_on.is_empty() {
+                warn!(transactions = ?observation.gave_up_on, "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
+            }
+            let bounds = self.effective_bounds(&observation.bounds);
+            advanced.push((i, horizon, observation.bounds));
             let f = self.slots[i]
                 .detector
                 .pass(&mut self.source, &bounds)
@@ -332,7 +350,7 @@ impl Worker {
             });
         }
         let mut next = self.checkpoint.clone();
-        next.bounds = observation.bounds.clone();
+        next.bounds = self.restart_bounds(&advanced);
         next.max_key = max_key;
         // only a complete watermark pass may move the data-driven bound: rows the key scan found
         // may carry newer timestamps than updates the watermark scan has not read yet
@@ -349,6 +367,10 @@ impl Worker {
         }
         // shipped: remember what was shipped and seen
         self.tick = tick;
+        for (i, horizon, bounds) in advanced {
+            self.slots[i].horizon = horizon;
+            self.slots[i].bounds = bounds;
+        }
         for &i in &run {
             self.slots[i].last_activity = Some(activity.clone());
             self.slots[i].last_tick = tick;
@@ -385,6 +407,28 @@ impl Worker {
             );
         }
         Ok(())
+    }
+
+    /// The bounds a restarted producer may start every detector from: the key bound of the key
+    /// scan and the time bound of the watermark scan, as used by their latest passes.
+    fn restart_bounds(&self, advanced: &[(usize, Horizon, Bounds)]) -> Bounds {
+        let used = |d: Detection| {
+            self.slots
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.detector.detection() == d)
+                .map(|(i, s)| {
+                    advanced
+                        .iter()
+                        .find(|(j, _, _)| *j == i)
+                        .map(|(_, _, b)| b.clone())
+                        .unwrap_or_else(|| s.bounds.clone())
+                })
+        };
+        Bounds {
+            key: used(Detection::KeyScan).and_then(|b| b.key),
+            ts: used(Detection::Watermark).and_then(|b| b.ts),
+        }
     }
 
     /// The horizon's bounds, with the time bound lowered to the highest watermark value shipped
