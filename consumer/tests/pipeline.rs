@@ -1,0 +1,507 @@
+//! End-to-end tests of the pipeline against the real stack: a source database written by an
+//! "application", `tunnel-producer` and `tunnel-consumer` as real processes, and a target
+//! database that must end up identical to the source.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rand::Rng;
+use rdkafka::admin::AdminOptions;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_postgres::Client;
+use tunnel_shared::config::KafkaConfig;
+use tunnel_shared::testkit::{self as tk, Databases, Proc};
+
+const MEDIA: &str = "CREATE TABLE media (
+    id serial PRIMARY KEY,
+    s3_path varchar(1024),
+    format varchar(5),
+    type smallint,
+    updated_at timestamp DEFAULT now())";
+
+struct Pipeline {
+    dbs: Databases,
+    config: PathBuf,
+    prefix: String,
+    group: String,
+}
+
+impl Pipeline {
+    async fn new(ddl: &str) -> Pipeline {
+        Self::with_config(ddl, "").await
+    }
+
+    /// `extra` replaces settings of the test config (e.g. `watermark_overlap_ms = 0`).
+    async fn with_config(ddl: &str, producer_settings: &str) -> Pipeline {
+        let dbs = Databases::create().await;
+        dbs.source()
+            .await
+            .batch_execute(ddl)
+            .await
+            .unwrap_or_else(|e| panic!("source DDL: {e}"));
+        let prefix = tk::unique("it");
+        let group = tk::unique("g");
+        let config = tk::write_config(&dbs, &prefix, &group, &["media"], "");
+        if !producer_settings.is_empty() {
+            let text = std::fs::read_to_string(&config).unwrap();
+            let text = text.replace(
+                "[producer]\n",
+                &format!("[producer]\n{producer_settings}\n"),
+            );
+            std::fs::write(&config, text).unwrap();
+        }
+        Pipeline {
+            dbs,
+            config,
+            prefix,
+            group,
+        }
+    }
+
+    fn topic(&self) -> String {
+        format!("{}.public.media", self.prefix)
+    }
+
+    /// Waits until the target's table equals the source's, or panics with both and the logs.
+    async fn wait_identical(&self, what: &str, timeout: Duration, procs: &[&Proc]) {
+        let (src, tgt) = (self.dbs.source().await, self.dbs.target().await);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let a = rows(&src, "media").await;
+            let b = rows(&tgt, "media").await;
+            if a.is_some() && a == b {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+                panic!("{what}: target never matched the source within {timeout:?}\nsource: {a:#?}\ntarget: {b:#?}\nlogs:\n{}", logs.join("\n----\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: tk::brokers(),
+            topic_prefix: self.prefix.clone(),
+            partitions: 3,
+            replication_factor: 1,
+            consumer_group: self.group.clone(),
+            properties: Default::default(),
+        }
+    }
+}
+
+/// The rows of a table as text, sorted; `None` while the table does not exist.
+async fn rows(client: &Client, table: &str) -> Option<Vec<String>> {
+    let r = client
+        .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
+        .await
+        .ok()?;
+    Some(r.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+async fn row(client: &Client, id: i32) -> Option<String> {
+    client
+        .query_opt("SELECT t::text FROM media t WHERE id = $1", &[&id])
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}
+
+/// Per partition: (next offset, events applied) from the target's bookkeeping.
+async fn bookkeeping(target: &Client, topic: &str) -> HashMap<i32, (i64, i64)> {
+    target
+        .query(
+            "SELECT partition, next_offset, applied_events FROM tunnel.offsets WHERE topic = $1",
+            &[&topic],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read tunnel.offsets: {e}"))
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+}
+
+/// Committed data messages per partition below `upto[partition]`.
+fn count_messages(
+    kafka: &KafkaConfig,
+    topic: &str,
+    upto: &HashMap<i32, (i64, i64)>,
+) -> HashMap<i32, i64> {
+    let mut cfg = tunnel_shared::kafka::consumer_config(kafka, &tk::unique("count"));
+    cfg.set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = cfg.create().unwrap_or_else(|e| panic!("consumer: {e}"));
+    let mut tpl = TopicPartitionList::new();
+    for p in upto.keys() {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    consumer
+        .assign(&tpl)
+        .unwrap_or_else(|e| panic!("assign: {e}"));
+    let mut counts: HashMap<i32, i64> = HashMap::new();
+    let mut ended = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ended < upto.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counting messages timed out"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                use rdkafka::Message;
+                if m.offset() < upto[&m.partition()].0 {
+                    *counts.entry(m.partition()).or_default() += 1;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => ended += 1,
+            Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => {}
+            Some(Err(e)) => panic!("counting messages: {e}"),
+            None => {}
+        }
+    }
+    counts
+}
+
+const HOUR_1: &str = "INSERT INTO media (id, s3_path, format, type, updated_at) VALUES
+    (1, '/a.jpg', 'jpg', 1, '2021-01-01 00:10'),
+    (2, '/b.jpg', 'jpg', 1, '2021-01-01 00:20'),
+    (3, '/c.jpg', 'jpg', 1, '2021-01-01 00:30');
+    SELECT setval('media_id_seq', 3);";
+const HOUR_2: &str =
+    "UPDATE media SET s3_path = '/xx.jpg', updated_at = '2021-01-01 01:21' WHERE id = 1;
+    INSERT INTO media (id, s3_path, format, type, updated_at) VALUES
+    (4, '/d.mp4', 'mp4', 2, '2021-01-01 01:30'),
+    (5, '/e.jpg', 'jpg', 1, '2021-01-01 01:40');
+    SELECT setval('media_id_seq', 5);";
+const HOUR_3: &str = "UPDATE media SET s3_path = '/zz.gif', format = 'gif', updated_at = '2021-01-01 02:30' WHERE id = 2;
+    DELETE FROM media WHERE id = 3;
+    INSERT INTO media (id, s3_path, format, type, updated_at) VALUES (6, '/f.jpg', 'jpg', 1, '2021-01-01 01:40');
+    SELECT setval('media_id_seq', 6);
+    UPDATE media SET s3_path = '/x.jpg' WHERE id = 1;";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hour_window_hours_one_and_two_and_hour_three_insert_and_update() {
+    let p = Pipeline::new(MEDIA).await;
+    let src = p.dbs.source().await;
+    src.batch_execute(HOUR_1).await.unwrap();
+    let producer = Proc::start("producer", &p.config);
+    let consumer = Proc::start("consumer", &p.config);
+    p.wait_identical("hour 1", Duration::from_secs(60), &[&producer, &consumer])
+        .await;
+    src.batch_execute(HOUR_2).await.unwrap();
+    p.wait_identical("hour 2", Duration::from_secs(20), &[&producer, &consumer])
+        .await;
+    let tgt = p.dbs.target().await;
+    assert_eq!(
+        row(&tgt, 1).await.as_deref(),
+        Some("(1,/xx.jpg,jpg,1,\"2021-01-01 01:21:00\")")
+    );
+    src.batch_execute(HOUR_3).await.unwrap();
+    // row 6 (updated_at not newer than hour 2's maximum) and row 2's update must arrive
+    tk::wait_for(
+        "rows 2 and 6 of hour 3",
+        Duration::from_secs(20),
+        || async {
+            let (a2, a6) = (row(&tgt, 2).await, row(&tgt, 6).await);
+            (a2 == row(&src, 2).await && a6 == row(&src, 6).await && a6.is_some()).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        row(&tgt, 6).await.as_deref(),
+        Some("(6,/f.jpg,jpg,1,\"2021-01-01 01:40:00\")")
+    );
+    assert_eq!(
+        row(&tgt, 2).await.as_deref(),
+        Some("(2,/zz.gif,gif,1,\"2021-01-01 02:30:00\")")
+    );
+}
+
+/// One writer: random inserts and updates that stamp `now()` (the transaction's START time),
+/// some in transactions held open while the others commit.
+async fn writer(url: String, ops: usize, seed: u64) {
+    let client = tk::connect(&url).await;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    for i in 0..ops {
+        let slow = rng.gen_bool(0.2);
+        let insert = rng.gen_bool(0.5);
+        let id: i32 = rng.gen_range(1..=200);
+        let path = format!("/w{seed}/{i}.jpg");
+        client.batch_execute("BEGIN").await.unwrap();
+        if slow {
+            // the transaction starts (now() is fixed here), works a while, then writes
+            client.batch_execute("SELECT 1").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(200..800))).await;
+        }
+        let sql = if insert {
+            "INSERT INTO media (s3_path, format, type) VALUES ($1, 'jpg', 1)"
+        } else {
+            "UPDATE media SET s3_path = $1, updated_at = now() WHERE id = (SELECT id FROM media ORDER BY abs(id - $2) LIMIT 1)"
+        };
+        if insert {
+            client.execute(sql, &[&path]).await.unwrap();
+        } else {
+            client.execute(sql, &[&path, &id]).await.unwrap();
+        }
+        if slow {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(100..500))).await;
+        }
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writers_and_late_commits_end_identical() {
+    // no overlap window: only the capture horizon protects the late commits
+    let p = Pipeline::with_config(MEDIA, "watermark_overlap_ms = 0").await;
+    let src = p.dbs.source().await;
+    src.batch_execute("INSERT INTO media (s3_path, format, type) SELECT '/seed/' || i, 'jpg', 1 FROM generate_series(1, 100) i")
+        .await
+        .unwrap();
+    let producer = Proc::start("producer", &p.config);
+    let consumer = Proc::start("consumer", &p.config);
+    let writers: Vec<_> = (0..4)
+        .map(|w| tokio::spawn(writer(p.dbs.source_admin_url.clone(), 60, w)))
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    p.wait_identical(
+        "after the writers",
+        Duration::from_secs(30),
+        &[&producer, &consumer],
+    )
+    .await;
+    let counted: i64 = src
+        .query_one("SELECT count(*) FROM media", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(counted > 100, "the writers inserted nothing");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_producer_and_consumer_loses_nothing_and_applies_nothing_twice() {
+    let p = Pipeline::new(MEDIA).await;
+    let src = p.dbs.source().await;
+    src.batch_execute("INSERT INTO media (s3_path, format, type) SELECT '/seed/' || i, 'jpg', 1 FROM generate_series(1, 3000) i")
+        .await
+        .unwrap();
+    let mut producer = Proc::start("producer", &p.config);
+    let mut consumer = Proc::start("consumer", &p.config);
+    let load = tokio::spawn(writer(p.dbs.source_admin_url.clone(), 150, 7));
+    // let the stream get going, then kill both in the middle of it
+    let tgt = p.dbs.target().await;
+    tk::wait_for(
+        "the first rows in the target",
+        Duration::from_secs(60),
+        || async {
+            rows(&tgt, "media")
+                .await
+                .filter(|r| r.len() > 100)
+                .map(|_| ())
+        },
+    )
+    .await;
+    producer.kill9();
+    consumer.kill9();
+    let producer = Proc::start("producer", &p.config);
+    let consumer = Proc::start("consumer", &p.config);
+    load.await.unwrap();
+    p.wait_identical(
+        "after the restart",
+        Duration::from_secs(60),
+        &[&producer, &consumer],
+    )
+    .await;
+    // every committed event below the stored offset was applied exactly once
+    let book = bookkeeping(&tgt, &p.topic()).await;
+    let counts = count_messages(&p.kafka(), &p.topic(), &book);
+    for (partition, (_, applied)) in &book {
+        assert_eq!(
+            counts.get(partition).copied().unwrap_or(0),
+            *applied,
+            "partition {partition}: events in the topic vs events applied"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_from_earliest_leaves_target_unchanged() {
+    let p = Pipeline::new(MEDIA).await;
+    let src = p.dbs.source().await;
+    src.batch_execute(HOUR_1).await.unwrap();
+    src.batch_execute(HOUR_2).await.unwrap();
+    let mut producer = Proc::start("producer", &p.config);
+    let mut consumer = Proc::start("consumer", &p.config);
+    p.wait_identical(
+        "initial sync",
+        Duration::from_secs(60),
+        &[&producer, &consumer],
+    )
+    .await;
+    assert!(
+        producer.terminate(Duration::from_secs(30)).success(),
+        "producer exit: {}",
+        producer.log_text()
+    );
+    assert!(
+        consumer.terminate(Duration::from_secs(30)).success(),
+        "consumer exit: {}",
+        consumer.log_text()
+    );
+    let tgt = p.dbs.target().await;
+    let before = rows(&tgt, "media").await;
+    let book_before = bookkeeping(&tgt, &p.topic()).await;
+    // forget the group's offsets in Kafka: the consumer starts again from the earliest offset
+    let admin = tunnel_shared::kafka::admin(&p.kafka()).unwrap();
+    let deleted = admin
+        .delete_groups(&[&p.group], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(
+        deleted.iter().all(|r| r.is_ok()),
+        "delete group: {deleted:?}"
+    );
+    let consumer = Proc::start("consumer", &p.config);
+    let with_data = book_before.values().filter(|(next, _)| *next > 0).count();
+    tk::wait_for(
+        "the consumer to seek past what the target has",
+        Duration::from_secs(30),
+        || async {
+            (consumer
+                .log_text()
+                .matches("seeking to the offset stored in the target")
+                .count()
+                >= with_data)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(rows(&tgt, "media").await, before);
+    assert_eq!(bookkeeping(&tgt, &p.topic()).await, book_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_group_on_empty_target_rebuilds_from_the_topic_alone() {
+    let p = Pipeline::new(MEDIA).await;
+    let src = p.dbs.source().await;
+    src.batch_execute(HOUR_1).await.unwrap();
+    src.batch_execute(HOUR_2).await.unwrap();
+    let mut producer = Proc::start("producer", &p.config);
+    let consumer = Proc::start("consumer", &p.config);
+    p.wait_identical(
+        "initial sync",
+        Duration::from_secs(60),
+        &[&producer, &consumer],
+    )
+    .await;
+    assert!(producer.terminate(Duration::from_secs(30)).success());
+    drop(consumer);
+    // a second, empty target database and a new group: only the topic can fill it
+    let empty = tk::unique("rebuild");
+    p.dbs
+        .target()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {empty}"))
+        .await
+        .unwrap();
+    let empty_url = tk::with_database(&p.dbs.target_url, &empty);
+    let text = std::fs::read_to_string(&p.config)
+        .unwrap()
+        .replace(&p.dbs.target_url, &empty_url)
+        .replace(&p.group, &format!("{}-rebuild", p.group));
+    let config = p.config.with_file_name("rebuild.toml");
+    std::fs::write(&config, text).unwrap();
+    let consumer = Proc::start("consumer", &config);
+    let rebuilt = tk::connect(&empty_url).await;
+    let expected = rows(&src, "media").await;
+    tk::wait_for("the rebuilt table", Duration::from_secs(60), || async {
+        (rows(&rebuilt, "media").await == expected).then_some(())
+    })
+    .await;
+    drop(consumer);
+}
+
+fn run_expecting_failure(what: &str, config: &std::path::Path) -> String {
+    let mut cmd = std::process::Command::new(tk::bin(&format!("tunnel-{what}")));
+    cmd.args(["run", "--config", &config.display().to_string()]);
+    for (var, _) in tunnel_shared::config::ENV_OVERRIDES {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "tunnel-{what} accepted {}",
+        config.display()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "tunnel-{what}: want one error line, got:\n{stderr}"
+    );
+    errors[0].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_config_and_bad_connection_strings_fail_with_one_clear_line() {
+    let dir = std::env::temp_dir().join(tk::unique("badcfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = "[source]\nurl = \"postgres://u:p@127.0.0.1:5433/db\"\n[target]\nurl = \"postgres://u:p@127.0.0.1:5434/db\"\n[kafka]\nbrokers = \"127.0.0.1:9092\"\n[registry]\nurl = \"http://127.0.0.1:8081/apis/ccompat/v7\"\n[[tables]]\nname = \"media\"\n";
+    let cases = [
+        ("missing.toml", None, "cannot read config file"),
+        (
+            "unknown.toml",
+            Some(good.replace("[kafka]", "[kafka]\nbrokerz = \"x\"")),
+            "brokerz",
+        ),
+        (
+            "syntax.toml",
+            Some(good.replace("[kafka]", "[kafka")),
+            "not valid",
+        ),
+        (
+            "scheme.toml",
+            Some(good.replace(
+                "postgres://u:p@127.0.0.1:5433",
+                "mysql://u:p@127.0.0.1:5433",
+            )),
+            "source.url",
+        ),
+        (
+            "port.toml",
+            Some(good.replace("127.0.0.1:5433", "127.0.0.1:notaport")),
+            "bad connection string",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.join(name);
+        if let Some(t) = &text {
+            std::fs::write(&path, t).unwrap();
+        }
+        let what = if name == "port.toml" {
+            vec!["producer"]
+        } else {
+            vec!["producer", "consumer"]
+        };
+        for w in what {
+            let line = run_expecting_failure(w, &path);
+            assert!(
+                line.contains(expected),
+                "{name}: '{line}' does not say '{expected}'"
+            );
+            assert!(
+                !line.contains(":p@"),
+                "{name}: the password shows in '{line}'"
+            );
+        }
+    }
+}
