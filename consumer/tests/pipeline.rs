@@ -2,6 +2,8 @@
 //! "application", `tunnel-producer` and `tunnel-consumer` as real processes, and a target
 //! database that must end up identical to the source.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure is a panic
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! the registry and Kafka. Every test uses its own databases, topics and subjects, so they can
 //! run in parallel with each other and with the other crates' tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure is a panic
+
 use std::future::Future;
 use std::time::Duration;
 
