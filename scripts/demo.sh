@@ -4,7 +4,8 @@
 # plays hours 2 and 3 as the source's application would, and after each hour prints source and
 # target side by side with the rows that differ.
 #
-#   scripts/demo.sh               (set DEMO_KEEP=1 to leave the pipeline and the stack running)
+#   scripts/demo.sh     (DEMO_KEEP=1 leaves the producer and consumer running; the stack stays up
+#                        either way: scripts/stack.sh down stops it)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

