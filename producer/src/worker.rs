@@ -83,6 +83,9 @@ pub struct Worker {
     /// What was last shipped of the rows a detector may read again.
     cache: HashMap<Vec<String>, CacheEntry>,
     tick: u64,
+    /// When a checkpoint was last shipped; checkpoints without events wait for
+    /// `checkpoint_interval_ms` (older bounds are always safe to restart from).
+    last_shipped: Instant,
 }
 
 impl Worker {
@@ -213,6 +216,7 @@ impl Worker {
             slots,
             cache: HashMap::new(),
             tick: 0,
+            last_shipped: Instant::now(),
         })
     }
 
@@ -361,9 +365,12 @@ impl Worker {
             .chain(next.max_watermark)
             .max();
         next.events += events.len() as u64;
-        let progressed = next != self.checkpoint;
-        if !events.is_empty() || progressed {
+        let checkpoint_due = next != self.checkpoint
+            && self.last_shipped.elapsed()
+                >= Duration::from_millis(self.config.producer.checkpoint_interval_ms);
+        if !events.is_empty() || checkpoint_due {
             self.publisher.publish(&events, &next).await?;
+            self.last_shipped = Instant::now();
         }
         // shipped: remember what was shipped and seen
         self.tick = tick;
