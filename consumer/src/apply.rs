@@ -302,8 +302,9 @@ async fn upsert_and_delete(
                 .collect();
             let mine: Vec<String> = non_key.iter().map(|c| format!("t.{c}")).collect();
             let theirs: Vec<String> = non_key.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+            // compared as text: some types (json, point, ...) have no equality operator
             format!(
-                "ON CONFLICT ({}) DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
+                "ON CONFLICT ({}) DO UPDATE SET {} WHERE ROW({})::text IS DISTINCT FROM ROW({})::text",
                 key_cols.join(", "),
                 set.join(", "),
                 mine.join(", "),
