@@ -100,7 +100,10 @@ impl Pipeline {
 /// The rows of a table as text, sorted; `None` while the table does not exist.
 async fn rows(client: &Client, table: &str) -> Option<Vec<String>> {
     let r = client
-        .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
+        .query(
+            &format!("SELECT whole_row::text FROM {table} whole_row ORDER BY 1"),
+            &[],
+        )
         .await
         .ok()?;
     Some(r.iter().map(|r| r.get::<_, String>(0)).collect())
@@ -108,7 +111,10 @@ async fn rows(client: &Client, table: &str) -> Option<Vec<String>> {
 
 async fn row(client: &Client, id: i32) -> Option<String> {
     client
-        .query_opt("SELECT t::text FROM media t WHERE id = $1", &[&id])
+        .query_opt(
+            "SELECT whole_row::text FROM media whole_row WHERE id = $1",
+            &[&id],
+        )
         .await
         .ok()
         .flatten()
@@ -506,4 +512,83 @@ async fn bad_config_and_bad_connection_strings_fail_with_one_clear_line() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn composite_keys_and_every_mapped_type_replicate_exactly() {
+    let dbs = Databases::create().await;
+    let src = dbs.source().await;
+    src.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE TABLE kinds (
+            region text NOT NULL, n int8 NOT NULL,
+            i2 int2, i4 int4, f4 real, f8 double precision, ok boolean,
+            name varchar(20), fixed char(3), d date, ts timestamp, tstz timestamptz, t time,
+            price numeric(12,3), anynum numeric, raw bytea, id uuid, doc jsonb, js json,
+            span interval, tags text[], feeling mood,
+            updated_at timestamp DEFAULT now(),
+            PRIMARY KEY (region, n))",
+    )
+    .await
+    .unwrap();
+    // the enum must exist on the target too: the replica uses the source's types
+    dbs.target()
+        .await
+        .batch_execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
+        .await
+        .unwrap();
+    src.batch_execute(
+        "INSERT INTO kinds VALUES
+          ('eu', 1, -32768, 2147483647, 1.5, -2.25e-300, true, 'naïve \"quoted\"', 'ab',
+           '2024-02-29', '2021-01-01 00:10:00.123456', '2021-06-01 12:00:00+02', '23:59:59.999999',
+           -123456789.125, 3.14159265358979323846264338327950288, '\\x00ff10', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+           '{\"a\": [1, 2, {\"b\": null}]}', '{\"x\" : 1}', '1 year 2 mons 3 days 04:05:06', '{a,\"b c\",NULL}', 'happy', DEFAULT),
+          ('eu', 2, NULL, NULL, 'NaN', '-Infinity', NULL, NULL, NULL,
+           'infinity', '-infinity', 'infinity', NULL, 0, 'NaN', '', NULL, 'null', NULL, NULL, '{}', NULL, DEFAULT),
+          ('us', 1, 0, 0, 0, 0, false, '', '   ', '0001-01-01', '1970-01-01 00:00:00', '1970-01-01 00:00:00+00',
+           '00:00:00', 0.001, -0, '\\x', '00000000-0000-0000-0000-000000000000', '[]', '[]', '0', '{}', 'sad', DEFAULT)",
+    )
+    .await
+    .unwrap();
+    let prefix = tk::unique("types");
+    let config = tk::write_config(&dbs, &prefix, &tk::unique("g"), &["kinds"], "");
+    let producer = Proc::start("producer", &config);
+    let consumer = Proc::start("consumer", &config);
+    let tgt = dbs.target().await;
+    let expected = rows(&src, "kinds").await;
+    tk::wait_for("the replica of kinds", Duration::from_secs(60), || async {
+        (rows(&tgt, "kinds").await == expected).then_some(())
+    })
+    .await;
+    // an update of a composite key's row arrives too
+    src.batch_execute(
+        "UPDATE kinds SET name = 'changed', updated_at = now() WHERE region = 'us' AND n = 1",
+    )
+    .await
+    .unwrap();
+    let expected = rows(&src, "kinds").await;
+    tk::wait_for("the update", Duration::from_secs(20), || async {
+        (rows(&tgt, "kinds").await == expected).then_some(())
+    })
+    .await;
+    // the replica has exactly the source's columns and types
+    let columns = "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod) || CASE WHEN attnotnull THEN ' not null' ELSE '' END, ', ' ORDER BY attnum)
+                     FROM pg_attribute WHERE attrelid = 'kinds'::regclass AND attnum > 0 AND NOT attisdropped";
+    let a: String = src.query_one(columns, &[]).await.unwrap().get(0);
+    let b: String = tgt.query_one(columns, &[]).await.unwrap().get(0);
+    assert_eq!(a, b);
+    drop((producer, consumer));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_without_primary_key_is_refused() {
+    let dbs = Databases::create().await;
+    dbs.source()
+        .await
+        .batch_execute("CREATE TABLE media (id int, s3_path text)")
+        .await
+        .unwrap();
+    let config = tk::write_config(&dbs, &tk::unique("nopk"), &tk::unique("g"), &["media"], "");
+    let line = run_expecting_failure("producer", &config);
+    assert!(line.contains("has no primary key"), "{line}");
 }

@@ -177,7 +177,10 @@ where
 /// The rows of a query as text, sorted, for comparing a source table with its replica.
 pub async fn table_text(client: &Client, table: &str) -> Vec<String> {
     let rows = client
-        .query(&format!("SELECT t::text FROM {table} t ORDER BY 1"), &[])
+        .query(
+            &format!("SELECT whole_row::text FROM {table} whole_row ORDER BY 1"),
+            &[],
+        )
         .await
         .unwrap_or_else(|e| panic!("read {table}: {e}"));
     rows.iter().map(|r| r.get::<_, String>(0)).collect()
