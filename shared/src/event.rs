@@ -3,8 +3,9 @@
 //! value) for the same key, so that compaction eventually drops the key.
 
 use apache_avro::types::Value;
+use apache_avro::Schema;
 
-use crate::pgbinary::nullable;
+use crate::datum::{self, FieldSpec};
 use crate::schema::TableSchemas;
 use crate::wire;
 
@@ -87,13 +88,12 @@ pub struct ChangeEvent {
 /// Encodes a table's events in the Confluent wire format with its registered schema ids.
 #[derive(Clone)]
 pub struct EventEncoder {
-    schemas: TableSchemas,
     key_id: u32,
     value_id: u32,
     table_schema: String,
     table_name: String,
-    key_fields: Vec<String>,
-    row_fields: Vec<(String, bool)>,
+    key_specs: Vec<FieldSpec>,
+    row_specs: Vec<FieldSpec>,
 }
 
 impl EventEncoder {
@@ -103,109 +103,101 @@ impl EventEncoder {
         value_id: u32,
         table: &crate::catalog::TableInfo,
     ) -> Result<Self, EventError> {
-        let shapes = |s, what| {
-            crate::schema::row_fields(s, what).map_err(|e| EventError::Encode {
-                what: what.to_string(),
-                message: e.to_string(),
-            })
+        let bad = |what: &str, message: &str| EventError::Encode {
+            what: what.to_string(),
+            message: message.to_string(),
         };
-        let key_fields = shapes(&schemas.key, "key")?
-            .into_iter()
-            .map(|f| f.field)
-            .collect();
-        let row_fields = shapes(&schemas.value, "value")?
-            .into_iter()
-            .map(|f| (f.field, f.nullable))
-            .collect();
+        let Schema::Record(key) = &schemas.key else {
+            return Err(bad("key schema", "not a record"));
+        };
+        let key_specs = datum::record_specs(key)
+            .ok_or_else(|| bad("key schema", "a field type the writer does not know"))?;
+        // the envelope this encoder writes field by field: op, after, source, ts_ms
+        let Schema::Record(envelope) = &schemas.value else {
+            return Err(bad("value schema", "not a record"));
+        };
+        let names: Vec<&str> = envelope.fields.iter().map(|f| f.name.as_str()).collect();
+        if names != ["op", "after", "source", "ts_ms"] {
+            return Err(bad(
+                "value schema",
+                &format!("unexpected envelope fields {names:?}"),
+            ));
+        }
+        let row = match &envelope.fields[1].schema {
+            Schema::Union(u) => match u.variants() {
+                [Schema::Null, Schema::Record(r)] => r,
+                _ => return Err(bad("value schema", "'after' is not [null, record]")),
+            },
+            _ => return Err(bad("value schema", "'after' is not a union")),
+        };
+        let row_specs = datum::record_specs(row)
+            .ok_or_else(|| bad("value schema", "a field type the writer does not know"))?;
         Ok(Self {
-            schemas,
             key_id,
             value_id,
             table_schema: table.schema.clone(),
             table_name: table.name.clone(),
-            key_fields,
-            row_fields,
+            key_specs,
+            row_specs,
         })
     }
 
     pub fn encode_key(&self, key: &[Value]) -> Result<Vec<u8>, EventError> {
-        if key.len() != self.key_fields.len() {
-            return Err(EventError::Encode {
-                what: "key".into(),
-                message: format!(
-                    "{} values for {} key columns",
-                    key.len(),
-                    self.key_fields.len()
-                ),
-            });
+        let bad = |message: String| EventError::Encode {
+            what: "key".into(),
+            message,
+        };
+        if key.len() != self.key_specs.len() {
+            return Err(bad(format!(
+                "{} values for {} key columns",
+                key.len(),
+                self.key_specs.len()
+            )));
         }
-        let record = Value::Record(
-            self.key_fields
-                .iter()
-                .cloned()
-                .zip(key.iter().cloned())
-                .collect(),
-        );
-        let body = apache_avro::to_avro_datum(&self.schemas.key, record).map_err(|e| {
-            EventError::Encode {
-                what: "key".into(),
-                message: e.to_string(),
-            }
-        })?;
+        let mut body = Vec::with_capacity(16);
+        for (spec, v) in self.key_specs.iter().zip(key) {
+            datum::write_field(&mut body, *spec, Some(v)).map_err(bad)?;
+        }
         Ok(wire::frame(self.key_id, &body))
     }
 
     pub fn encode_value(&self, event: &ChangeEvent) -> Result<Vec<u8>, EventError> {
-        let after = match &event.after {
-            None => Value::Union(0, Box::new(Value::Null)),
-            Some(row) => {
-                if row.len() != self.row_fields.len() {
-                    return Err(EventError::Encode {
-                        what: "row".into(),
-                        message: format!(
-                            "{} values for {} columns",
-                            row.len(),
-                            self.row_fields.len()
-                        ),
-                    });
-                }
-                let fields = self
-                    .row_fields
-                    .iter()
-                    .zip(row.iter())
-                    .map(|((name, is_nullable), v)| {
-                        (name.clone(), nullable(v.clone(), *is_nullable))
-                    })
-                    .collect();
-                Value::Union(1, Box::new(Value::Record(fields)))
-            }
+        let bad = |message: String| EventError::Encode {
+            what: "event".into(),
+            message,
         };
-        let source = Value::Record(vec![
-            ("version".into(), Value::String(crate::VERSION.into())),
-            ("schema".into(), Value::String(self.table_schema.clone())),
-            ("table".into(), Value::String(self.table_name.clone())),
-            ("snapshot".into(), Value::Boolean(event.op == Op::Read)),
-            (
-                "detected_by".into(),
-                Value::String(event.detected_by.as_str().into()),
-            ),
-            (
-                "updated_at".into(),
-                nullable(event.updated_at.map(Value::TimestampMicros), true),
-            ),
-        ]);
-        let envelope = Value::Record(vec![
-            ("op".into(), Value::String(event.op.code().into())),
-            ("after".into(), after),
-            ("source".into(), source),
-            ("ts_ms".into(), Value::Long(event.ts_ms)),
-        ]);
-        let body = apache_avro::to_avro_datum(&self.schemas.value, envelope).map_err(|e| {
-            EventError::Encode {
-                what: "event".into(),
-                message: e.to_string(),
+        let mut body = Vec::with_capacity(128);
+        datum::write_bytes(&mut body, event.op.code().as_bytes());
+        match &event.after {
+            None => datum::write_long(&mut body, 0),
+            Some(row) => {
+                if row.len() != self.row_specs.len() {
+                    return Err(bad(format!(
+                        "{} values for {} columns",
+                        row.len(),
+                        self.row_specs.len()
+                    )));
+                }
+                datum::write_long(&mut body, 1);
+                for (spec, v) in self.row_specs.iter().zip(row) {
+                    datum::write_field(&mut body, *spec, v.as_ref()).map_err(bad)?;
+                }
             }
-        })?;
+        }
+        // source: version, schema, table, snapshot, detected_by, updated_at
+        datum::write_bytes(&mut body, crate::VERSION.as_bytes());
+        datum::write_bytes(&mut body, self.table_schema.as_bytes());
+        datum::write_bytes(&mut body, self.table_name.as_bytes());
+        body.push(u8::from(event.op == Op::Read));
+        datum::write_bytes(&mut body, event.detected_by.as_str().as_bytes());
+        match event.updated_at {
+            None => datum::write_long(&mut body, 0),
+            Some(us) => {
+                datum::write_long(&mut body, 1);
+                datum::write_long(&mut body, us);
+            }
+        }
+        datum::write_long(&mut body, event.ts_ms);
         Ok(wire::frame(self.value_id, &body))
     }
 }
@@ -324,6 +316,147 @@ mod tests {
         let d = decode_envelope(value).unwrap();
         assert_eq!(d.op, Op::Update);
         assert_eq!(d.after, Some(vec![Value::Int(5), Value::Null]));
+    }
+
+    /// The direct writer must produce exactly what apache-avro writes for the same event.
+    #[test]
+    fn direct_encoding_equals_apache_avro() {
+        use crate::pgbinary::nullable;
+        let t = TableInfo {
+            schema: "public".into(),
+            name: "t".into(),
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    type_name: "bigint".into(),
+                    kind: ColumnKind::Int8,
+                    nullable: false,
+                },
+                Column {
+                    name: "v".into(),
+                    type_name: "text".into(),
+                    kind: ColumnKind::Text,
+                    nullable: true,
+                },
+                Column {
+                    name: "p".into(),
+                    type_name: "numeric(6,2)".into(),
+                    kind: ColumnKind::Decimal {
+                        precision: 6,
+                        scale: 2,
+                    },
+                    nullable: true,
+                },
+                Column {
+                    name: "u".into(),
+                    type_name: "uuid".into(),
+                    kind: ColumnKind::Uuid,
+                    nullable: false,
+                },
+                Column {
+                    name: "ts".into(),
+                    type_name: "timestamp".into(),
+                    kind: ColumnKind::Timestamp,
+                    nullable: true,
+                },
+                Column {
+                    name: "d".into(),
+                    type_name: "date".into(),
+                    kind: ColumnKind::Date,
+                    nullable: true,
+                },
+                Column {
+                    name: "f".into(),
+                    type_name: "real".into(),
+                    kind: ColumnKind::Float4,
+                    nullable: true,
+                },
+                Column {
+                    name: "b".into(),
+                    type_name: "bytea".into(),
+                    kind: ColumnKind::Bytea,
+                    nullable: true,
+                },
+                Column {
+                    name: "ok".into(),
+                    type_name: "boolean".into(),
+                    kind: ColumnKind::Bool,
+                    nullable: true,
+                },
+            ],
+            key: vec![0, 3],
+            watermark: Some(4),
+        };
+        let schemas = crate::schema::derive(&t, "p").unwrap();
+        let enc = EventEncoder::new(schemas.clone(), 1, 2, &t).unwrap();
+        let u = uuid::Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
+        let row: Row = vec![
+            Some(Value::Long(-70_000)),
+            Some(Value::String("naïve".into())),
+            Some(Value::Decimal(apache_avro::Decimal::from(vec![0xff, 0x85]))),
+            Some(Value::Uuid(u)),
+            None,
+            Some(Value::Date(-3)),
+            Some(Value::Float(1.5)),
+            Some(Value::Bytes(vec![0, 1, 2])),
+            Some(Value::Boolean(true)),
+        ];
+        for (op, after) in [(Op::Update, Some(row.clone())), (Op::Delete, None)] {
+            let ev = ChangeEvent {
+                op,
+                key: vec![Value::Long(-70_000), Value::Uuid(u)],
+                after: after.clone(),
+                detected_by: Detection::KeyScan,
+                updated_at: Some(-5),
+                ts_ms: 1_700_000_000_000,
+            };
+            let row_value = match &after {
+                None => Value::Union(0, Box::new(Value::Null)),
+                Some(r) => Value::Union(
+                    1,
+                    Box::new(Value::Record(
+                        t.columns
+                            .iter()
+                            .zip(r)
+                            .map(|(c, v)| (c.name.clone(), nullable(v.clone(), c.nullable)))
+                            .collect(),
+                    )),
+                ),
+            };
+            let expected = apache_avro::to_avro_datum(
+                &schemas.value,
+                Value::Record(vec![
+                    ("op".into(), Value::String(op.code().into())),
+                    ("after".into(), row_value),
+                    (
+                        "source".into(),
+                        Value::Record(vec![
+                            ("version".into(), Value::String(crate::VERSION.into())),
+                            ("schema".into(), Value::String("public".into())),
+                            ("table".into(), Value::String("t".into())),
+                            ("snapshot".into(), Value::Boolean(false)),
+                            ("detected_by".into(), Value::String("key_scan".into())),
+                            (
+                                "updated_at".into(),
+                                Value::Union(1, Box::new(Value::TimestampMicros(-5))),
+                            ),
+                        ]),
+                    ),
+                    ("ts_ms".into(), Value::Long(1_700_000_000_000)),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(enc.encode_value(&ev).unwrap()[5..], expected[..], "{op:?}");
+            let key = apache_avro::to_avro_datum(
+                &schemas.key,
+                Value::Record(vec![
+                    ("id".into(), Value::Long(-70_000)),
+                    ("u".into(), Value::Uuid(u)),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(enc.encode_key(&ev.key).unwrap()[5..], key[..]);
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod datum;
 pub mod event;
 pub mod kafka;
 pub mod logging;
