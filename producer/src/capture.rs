@@ -113,6 +113,19 @@ impl ChangeDetector for WatermarkScan {
                 .unwrap_or(i64::MIN)
                 .saturating_sub(self.overlap_micros);
             let mut found = Found::default();
+            if let Some((min, max)) = source.integer_key_span().await? {
+                // integer keys: ranges of `chunk_rows` key values, no query for their ends
+                let mut after = min.saturating_sub(1);
+                while after < max {
+                    let upto = after.saturating_add(self.chunk_rows).min(max);
+                    let (a, u) = ([after.to_string()], [upto.to_string()]);
+                    found
+                        .rows
+                        .extend(source.rows_changed_since(Some(&a), Some(&u), since).await?);
+                    after = upto;
+                }
+                return Ok(found);
+            }
             let mut after: Option<Vec<String>> = None;
             loop {
                 let upto = source

@@ -111,6 +111,41 @@ impl Source {
         self.client.is_closed()
     }
 
+    /// For a single integer primary key that is not too sparse: its lowest and highest value,
+    /// so that scans can cut key ranges by value, without a query to find each range's end.
+    /// `None` for other keys, sparse keys (under 5% of the span in use) or an empty table.
+    pub async fn integer_key_span(&self) -> Result<Option<(i64, i64)>, SourceError> {
+        let [k] = self.table.key[..] else {
+            return Ok(None);
+        };
+        let col = &self.table.columns[k];
+        if !matches!(
+            col.kind,
+            ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8
+        ) {
+            return Ok(None);
+        }
+        let name = quote_ident(&col.name);
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT (SELECT min({name}) FROM {t})::int8, (SELECT max({name}) FROM {t})::int8,
+                            (SELECT GREATEST(reltuples, 0)::int8 FROM pg_class WHERE oid = '{t}'::regclass)",
+                    t = qualified(&self.table.schema, &self.table.name)
+                ),
+                &[],
+            )
+            .await
+            .map_err(PgError::query("reading the key span"))?;
+        let (min, max, estimate): (Option<i64>, Option<i64>, i64) =
+            (row.get(0), row.get(1), row.get(2));
+        Ok(match (min, max) {
+            (Some(lo), Some(hi)) if (hi - lo) / 20 <= estimate.max(1000) => Some((lo, hi)),
+            _ => None,
+        })
+    }
+
     /// The planner's estimate of the table's rows (`pg_class.reltuples`), for progress.
     pub async fn estimated_rows(&self) -> Result<i64, SourceError> {
         let row = self

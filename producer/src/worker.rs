@@ -19,7 +19,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError, SnapshotPhase};
 use crate::horizon::{Bounds, Horizon};
 use crate::publish::{PublishError, Publisher};
 use crate::snapshot;
-use crate::source::{Activity, Source, SourceError, SourceRow};
+use crate::source::{Activity, Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -226,10 +226,18 @@ impl Worker {
 
     /// Snapshot (if not done), then stream until shutdown.
     pub async fn run(mut self) -> Result<(), WorkerError> {
-        if self.checkpoint.snapshot.phase != SnapshotPhase::Done {
-            snapshot::run(&mut self).await?;
-            if self.stopping() {
-                return Ok(());
+        let mut backoff = Backoff::default();
+        while self.checkpoint.snapshot.phase != SnapshotPhase::Done {
+            match snapshot::run(&mut self).await {
+                Ok(()) if self.stopping() => return Ok(()),
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "snapshot chunk failed, resuming from the last shipped key");
+                    tokio::time::sleep(delay).await;
+                    self.reconnect_if_needed().await?;
+                }
+                Err(e) => return Err(e),
             }
         }
         // after the snapshot, streaming starts from the bounds the snapshot recorded
@@ -238,7 +246,7 @@ impl Worker {
             slot.horizon = Horizon::new(self.checkpoint.bounds.clone(), max_wait);
             slot.bounds = self.checkpoint.bounds.clone();
         }
-        let mut backoff = Backoff::default();
+        backoff.reset();
         info!("streaming changes");
         while !self.stopping() {
             let next_due = self
@@ -283,6 +291,8 @@ impl Worker {
         Ok(())
     }
 
+    /// Runs the detectors that are due and may find something, each pass shipped on its own so
+    /// that a slow pass (the watermark scan of a large table) never delays a fast one.
     async fn tick(&mut self) -> Result<(), WorkerError> {
         let activity = self.source.activity().await?;
         let now = Instant::now();
@@ -300,70 +310,63 @@ impl Worker {
                 run.push(i);
             }
         }
-        if run.is_empty() {
-            return Ok(());
+        for i in run {
+            self.pass(i, &activity).await?;
         }
+        Ok(())
+    }
+
+    /// One pass of detector `i`: probe, read, ship what changed with the checkpoint, and only
+    /// then move its horizon.
+    async fn pass(&mut self, i: usize, activity: &Activity) -> Result<(), WorkerError> {
         let started = Instant::now();
         let probe = self.source.probe().await?;
-        let tick = self.tick + 1;
+        let mut horizon = self.slots[i].horizon.clone();
+        let observation = horizon.observe(probe, self.checkpoint.max_key.clone());
+        if !observation.gave_up_on.is_empty() {
+            warn!(transactions = ?observation.gave_up_on, "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
+        }
+        let bounds = self.effective_bounds(&observation.bounds);
+        let detection = self.slots[i].detector.detection();
         let read_before = self.source.read_rows();
-        let mut found: Vec<(usize, SourceRow)> = Vec::new();
-        let mut max_key = self.checkpoint.max_key.clone();
-        // horizons advance only once the pass they bound has been shipped
-        let mut advanced: Vec<(usize, Horizon, Bounds)> = Vec::with_capacity(run.len());
-        for &i in &run {
-            let mut horizon = self.slots[i].horizon.clone();
-            let observation = horizon.observe(probe.clone(), self.checkpoint.max_key.clone());
-            if !observation.gave_up_on.is_empty() {
-                warn!(transactions = ?observation.gave_up_on, "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
-            }
-            let bounds = self.effective_bounds(&observation.bounds);
-            advanced.push((i, horizon, observation.bounds));
-            let f = self.slots[i]
-                .detector
-                .pass(&mut self.source, &bounds)
-                .await?;
-            if self.slots[i].detector.detection() == Detection::KeyScan && f.max_key.is_some() {
-                max_key = f.max_key;
-            }
-            found.extend(f.rows.into_iter().map(|r| (i, r)));
-        }
+        let found = self.slots[i]
+            .detector
+            .pass(&mut self.source, &bounds)
+            .await?;
         let read = self.source.read_rows() - read_before;
-        // the latest read of a key wins; rows unchanged since they were shipped are dropped
-        let mut latest: HashMap<Vec<String>, (usize, SourceRow)> =
-            HashMap::with_capacity(found.len());
-        for (i, r) in found {
-            latest.insert(r.key_text.clone(), (i, r));
-        }
         let ts_ms = chrono::Utc::now().timestamp_millis();
         let mut events = Vec::new();
-        for (key_text, (i, r)) in &latest {
-            let op = match self.cache.get(key_text) {
+        for r in &found.rows {
+            let op = match self.cache.get(&r.key_text) {
                 Some(e) if e.hash == r.hash => continue,
                 Some(_) => Op::Update,
-                None if self.slots[*i].detector.detection() == Detection::KeyScan => Op::Create,
+                None if detection == Detection::KeyScan => Op::Create,
                 None => Op::Update,
             };
             events.push(ChangeEvent {
                 op,
                 key: r.key.clone(),
                 after: Some(r.row.clone()),
-                detected_by: self.slots[*i].detector.detection(),
+                detected_by: detection,
                 updated_at: r.watermark,
                 ts_ms,
             });
         }
         let mut next = self.checkpoint.clone();
-        next.bounds = self.restart_bounds(&advanced);
-        next.max_key = max_key;
+        next.bounds = self.restart_bounds(i, &observation.bounds);
+        if detection == Detection::KeyScan && found.max_key.is_some() {
+            next.max_key = found.max_key.clone();
+        }
         // only a complete watermark pass may move the data-driven bound: rows the key scan found
         // may carry newer timestamps than updates the watermark scan has not read yet
-        next.max_watermark = latest
-            .values()
-            .filter(|(i, _)| self.slots[*i].detector.detection() == Detection::Watermark)
-            .filter_map(|(_, r)| r.watermark)
-            .chain(next.max_watermark)
-            .max();
+        if detection == Detection::Watermark {
+            next.max_watermark = found
+                .rows
+                .iter()
+                .filter_map(|r| r.watermark)
+                .chain(next.max_watermark)
+                .max();
+        }
         next.events += events.len() as u64;
         let checkpoint_due = next != self.checkpoint
             && self.last_shipped.elapsed()
@@ -373,18 +376,16 @@ impl Worker {
             self.last_shipped = Instant::now();
         }
         // shipped: remember what was shipped and seen
-        self.tick = tick;
-        for (i, horizon, bounds) in advanced {
-            self.slots[i].horizon = horizon;
-            self.slots[i].bounds = bounds;
-        }
-        for &i in &run {
-            self.slots[i].last_activity = Some(activity.clone());
-            self.slots[i].last_tick = tick;
-        }
+        self.tick += 1;
+        let tick = self.tick;
+        let slot = &mut self.slots[i];
+        slot.horizon = horizon;
+        slot.bounds = observation.bounds;
+        slot.last_activity = Some(activity.clone());
+        slot.last_tick = tick;
         let n_slots = self.slots.len();
-        for (key_text, (i, r)) in latest {
-            let e = self.cache.entry(key_text).or_insert_with(|| CacheEntry {
+        for r in found.rows {
+            let e = self.cache.entry(r.key_text).or_insert_with(|| CacheEntry {
                 hash: r.hash,
                 seen: vec![0; n_slots],
             });
@@ -399,17 +400,20 @@ impl Worker {
                 .any(|(seen, last)| seen >= last)
         });
         self.checkpoint = next;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
         if !events.is_empty() {
             info!(
+                detector = detection.as_str(),
                 events = events.len(),
                 read_rows = read,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms,
                 "shipped changes"
             );
         } else {
             tracing::debug!(
+                detector = detection.as_str(),
                 read_rows = read,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms,
                 "pass found no change"
             );
         }
@@ -417,19 +421,20 @@ impl Worker {
     }
 
     /// The bounds a restarted producer may start every detector from: the key bound of the key
-    /// scan and the time bound of the watermark scan, as used by their latest passes.
-    fn restart_bounds(&self, advanced: &[(usize, Horizon, Bounds)]) -> Bounds {
+    /// scan and the time bound of the watermark scan, as used by their latest passes (`bounds`
+    /// for detector `i`, which is about to ship).
+    fn restart_bounds(&self, i: usize, bounds: &Bounds) -> Bounds {
         let used = |d: Detection| {
             self.slots
                 .iter()
                 .enumerate()
                 .find(|(_, s)| s.detector.detection() == d)
-                .map(|(i, s)| {
-                    advanced
-                        .iter()
-                        .find(|(j, _, _)| *j == i)
-                        .map(|(_, _, b)| b.clone())
-                        .unwrap_or_else(|| s.bounds.clone())
+                .map(|(j, s)| {
+                    if j == i {
+                        bounds.clone()
+                    } else {
+                        s.bounds.clone()
+                    }
                 })
         };
         Bounds {

@@ -169,7 +169,7 @@ impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
             snapshot_chunk_rows: 10_000,
-            scan_chunk_rows: 20_000,
+            scan_chunk_rows: 100_000,
             max_rows_per_second: 0,
             insert_interval_ms: 100,
             update_interval_ms: 250,
@@ -385,7 +385,7 @@ name = "media"
         let text = format!("{MINIMAL}\n[producer]\nsnapshot_chunk_rows = 7\n");
         let c = Config::parse(&text, "t.toml", &[]).unwrap();
         assert_eq!(c.producer.snapshot_chunk_rows, 7);
-        assert_eq!(c.producer.scan_chunk_rows, 20_000);
+        assert_eq!(c.producer.scan_chunk_rows, 100_000);
     }
 
     #[test]
