@@ -16,7 +16,8 @@ use tunnel_shared::event::{ChangeEvent, Detection, Op};
 
 use crate::checkpoint::{Checkpoint, SnapshotPhase};
 use crate::horizon::Bounds;
-use crate::source::SourceRow;
+use crate::publish::Publisher;
+use crate::source::{Source, SourceRow};
 use crate::worker::{Worker, WorkerError};
 
 pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
@@ -39,28 +40,18 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
     let total = w.source.estimated_rows().await.unwrap_or(0);
     let mut progress = Progress::new(total, w.checkpoint.events);
     info!(estimated_rows = total, phase = ?w.checkpoint.snapshot.phase, "snapshot started");
-    while w.checkpoint.snapshot.phase == SnapshotPhase::Scan {
-        if w.stopping() {
-            return Ok(());
-        }
-        let mut next = w.checkpoint.clone();
-        if !next.snapshot.drained && start_drained(w).await? {
-            next.snapshot.drained = true;
-            next.snapshot.drained_upto = next.snapshot.after_key.clone();
-        }
-        let rows = w
-            .source
-            .rows_after(next.snapshot.after_key.as_deref(), chunk)
-            .await?;
-        let done = (rows.len() as i64) < chunk;
-        if let Some(last) = rows.last() {
-            next.snapshot.after_key = Some(last.key_text.clone());
-            next.max_key = Some(last.key_text.clone());
-        }
-        if done {
-            finish_scan(w, &mut next).await?;
-        }
-        ship(w, next, &rows, &mut progress).await?;
+    // the next chunk is read while the previous one is being committed to Kafka
+    let published = w.checkpoint.clone();
+    let mut pending: Option<(Checkpoint, Vec<SourceRow>)> = None;
+    let scanned = scan(w, chunk, &mut pending, &mut progress).await;
+    let flushed = match pending.take() {
+        Some((cp, rows)) if scanned.is_ok() => ship(&w.publisher, &cp, &rows, &mut progress).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = scanned.and(flushed) {
+        // resume from what Kafka has, not from what was only read
+        w.checkpoint = published;
+        return Err(e);
     }
     while w.checkpoint.snapshot.phase == SnapshotPhase::CatchUp {
         if w.stopping() {
@@ -69,7 +60,8 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
         let mut next = w.checkpoint.clone();
         let Some(upto) = next.snapshot.drained_upto.clone() else {
             next.snapshot.phase = SnapshotPhase::Done;
-            ship(w, next, &[], &mut progress).await?;
+            ship(&w.publisher, &next, &[], &mut progress).await?;
+            w.checkpoint = next;
             break;
         };
         let rows = w
@@ -82,7 +74,9 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
         if (rows.len() as i64) < chunk {
             next.snapshot.phase = SnapshotPhase::Done;
         }
-        ship(w, next, &rows, &mut progress).await?;
+        account(&mut next, &rows);
+        ship(&w.publisher, &next, &rows, &mut progress).await?;
+        w.checkpoint = next;
     }
     progress.finish();
     info!(events = w.checkpoint.events, "snapshot done");
@@ -91,10 +85,13 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
 
 /// Whether none of the transactions running at the snapshot's start is running any more (or
 /// they have been waited for longer than `horizon_max_wait_s`).
-async fn start_drained(w: &Worker) -> Result<bool, WorkerError> {
-    let probe = w.source.probe().await?;
-    let still: Vec<&String> = w
-        .checkpoint
+async fn start_drained(
+    source: &Source,
+    cp: &Checkpoint,
+    max_wait_micros: i64,
+) -> Result<bool, WorkerError> {
+    let probe = source.probe().await?;
+    let still: Vec<&String> = cp
         .snapshot
         .start_running
         .iter()
@@ -103,7 +100,7 @@ async fn start_drained(w: &Worker) -> Result<bool, WorkerError> {
     if still.is_empty() {
         return Ok(true);
     }
-    if probe.at_micros - w.checkpoint.snapshot.started_at_micros > w.max_wait_micros() {
+    if probe.at_micros - cp.snapshot.started_at_micros > max_wait_micros {
         warn!(transactions = ?still, "transactions older than the snapshot are still open after horizon_max_wait_s; moving on without them");
         return Ok(true);
     }
@@ -114,7 +111,7 @@ async fn start_drained(w: &Worker) -> Result<bool, WorkerError> {
 /// again what was read while they were open, or finish.
 async fn finish_scan(w: &mut Worker, next: &mut Checkpoint) -> Result<(), WorkerError> {
     while !next.snapshot.drained {
-        if start_drained(w).await? {
+        if start_drained(&w.source, next, w.max_wait_micros()).await? {
             next.snapshot.drained = true;
             next.snapshot.drained_upto = next.snapshot.after_key.clone();
         } else {
@@ -130,9 +127,71 @@ async fn finish_scan(w: &mut Worker, next: &mut Checkpoint) -> Result<(), Worker
     Ok(())
 }
 
-async fn ship(
+/// Reads the table chunk by chunk; each chunk is left in `pending` and shipped while the next
+/// one is read. `w.checkpoint` runs one chunk ahead of what Kafka has.
+async fn scan(
     w: &mut Worker,
-    mut next: Checkpoint,
+    chunk: i64,
+    pending: &mut Option<(Checkpoint, Vec<SourceRow>)>,
+    progress: &mut Progress,
+) -> Result<(), WorkerError> {
+    let max_wait = w.max_wait_micros();
+    while w.checkpoint.snapshot.phase == SnapshotPhase::Scan {
+        if w.stopping() {
+            return Ok(());
+        }
+        let mut next = w.checkpoint.clone();
+        let source = &mut w.source;
+        let read = async {
+            let drained = !next.snapshot.drained && start_drained(source, &next, max_wait).await?;
+            let rows = source
+                .rows_after(next.snapshot.after_key.as_deref(), chunk)
+                .await?;
+            Ok::<_, WorkerError>((drained, rows))
+        };
+        let publisher = &w.publisher;
+        let shipping = async {
+            match pending.take() {
+                Some((cp, rows)) => ship(publisher, &cp, &rows, progress).await,
+                None => Ok(()),
+            }
+        };
+        let (read, shipped) = tokio::join!(read, shipping);
+        shipped?;
+        let (drained, rows) = read?;
+        if drained {
+            next.snapshot.drained = true;
+            next.snapshot.drained_upto = next.snapshot.after_key.clone();
+        }
+        let done = (rows.len() as i64) < chunk;
+        if let Some(last) = rows.last() {
+            next.snapshot.after_key = Some(last.key_text.clone());
+            next.max_key = Some(last.key_text.clone());
+        }
+        account(&mut next, &rows);
+        if done {
+            finish_scan(w, &mut next).await?;
+        }
+        w.checkpoint = next.clone();
+        *pending = Some((next, rows));
+    }
+    Ok(())
+}
+
+/// Counts a chunk's rows into the checkpoint.
+fn account(next: &mut Checkpoint, rows: &[SourceRow]) {
+    next.events += rows.len() as u64;
+    next.max_watermark = rows
+        .iter()
+        .filter_map(|r| r.watermark)
+        .chain(next.max_watermark)
+        .max();
+}
+
+/// Ships a chunk as `r` events with the checkpoint that covers it.
+async fn ship(
+    publisher: &Publisher,
+    next: &Checkpoint,
     rows: &[SourceRow],
     progress: &mut Progress,
 ) -> Result<(), WorkerError> {
@@ -148,14 +207,7 @@ async fn ship(
             ts_ms,
         })
         .collect();
-    next.events += events.len() as u64;
-    next.max_watermark = rows
-        .iter()
-        .filter_map(|r| r.watermark)
-        .chain(next.max_watermark)
-        .max();
-    w.publisher.publish(&events, &next).await?;
-    w.checkpoint = next;
+    publisher.publish(&events, next).await?;
     progress.add(events.len() as u64);
     Ok(())
 }
