@@ -11,9 +11,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use tunnel_shared::event::Op;
 use tunnel_shared::pg::{qualified, quote_ident, PgError};
-use tunnel_shared::pgbinary::to_pg_text;
 use tunnel_shared::retry::Retryable;
-use tunnel_shared::schema::FieldShape;
 
 use crate::ddl;
 use crate::decode::{DecodedMessage, WriterSchema};
@@ -22,21 +20,12 @@ use crate::decode::{DecodedMessage, WriterSchema};
 pub enum ApplyError {
     #[error(transparent)]
     Pg(#[from] PgError),
-    #[error("{topic}[{partition}]@{offset}: field {field}: {message}")]
-    Value {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        field: String,
-        message: String,
-    },
 }
 
 impl Retryable for ApplyError {
     fn is_retryable(&self) -> bool {
         match self {
             ApplyError::Pg(e) => e.is_retryable(),
-            ApplyError::Value { .. } => false,
         }
     }
 }
@@ -69,26 +58,6 @@ pub struct Applied {
 }
 
 type KeyText = Vec<Option<String>>;
-
-fn texts(
-    entry: &Entry,
-    values: &[apache_avro::types::Value],
-    shapes: &[FieldShape],
-) -> Result<Vec<Option<String>>, ApplyError> {
-    values
-        .iter()
-        .zip(shapes)
-        .map(|(v, s)| {
-            to_pg_text(v, s.scale).map_err(|message| ApplyError::Value {
-                topic: entry.topic.to_string(),
-                partition: entry.partition,
-                offset: entry.offset,
-                field: s.field.clone(),
-                message,
-            })
-        })
-        .collect()
-}
 
 /// Applies `entries` (in offset order per partition) in one target transaction.
 pub async fn apply_batch(
@@ -154,8 +123,10 @@ pub async fn apply_batch(
             .or_insert((from, 0));
         n.0 = n.0.max(e.offset + 1);
         n.1 += 1;
-        let key = texts(e, &e.message.key, &e.key_schema.fields)?;
-        latest.entry(e.topic.clone()).or_default().insert(key, e);
+        latest
+            .entry(e.topic.clone())
+            .or_default()
+            .insert(e.message.key.clone(), e);
     }
     for (topic, rows) in &latest {
         let Some(target) = targets.get(topic) else {
@@ -277,8 +248,8 @@ async fn upsert_and_delete(
                 continue;
             };
             let Some(after) = &ev.after else { continue };
-            for (i, t) in texts(e, after, shapes)?.into_iter().enumerate() {
-                columns[i].push(t);
+            for (column, t) in columns.iter_mut().zip(after) {
+                column.push(t.clone());
             }
         }
         let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
-use tunnel_shared::event::{self, DecodedEvent, EventError};
+use tunnel_shared::datum;
+use tunnel_shared::event::{self, EnvelopeLayout, EventError, RecordLayout, TextEvent};
+use tunnel_shared::pgbinary::to_pg_text;
 use tunnel_shared::registry::{Registry, RegistryError};
 use tunnel_shared::retry::Retryable;
 use tunnel_shared::schema::{self, FieldShape, SchemaError};
@@ -67,19 +69,23 @@ impl DecodeError {
     }
 }
 
-/// A writer schema with the shape of the rows it describes.
+/// A writer schema with the shape of the rows it describes, and the direct readers of this
+/// pipeline's own layouts (other layouts are decoded through apache-avro).
 pub struct WriterSchema {
     pub id: u32,
     pub schema: Arc<Schema>,
     pub fields: Vec<FieldShape>,
+    envelope: Option<EnvelopeLayout>,
+    record: Option<RecordLayout>,
 }
 
 #[derive(Debug)]
 pub struct DecodedMessage {
-    pub key: Vec<Value>,
+    /// The key in PostgreSQL's text form.
+    pub key: Vec<Option<String>>,
     pub key_schema: u32,
     /// `None` for a tombstone.
-    pub event: Option<(DecodedEvent, u32)>,
+    pub event: Option<(TextEvent, u32)>,
 }
 
 pub struct Decoder {
@@ -110,34 +116,98 @@ impl Decoder {
             .map_err(|source| DecodeError::Registry { part, source })?;
         let fields = schema::row_fields(&schema, part)
             .map_err(|source| DecodeError::Schema { part, source })?;
-        let w = Arc::new(WriterSchema { id, schema, fields });
+        let envelope = EnvelopeLayout::of(&schema);
+        let record = RecordLayout::of_key(&schema);
+        let w = Arc::new(WriterSchema {
+            id,
+            schema,
+            fields,
+            envelope,
+            record,
+        });
         self.shapes.insert(id, w.clone());
         Ok(w)
     }
 
-    async fn body(
-        &mut self,
-        bytes: &[u8],
+    fn avro(part: &'static str, id: u32) -> impl Fn(String) -> DecodeError {
+        move |message| DecodeError::Avro {
+            part,
+            schema_id: id,
+            message,
+        }
+    }
+
+    /// The generic path: apache-avro values, then their text form.
+    fn generic(w: &WriterSchema, body: &[u8], part: &'static str) -> Result<Value, DecodeError> {
+        let mut reader = body;
+        let value = apache_avro::from_avro_datum(&w.schema, &mut reader, None)
+            .map_err(|e| Self::avro(part, w.id)(e.to_string()))?;
+        if !reader.is_empty() {
+            return Err(Self::avro(part, w.id)(format!(
+                "{} bytes left over after the record",
+                reader.len()
+            )));
+        }
+        Ok(value)
+    }
+
+    fn texts(
+        w: &WriterSchema,
+        values: &[Value],
         part: &'static str,
-    ) -> Result<(Value, u32), DecodeError> {
+    ) -> Result<Vec<Option<String>>, DecodeError> {
+        values
+            .iter()
+            .zip(&w.fields)
+            .map(|(v, f)| {
+                to_pg_text(v, f.scale)
+                    .map_err(|m| Self::avro(part, w.id)(format!("field {}: {m}", f.field)))
+            })
+            .collect()
+    }
+
+    async fn key(&mut self, bytes: &[u8]) -> Result<(Vec<Option<String>>, u32), DecodeError> {
+        let part = "key";
         let (id, body) = wire::parse(bytes).map_err(|source| DecodeError::Wire { part, source })?;
         let w = self.writer(id, part).await?;
-        let mut reader = body;
-        let value = apache_avro::from_avro_datum(&w.schema, &mut reader, None).map_err(|e| {
-            DecodeError::Avro {
-                part,
-                schema_id: id,
-                message: e.to_string(),
+        let key = match &w.record {
+            Some(layout) => {
+                let mut r = datum::Reader::new(body);
+                let key = layout.read(&mut r).map_err(Self::avro(part, id))?;
+                if r.remaining() > 0 {
+                    return Err(Self::avro(part, id)(format!(
+                        "{} bytes left over after the key",
+                        r.remaining()
+                    )));
+                }
+                key
             }
-        })?;
-        if !reader.is_empty() {
-            return Err(DecodeError::Avro {
-                part,
-                schema_id: id,
-                message: format!("{} bytes left over after the record", reader.len()),
-            });
-        }
-        Ok((value, id))
+            None => {
+                let values = event::decode_key(Self::generic(&w, body, part)?)
+                    .map_err(|source| DecodeError::Event { part, source })?;
+                Self::texts(&w, &values, part)?
+            }
+        };
+        Ok((key, id))
+    }
+
+    async fn value(&mut self, bytes: &[u8]) -> Result<(TextEvent, u32), DecodeError> {
+        let part = "value";
+        let (id, body) = wire::parse(bytes).map_err(|source| DecodeError::Wire { part, source })?;
+        let w = self.writer(id, part).await?;
+        let event = match &w.envelope {
+            Some(layout) => layout.read(body).map_err(Self::avro(part, id))?,
+            None => {
+                let ev = event::decode_envelope(Self::generic(&w, body, part)?)
+                    .map_err(|source| DecodeError::Event { part, source })?;
+                let after = match &ev.after {
+                    Some(row) => Some(Self::texts(&w, row, part)?),
+                    None => None,
+                };
+                TextEvent { op: ev.op, after }
+            }
+        };
+        Ok((event, id))
     }
 
     pub async fn decode(
@@ -145,22 +215,10 @@ impl Decoder {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<DecodedMessage, DecodeError> {
-        let key_bytes = key.ok_or(DecodeError::NoKey)?;
-        let (k, key_schema) = self.body(key_bytes, "key").await?;
-        let key = event::decode_key(k).map_err(|source| DecodeError::Event {
-            part: "key",
-            source,
-        })?;
+        let (key, key_schema) = self.key(key.ok_or(DecodeError::NoKey)?).await?;
         let event = match value {
             None => None,
-            Some(v) => {
-                let (value, id) = self.body(v, "value").await?;
-                let ev = event::decode_envelope(value).map_err(|source| DecodeError::Event {
-                    part: "value",
-                    source,
-                })?;
-                Some((ev, id))
-            }
+            Some(v) => Some(self.value(v).await?),
         };
         Ok(DecodedMessage {
             key,

@@ -50,24 +50,29 @@ fn field_type(s: &Schema) -> Option<FieldType> {
     })
 }
 
+/// The spec of a field of schema `s`: `T` or the union `["null", T]`.
+pub fn field_spec(s: &Schema) -> Option<FieldSpec> {
+    match s {
+        Schema::Union(u) => match u.variants() {
+            [Schema::Null, inner] => Some(FieldSpec {
+                ty: field_type(inner)?,
+                nullable: true,
+            }),
+            _ => None,
+        },
+        other => Some(FieldSpec {
+            ty: field_type(other)?,
+            nullable: false,
+        }),
+    }
+}
+
 /// The specs of a record's fields; `None` if a field has a type this writer does not handle.
 pub fn record_specs(record: &RecordSchema) -> Option<Vec<FieldSpec>> {
     record
         .fields
         .iter()
-        .map(|f| match &f.schema {
-            Schema::Union(u) => match u.variants() {
-                [Schema::Null, inner] => Some(FieldSpec {
-                    ty: field_type(inner)?,
-                    nullable: true,
-                }),
-                _ => None,
-            },
-            other => Some(FieldSpec {
-                ty: field_type(other)?,
-                nullable: false,
-            }),
-        })
+        .map(|f| field_spec(&f.schema))
         .collect()
 }
 
@@ -161,5 +166,161 @@ mod tests {
         assert!(write_field(&mut b, spec, None).is_err());
         assert!(write_field(&mut b, spec, Some(&Value::String("x".into()))).is_err());
         assert!(write_field(&mut b, spec, Some(&Value::Int(3))).is_ok());
+    }
+}
+
+/// Reads Avro binary data with a bounds check on every read: a short or garbage body is an
+/// error, never a panic.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.remaining() < n {
+            return Err(format!(
+                "body ends after {} bytes, {n} more needed at byte {}",
+                self.buf.len(),
+                self.pos
+            ));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    pub fn read_long(&mut self) -> Result<i64, String> {
+        let mut z: u64 = 0;
+        for shift in (0..70).step_by(7) {
+            let b = self.take(1)?[0];
+            if shift == 63 && b > 1 {
+                return Err(format!("varint longer than 64 bits at byte {}", self.pos));
+            }
+            z |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+        }
+        Err(format!("varint longer than 10 bytes at byte {}", self.pos))
+    }
+
+    pub fn read_bytes(&mut self) -> Result<&'a [u8], String> {
+        let n = self.read_long()?;
+        let n =
+            usize::try_from(n).map_err(|_| format!("negative length {n} at byte {}", self.pos))?;
+        self.take(n)
+    }
+
+    pub fn read_str(&mut self) -> Result<&'a str, String> {
+        let b = self.read_bytes()?;
+        std::str::from_utf8(b).map_err(|e| format!("string is not UTF-8: {e}"))
+    }
+
+    pub fn read_bool(&mut self) -> Result<bool, String> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(format!("boolean byte {b}")),
+        }
+    }
+
+    fn read_int(&mut self) -> Result<i32, String> {
+        let n = self.read_long()?;
+        i32::try_from(n).map_err(|_| format!("int {n} out of range"))
+    }
+
+    /// Reads a union index of `["null", T]`: whether a value follows.
+    pub fn read_present(&mut self) -> Result<bool, String> {
+        match self.read_long()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            i => Err(format!("union index {i} of a nullable field")),
+        }
+    }
+
+    /// Reads one field and renders it in PostgreSQL's text input form (`None` for null).
+    pub fn read_field_text(
+        &mut self,
+        spec: FieldSpec,
+        scale: Option<u32>,
+    ) -> Result<Option<String>, String> {
+        use crate::pgbinary::{date_text, decimal_text, float_text, time_text, timestamp_text};
+        if spec.nullable && !self.read_present()? {
+            return Ok(None);
+        }
+        Ok(Some(match spec.ty {
+            FieldType::Int => self.read_int()?.to_string(),
+            FieldType::Long => self.read_long()?.to_string(),
+            FieldType::Float => {
+                let f = f32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "float")?);
+                float_text(f64::from(f), f.to_string())
+            }
+            FieldType::Double => {
+                let f = f64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "double")?);
+                float_text(f, f.to_string())
+            }
+            FieldType::Boolean => (if self.read_bool()? { "t" } else { "f" }).to_string(),
+            FieldType::String | FieldType::Uuid => self.read_str()?.to_string(),
+            FieldType::Bytes => {
+                let b = self.read_bytes()?;
+                let mut s = String::with_capacity(2 + 2 * b.len());
+                s.push_str("\\x");
+                for byte in b {
+                    s.push_str(&format!("{byte:02x}"));
+                }
+                s
+            }
+            FieldType::Decimal => {
+                let b = self.read_bytes()?;
+                decimal_text(
+                    &num_bigint::BigInt::from_signed_bytes_be(b),
+                    scale.unwrap_or(0),
+                )
+            }
+            FieldType::Date => date_text(self.read_int()?)?,
+            FieldType::TimeMicros => time_text(self.read_long()?),
+            FieldType::TimestampMicros => timestamp_text(self.read_long()?, "+00")?,
+            FieldType::LocalTimestampMicros => timestamp_text(self.read_long()?, "")?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod reader_tests {
+    use super::*;
+
+    #[test]
+    fn reads_back_what_is_written() {
+        let mut b = Vec::new();
+        for n in [0i64, -1, 1, 300, -300, i64::MAX, i64::MIN] {
+            write_long(&mut b, n);
+        }
+        write_bytes(&mut b, b"hi");
+        let mut r = Reader::new(&b);
+        for n in [0i64, -1, 1, 300, -300, i64::MAX, i64::MIN] {
+            assert_eq!(r.read_long().unwrap(), n);
+        }
+        assert_eq!(r.read_str().unwrap(), "hi");
+        assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn short_and_garbage_input_is_an_error() {
+        assert!(Reader::new(&[]).read_long().is_err());
+        assert!(Reader::new(&[0xff; 11]).read_long().is_err());
+        // a length of 100 with 1 byte behind it
+        assert!(Reader::new(&[200, 1]).read_bytes().is_err());
+        // a negative length
+        assert!(Reader::new(&[1]).read_bytes().is_err());
+        assert!(Reader::new(&[2]).read_bool().is_err());
     }
 }

@@ -202,6 +202,150 @@ impl EventEncoder {
     }
 }
 
+/// A record (a key, or an envelope's row) whose fields the direct reader can read.
+#[derive(Debug, Clone)]
+pub struct RecordLayout {
+    fields: Vec<(FieldSpec, Option<u32>)>,
+}
+
+impl RecordLayout {
+    pub fn of(record: &apache_avro::schema::RecordSchema) -> Option<Self> {
+        let specs = datum::record_specs(record)?;
+        let scales = record.fields.iter().map(|f| {
+            let inner = match &f.schema {
+                Schema::Union(u) => u.variants().get(1),
+                other => Some(other),
+            };
+            match inner {
+                Some(Schema::Decimal(d)) => u32::try_from(d.scale).ok(),
+                _ => None,
+            }
+        });
+        Some(Self {
+            fields: specs.into_iter().zip(scales).collect(),
+        })
+    }
+
+    /// The key layout of a key schema.
+    pub fn of_key(schema: &Schema) -> Option<Self> {
+        match schema {
+            Schema::Record(r) => Self::of(r),
+            _ => None,
+        }
+    }
+
+    /// Reads the record's fields in PostgreSQL's text form.
+    pub fn read(&self, r: &mut datum::Reader<'_>) -> Result<Vec<Option<String>>, String> {
+        self.fields
+            .iter()
+            .map(|(spec, scale)| r.read_field_text(*spec, *scale))
+            .collect()
+    }
+}
+
+/// An event with its row in PostgreSQL's text form, as the consumer applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextEvent {
+    pub op: Op,
+    /// `None` for a delete.
+    pub after: Option<Vec<Option<String>>>,
+}
+
+/// How to read an envelope written by this pipeline without building Avro values: `None` for
+/// schemas of another layout (those go through apache-avro).
+#[derive(Debug, Clone)]
+pub struct EnvelopeLayout {
+    row: RecordLayout,
+}
+
+impl EnvelopeLayout {
+    pub fn of(schema: &Schema) -> Option<Self> {
+        let Schema::Record(envelope) = schema else {
+            return None;
+        };
+        let names: Vec<&str> = envelope.fields.iter().map(|f| f.name.as_str()).collect();
+        if names != ["op", "after", "source", "ts_ms"] {
+            return None;
+        }
+        let row = match &envelope.fields[1].schema {
+            Schema::Union(u) => match u.variants() {
+                [Schema::Null, Schema::Record(r)] => RecordLayout::of(r)?,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let Schema::Record(source) = &envelope.fields[2].schema else {
+            return None;
+        };
+        let source_types: Vec<Option<FieldSpec>> = source
+            .fields
+            .iter()
+            .map(|f| datum::field_spec(&f.schema))
+            .collect();
+        let expected = [
+            Some(FieldSpec {
+                ty: datum::FieldType::String,
+                nullable: false,
+            }),
+            Some(FieldSpec {
+                ty: datum::FieldType::String,
+                nullable: false,
+            }),
+            Some(FieldSpec {
+                ty: datum::FieldType::String,
+                nullable: false,
+            }),
+            Some(FieldSpec {
+                ty: datum::FieldType::Boolean,
+                nullable: false,
+            }),
+            Some(FieldSpec {
+                ty: datum::FieldType::String,
+                nullable: false,
+            }),
+            Some(FieldSpec {
+                ty: datum::FieldType::TimestampMicros,
+                nullable: true,
+            }),
+        ];
+        if source_types != expected
+            || !matches!(envelope.fields[0].schema, Schema::String)
+            || !matches!(envelope.fields[3].schema, Schema::Long)
+        {
+            return None;
+        }
+        Some(Self { row })
+    }
+
+    pub fn read(&self, body: &[u8]) -> Result<TextEvent, String> {
+        let mut r = datum::Reader::new(body);
+        let code = r.read_str()?;
+        let op = Op::parse(code).ok_or_else(|| format!("unknown op '{code}'"))?;
+        let after = if r.read_present()? {
+            Some(self.row.read(&mut r)?)
+        } else {
+            None
+        };
+        // source: version, schema, table, snapshot, detected_by, updated_at; then ts_ms
+        for _ in 0..3 {
+            r.read_bytes()?;
+        }
+        r.read_bool()?;
+        r.read_bytes()?;
+        if r.read_present()? {
+            r.read_long()?;
+        }
+        r.read_long()?;
+        if r.remaining() > 0 {
+            return Err(format!("{} bytes left over after the event", r.remaining()));
+        }
+        if op != Op::Delete && after.is_none() {
+            return Err(format!("'{}' event without 'after'", op.code()));
+        }
+        Ok(TextEvent { op, after })
+    }
+}
+
 /// An event as the consumer sees it: its operation and, unless it is a delete, the row's
 /// values in field order (nulls as `Value::Null`).
 #[derive(Debug, Clone, PartialEq)]
@@ -456,6 +600,37 @@ mod tests {
             )
             .unwrap();
             assert_eq!(enc.encode_key(&ev.key).unwrap()[5..], key[..]);
+            // the direct reader gives what apache-avro's decoding rendered as text gives
+            let layout = EnvelopeLayout::of(&schemas.value).unwrap();
+            let direct = layout.read(&expected).unwrap();
+            let generic = decode_envelope(
+                apache_avro::from_avro_datum(&schemas.value, &mut &expected[..], None).unwrap(),
+            )
+            .unwrap();
+            let shapes = crate::schema::row_fields(&schemas.value, "value").unwrap();
+            let rendered = generic.after.map(|row| {
+                row.iter()
+                    .zip(&shapes)
+                    .map(|(v, f)| crate::pgbinary::to_pg_text(v, f.scale).unwrap())
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(
+                direct,
+                TextEvent {
+                    op,
+                    after: rendered
+                }
+            );
+            let key_layout = RecordLayout::of_key(&schemas.key).unwrap();
+            let mut r = datum::Reader::new(&key);
+            assert_eq!(
+                key_layout.read(&mut r).unwrap(),
+                vec![Some("-70000".to_string()), Some(u.to_string())]
+            );
+            assert!(
+                layout.read(&expected[..expected.len() - 1]).is_err(),
+                "a truncated body must not decode"
+            );
         }
     }
 

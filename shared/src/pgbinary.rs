@@ -182,28 +182,12 @@ pub fn to_pg_text(value: &Value, scale: Option<u32>) -> Result<Option<String>, S
             }
             s
         }
-        Value::Date(days) => match *days {
-            i32::MAX => "infinity".into(),
-            i32::MIN => "-infinity".into(),
-            d => chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0)
-                .ok_or_else(|| format!("date {d} days is out of range"))?
-                .format("%Y-%m-%d")
-                .to_string(),
-        },
+        Value::Date(days) => date_text(*days)?,
         Value::LocalTimestampMicros(us) => timestamp_text(*us, "")?,
         Value::TimestampMicros(us) => timestamp_text(*us, "+00")?,
         Value::LocalTimestampMillis(ms) => timestamp_text(ms.saturating_mul(1000), "")?,
         Value::TimestampMillis(ms) => timestamp_text(ms.saturating_mul(1000), "+00")?,
-        Value::TimeMicros(us) => {
-            let secs = us.div_euclid(1_000_000);
-            format!(
-                "{:02}:{:02}:{:02}.{:06}",
-                secs / 3600,
-                (secs / 60) % 60,
-                secs % 60,
-                us.rem_euclid(1_000_000)
-            )
-        }
+        Value::TimeMicros(us) => time_text(*us),
         Value::TimeMillis(ms) => {
             to_pg_text(&Value::TimeMicros(i64::from(*ms) * 1000), None)?.unwrap_or_default()
         }
@@ -215,7 +199,29 @@ pub fn to_pg_text(value: &Value, scale: Option<u32>) -> Result<Option<String>, S
     }))
 }
 
-fn float_text(v: f64, shortest: String) -> String {
+pub(crate) fn date_text(days: i32) -> Result<String, String> {
+    Ok(match days {
+        i32::MAX => "infinity".into(),
+        i32::MIN => "-infinity".into(),
+        d => chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0)
+            .ok_or_else(|| format!("date {d} days is out of range"))?
+            .format("%Y-%m-%d")
+            .to_string(),
+    })
+}
+
+pub(crate) fn time_text(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        us.rem_euclid(1_000_000)
+    )
+}
+
+pub(crate) fn float_text(v: f64, shortest: String) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
@@ -225,7 +231,7 @@ fn float_text(v: f64, shortest: String) -> String {
     }
 }
 
-fn timestamp_text(us: i64, zone: &str) -> Result<String, String> {
+pub(crate) fn timestamp_text(us: i64, zone: &str) -> Result<String, String> {
     match us {
         i64::MAX => Ok("infinity".into()),
         i64::MIN => Ok("-infinity".into()),
@@ -237,7 +243,7 @@ fn timestamp_text(us: i64, zone: &str) -> Result<String, String> {
     }
 }
 
-fn decimal_text(unscaled: &BigInt, scale: u32) -> String {
+pub(crate) fn decimal_text(unscaled: &BigInt, scale: u32) -> String {
     let digits = unscaled.magnitude().to_string();
     let sign = if unscaled.sign() == num_bigint::Sign::Minus {
         "-"
