@@ -111,6 +111,62 @@ impl Source {
         self.client.is_closed()
     }
 
+    /// The table's heap size in pages and the rows per page, when the server can scan page
+    /// ranges (`ctid` range scans, PostgreSQL 14 and later); `None` otherwise.
+    pub async fn heap_pages(&self) -> Result<Option<(i64, f64)>, SourceError> {
+        let row = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT current_setting('server_version_num')::int >= 140000,
+                            pg_relation_size('{t}'::regclass) / current_setting('block_size')::int8,
+                            (SELECT CASE WHEN relpages > 0 THEN reltuples / relpages ELSE 0 END FROM pg_class WHERE oid = '{t}'::regclass)::float8",
+                    t = qualified(&self.table.schema, &self.table.name)
+                ),
+                &[],
+            )
+            .await
+            .map_err(PgError::query("reading the table's size"))?;
+        let (supported, pages, per_page): (bool, i64, f64) = (row.get(0), row.get(1), row.get(2));
+        Ok(supported.then_some((pages, per_page)))
+    }
+
+    /// Rows on heap pages `[from, to)` (`to = None`: to the end, pages added since included)
+    /// whose watermark is at or above `since_micros`, read by a TID range scan.
+    pub async fn rows_changed_in_pages(
+        &mut self,
+        from: i64,
+        to: Option<i64>,
+        since_micros: i64,
+    ) -> Result<Vec<SourceRow>, SourceError> {
+        let Some(wm) = self.table.watermark else {
+            return Ok(Vec::new());
+        };
+        let wm_col = &self.table.columns[wm];
+        let since = watermark_text(wm_col.kind, since_micros);
+        let upper = match to {
+            Some(p) => format!(" AND ctid < '({p},0)'::tid"),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT {}, {} FROM {} WHERE ctid >= '({from},0)'::tid{upper} AND {} >= $1::text::{}",
+            self.table.select_list(),
+            key_text_list(&self.table),
+            qualified(&self.table.schema, &self.table.name),
+            quote_ident(&wm_col.name),
+            wm_col.type_name
+        );
+        let rows = self
+            .client
+            .query(&sql, &[&since])
+            .await
+            .map_err(PgError::query(format!(
+                "scanning {} for changes",
+                self.table.qualified_name()
+            )))?;
+        self.decode_rows(&rows).await
+    }
+
     /// For a single integer primary key that is not too sparse: its lowest and highest value,
     /// so that scans can cut key ranges by value, without a query to find each range's end.
     /// `None` for other keys, sparse keys (under 5% of the span in use) or an empty table.
@@ -336,14 +392,7 @@ impl Source {
             return Ok(Vec::new());
         };
         let wm_col = &self.table.columns[wm];
-        let since = match wm_col.kind {
-            ColumnKind::TimestampTz => Value::TimestampMicros(since_micros),
-            _ => Value::LocalTimestampMicros(since_micros),
-        };
-        let since_text = pgbinary::to_pg_text(&since, None)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "-infinity".into());
+        let since_text = watermark_text(wm_col.kind, since_micros);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since_text];
         let mut conds = vec![format!(
             "{} >= $1::text::{}",
@@ -428,6 +477,18 @@ impl Source {
         self.throttle.account(rows.len() as u64).await;
         Ok(out)
     }
+}
+
+/// A watermark bound in PostgreSQL's text form, for a `$n::text::<type>` parameter.
+fn watermark_text(kind: ColumnKind, micros: i64) -> String {
+    let v = match kind {
+        ColumnKind::TimestampTz => Value::TimestampMicros(micros),
+        _ => Value::LocalTimestampMicros(micros),
+    };
+    pgbinary::to_pg_text(&v, None)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "-infinity".into())
 }
 
 fn key_text(r: &PgRow, first: usize, n: usize) -> Vec<String> {

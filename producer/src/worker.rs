@@ -379,6 +379,9 @@ impl Worker {
         self.tick += 1;
         let tick = self.tick;
         let slot = &mut self.slots[i];
+        // a pass may take at most half of the source time of its detector: a pass that took
+        // longer than its interval waits as long again before the next one
+        slot.next_due = slot.next_due.max(Instant::now() + started.elapsed());
         slot.horizon = horizon;
         slot.bounds = observation.bounds;
         slot.last_activity = Some(activity.clone());
