@@ -240,6 +240,11 @@ async fn upsert_and_delete(
         entries,
     } in upserts.values()
     {
+        if entries.iter().all(|e| is_insert(e))
+            && copy_in(tx, &table, &value_schema.fields, entries).await?
+        {
+            continue;
+        }
         let shapes = &value_schema.fields;
         let mut columns: Vec<Vec<Option<String>>> =
             vec![Vec::with_capacity(entries.len()); shapes.len()];
@@ -301,6 +306,79 @@ async fn upsert_and_delete(
     Ok(())
 }
 
+/// Whether an entry is a snapshot read or an insert (its key is most likely new).
+fn is_insert(e: &Entry) -> bool {
+    matches!(&e.message.event, Some((ev, _)) if matches!(ev.op, Op::Read | Op::Create))
+}
+
+/// Snapshot reads and inserts first try a plain `COPY` into the table, several times cheaper
+/// for the server than an upsert. A key that exists already (a replay, a row re-read) makes the
+/// `COPY` fail as a whole: it is rolled back to its savepoint and the caller upserts instead.
+/// Returns whether the rows were copied.
+async fn copy_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    shapes: &[tunnel_shared::schema::FieldShape],
+    entries: &[&Entry],
+) -> Result<bool, ApplyError> {
+    use futures::SinkExt;
+    let mut buf = Vec::with_capacity(entries.len() * 64);
+    for e in entries {
+        let Some((ev, _)) = &e.message.event else {
+            continue;
+        };
+        let Some(after) = &ev.after else { continue };
+        for (i, v) in after.iter().take(shapes.len()).enumerate() {
+            if i > 0 {
+                buf.push(b'\t');
+            }
+            copy_text(&mut buf, v.as_deref());
+        }
+        buf.push(b'\n');
+    }
+    let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
+    tx.batch_execute("SAVEPOINT tunnel_copy")
+        .await
+        .map_err(PgError::query("setting a savepoint"))?;
+    let copied = async {
+        let sink = tx
+            .copy_in(&format!("COPY {table} ({}) FROM STDIN", cols.join(", ")))
+            .await?;
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(buf)).await?;
+        sink.finish().await
+    }
+    .await;
+    let (sql, ok) = match copied {
+        Ok(_) => ("RELEASE SAVEPOINT tunnel_copy", true),
+        Err(e) => {
+            tracing::debug!(error = %e, "copy failed, upserting instead");
+            ("ROLLBACK TO SAVEPOINT tunnel_copy", false)
+        }
+    };
+    tx.batch_execute(sql)
+        .await
+        .map_err(PgError::query("ending a savepoint"))?;
+    Ok(ok)
+}
+
+/// One value in `COPY`'s text format.
+fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
+    let Some(s) = v else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.push(b),
+        }
+    }
+}
+
 /// `$1::text[], $2::text[], ...`
 fn array_params(n: usize) -> String {
     (1..=n)
@@ -320,6 +398,15 @@ fn alias_list(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_would_misread() {
+        let mut out = Vec::new();
+        copy_text(&mut out, Some("a\tb\\c\nd\re"));
+        out.push(b'|');
+        copy_text(&mut out, None);
+        assert_eq!(String::from_utf8(out).unwrap(), "a\\tb\\\\c\\nd\\re|\\N");
+    }
 
     #[test]
     fn sql_fragments() {

@@ -56,14 +56,14 @@ struct Raw {
 
 pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result<(), RunError> {
     let registry = Arc::new(Registry::new(&config.registry.url)?);
-    let mut decoder = Decoder::new(registry);
+    let decoder = Decoder::new(registry);
     let session = Session {
         application_name: format!("{}-consumer", config.source.application_name),
         statement_timeout: Duration::from_millis(config.target.statement_timeout_ms),
         lock_timeout: Duration::ZERO,
         read_only: false,
     };
-    let mut client = retry("connecting to the target", SETUP_ATTEMPTS, || {
+    let client = retry("connecting to the target", SETUP_ATTEMPTS, || {
         pg::connect(&config.target.url, &session)
     })
     .await?;
@@ -102,21 +102,99 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
     consumer.subscribe(&topics)?;
     info!(group = %group, topics = ?topics, "consuming");
 
-    let max = config.consumer.batch_max_events;
-    let wait = Duration::from_millis(config.consumer.batch_max_wait_ms);
-    let mut ready: HashSet<Arc<str>> = HashSet::new();
-    let mut known: HashMap<(Arc<str>, i32), i64> = HashMap::new();
-    let mut backoff = Backoff::default();
-    loop {
-        // a batch: the first message, then whatever arrives within `wait`, up to `max`
-        let first = tokio::select! {
-            m = consumer.recv() => m,
-            _ = stop.changed() => break,
-        };
-        let mut batch: Vec<Raw> = Vec::new();
-        let owned = |m: rdkafka::message::BorrowedMessage<'_>| Raw {
-            topic: targets
-                .keys()
+    let lookup = retry("connecting to the target", SETUP_ATTEMPTS, || {
+        pg::connect(&config.target.url, &session)
+    })
+    .await?;
+    let mut collector = Collector {
+        consumer,
+        decoder,
+        lookup,
+        bk: bk.clone(),
+        topics: targets.keys().cloned().collect(),
+        known: HashMap::new(),
+        max: config.consumer.batch_max_events,
+        wait: Duration::from_millis(config.consumer.batch_max_wait_ms),
+    };
+    let mut applier = Applier {
+        client,
+        config: config.clone(),
+        session,
+        group,
+        targets,
+        ready: HashSet::new(),
+    };
+    // the next batch is collected and decoded while the current one is applied
+    let mut next = collector.next_batch(&mut stop).await?;
+    while let Some(entries) = next {
+        let (applied, following) =
+            tokio::join!(applier.apply(&entries), collector.next_batch(&mut stop));
+        collector.applied(&applied?);
+        next = following?;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Polls, filters and decodes batches.
+struct Collector {
+    consumer: StreamConsumer,
+    decoder: Decoder,
+    /// A connection of its own for offset look-ups, so that they can run during an apply.
+    lookup: Client,
+    bk: String,
+    topics: Vec<Arc<str>>,
+    /// The next offset the target needs, per partition, as far as this process knows.
+    known: HashMap<(Arc<str>, i32), i64>,
+    max: usize,
+    wait: Duration,
+}
+
+impl Collector {
+    /// The next batch: the first message, then whatever arrives within `wait`, up to `max`,
+    /// without what the target already has. `None` when asked to stop.
+    async fn next_batch(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Vec<Entry>>, RunError> {
+        let mut backoff = Backoff::default();
+        loop {
+            if *stop.borrow() {
+                return Ok(None);
+            }
+            let first = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = stop.changed() => return Ok(None),
+            };
+            let mut batch: Vec<Raw> = Vec::new();
+            match first {
+                Ok(m) => batch.push(self.owned(&m)),
+                Err(e) => {
+                    warn!(error = %e, "kafka consumer error");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + self.wait;
+            while batch.len() < self.max {
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(self.owned(&m)),
+                    Ok(Err(e)) => warn!(error = %e, "kafka consumer error"),
+                    Err(_) => break,
+                }
+            }
+            let entries = self.filter_and_decode(batch).await?;
+            if !entries.is_empty() {
+                return Ok(Some(entries));
+            }
+        }
+    }
+
+    fn owned(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Raw {
+        Raw {
+            topic: self
+                .topics
+                .iter()
                 .find(|t| t.as_ref() == m.topic())
                 .cloned()
                 .unwrap_or_else(|| Arc::from(m.topic())),
@@ -124,33 +202,22 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
-        };
-        match first {
-            Ok(m) => batch.push(owned(m)),
-            Err(e) => {
-                warn!(error = %e, "kafka consumer error");
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
         }
-        let deadline = tokio::time::Instant::now() + wait;
-        while batch.len() < max {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(owned(m)),
-                Ok(Err(e)) => warn!(error = %e, "kafka consumer error"),
-                Err(_) => break,
-            }
-        }
-        // skip what this target already has, seeking past it on a partition seen for the first time
+    }
+
+    /// Skips what the target already has, seeking past it on a partition seen for the first
+    /// time, and decodes the rest.
+    async fn filter_and_decode(&mut self, batch: Vec<Raw>) -> Result<Vec<Entry>, RunError> {
         let mut entries = Vec::with_capacity(batch.len());
         for raw in batch {
             let tp = (raw.topic.clone(), raw.partition);
-            if !known.contains_key(&tp) {
-                let stored = stored_offset(&client, &bk, &raw.topic, raw.partition).await?;
-                known.insert(tp.clone(), stored);
+            if !self.known.contains_key(&tp) {
+                let stored =
+                    stored_offset(&self.lookup, &self.bk, &raw.topic, raw.partition).await?;
+                self.known.insert(tp.clone(), stored);
                 if raw.offset + 1 < stored {
                     info!(topic = %raw.topic, partition = raw.partition, offset = stored, "seeking to the offset stored in the target");
-                    if let Err(e) = consumer.seek(
+                    if let Err(e) = self.consumer.seek(
                         &raw.topic,
                         raw.partition,
                         Offset::Offset(stored),
@@ -160,60 +227,24 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
                     }
                 }
             }
-            if raw.offset < known[&tp] {
+            if raw.offset < self.known[&tp] {
                 continue;
             }
-            entries.push(decode(&mut decoder, raw).await?);
+            entries.push(decode(&mut self.decoder, raw).await?);
         }
-        if entries.is_empty() {
-            continue;
-        }
-        for e in &entries {
-            if ready.contains(&e.topic) {
-                continue;
-            }
-            let (Some(vs), Some(target)) = (&e.value_schema, targets.get(&e.topic)) else {
-                continue;
-            };
-            let (vf, kf) = (vs.fields.clone(), e.key_schema.fields.clone());
-            retry("creating the target table", SETUP_ATTEMPTS, || async {
-                let mut c = pg::connect(&config.target.url, &session).await?;
-                ddl::ensure_table(&mut c, &target.schema, &target.name, &vf, &kf).await
-            })
-            .await?;
-            info!(table = %format!("{}.{}", target.schema, target.name), "target table ready");
-            ready.insert(e.topic.clone());
-        }
-        let usable: HashMap<Arc<str>, TargetTable> = targets
-            .iter()
-            .filter(|(t, _)| ready.contains(*t))
-            .map(|(t, v)| (t.clone(), v.clone()))
-            .collect();
-        let applied = loop {
-            match apply::apply_batch(&mut client, &bk, &group, &usable, &entries).await {
-                Ok(a) => break a,
-                Err(e) if e.is_retryable() => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "apply failed, retrying the batch");
-                    tokio::time::sleep(delay).await;
-                    if client.is_closed() {
-                        client = retry("reconnecting to the target", u32::MAX, || {
-                            pg::connect(&config.target.url, &session)
-                        })
-                        .await?;
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        backoff.reset();
+        Ok(entries)
+    }
+
+    /// After a batch committed in the target: remember its offsets, and tell Kafka too, so
+    /// that the usual tools show the group's lag.
+    fn applied(&mut self, applied: &apply::Applied) {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, next) in &applied.next_offsets {
-            known.insert((topic.clone(), *partition), *next);
+            self.known.insert((topic.clone(), *partition), *next);
             let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
         }
         if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
                 debug!(error = %e, "committing offsets to kafka failed (the target holds the real ones)");
             }
         }
@@ -223,8 +254,65 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
             "applied a batch"
         );
     }
-    info!("stopped");
-    Ok(())
+}
+
+/// Applies batches to the target: tables created when first needed, transient failures
+/// retried on the same batch.
+struct Applier {
+    client: Client,
+    config: Arc<Config>,
+    session: Session,
+    group: String,
+    targets: HashMap<Arc<str>, TargetTable>,
+    ready: HashSet<Arc<str>>,
+}
+
+impl Applier {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<apply::Applied, RunError> {
+        for e in entries {
+            if self.ready.contains(&e.topic) {
+                continue;
+            }
+            let (Some(vs), Some(target)) = (&e.value_schema, self.targets.get(&e.topic)) else {
+                continue;
+            };
+            let (vf, kf) = (vs.fields.clone(), e.key_schema.fields.clone());
+            let (url, session) = (&self.config.target.url, &self.session);
+            retry("creating the target table", SETUP_ATTEMPTS, || async {
+                let mut c = pg::connect(url, session).await?;
+                ddl::ensure_table(&mut c, &target.schema, &target.name, &vf, &kf).await
+            })
+            .await?;
+            info!(table = %format!("{}.{}", target.schema, target.name), "target table ready");
+            self.ready.insert(e.topic.clone());
+        }
+        let usable: HashMap<Arc<str>, TargetTable> = self
+            .targets
+            .iter()
+            .filter(|(t, _)| self.ready.contains(*t))
+            .map(|(t, v)| (t.clone(), v.clone()))
+            .collect();
+        let bk = &self.config.target.bookkeeping_schema;
+        let mut backoff = Backoff::default();
+        loop {
+            match apply::apply_batch(&mut self.client, bk, &self.group, &usable, entries).await {
+                Ok(a) => return Ok(a),
+                Err(e) if e.is_retryable() => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "apply failed, retrying the batch");
+                    tokio::time::sleep(delay).await;
+                    if self.client.is_closed() {
+                        let (url, session) = (&self.config.target.url, &self.session);
+                        self.client = retry("reconnecting to the target", u32::MAX, || {
+                            pg::connect(url, session)
+                        })
+                        .await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 async fn stored_offset(

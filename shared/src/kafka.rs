@@ -53,10 +53,15 @@ pub fn is_transient(e: &KafkaError) -> bool {
     }
 }
 
-/// The settings every client shares: brokers and the extra properties of the config.
+/// The settings every client shares: the brokers, and the extra properties of the config.
 pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers);
+    with_user_properties(c, kafka)
+}
+
+/// The config's `[kafka.properties]` go on last, so that they override the defaults here.
+fn with_user_properties(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
     for (k, v) in &kafka.properties {
         c.set(k, v);
     }
@@ -74,7 +79,7 @@ pub fn transactional_producer_config(kafka: &KafkaConfig, transactional_id: &str
         .set("compression.type", "lz4")
         .set("transaction.timeout.ms", "60000")
         .set("message.timeout.ms", "55000");
-    c
+    with_user_properties(c, kafka)
 }
 
 /// A plain producer (DLQ writes, tests).
@@ -83,7 +88,7 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5");
-    c
+    with_user_properties(c, kafka)
 }
 
 /// A consumer that reads only committed transactions and never commits offsets to Kafka by
@@ -97,8 +102,12 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
-    c
+        .set("heartbeat.interval.ms", "1000")
+        // bounds what librdkafka prefetches, and so the consumer's memory when it is behind
+        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "20000")
+        .set("fetch.max.bytes", "16777216");
+    with_user_properties(c, kafka)
 }
 
 pub fn admin(kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, TopicError> {
