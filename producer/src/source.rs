@@ -149,7 +149,7 @@ impl Source {
             None => String::new(),
         };
         let sql = format!(
-            "SELECT {}, {} FROM {} WHERE ctid >= '({from},0)'::tid{upper} AND {} >= $1::text::{}",
+            "SELECT {}, {} FROM {} WHERE ctid >= '({from},0)'::tid{upper} AND {} >= (SELECT $1::text::{})",
             self.table.select_list(),
             key_text_list(&self.table),
             qualified(&self.table.schema, &self.table.name),
@@ -395,7 +395,7 @@ impl Source {
         let since_text = watermark_text(wm_col.kind, since_micros);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since_text];
         let mut conds = vec![format!(
-            "{} >= $1::text::{}",
+            "{} >= (SELECT $1::text::{})",
             quote_ident(&wm_col.name),
             wm_col.type_name
         )];
