@@ -62,6 +62,7 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
         statement_timeout: Duration::from_millis(config.target.statement_timeout_ms),
         lock_timeout: Duration::ZERO,
         read_only: false,
+        canonical_text: false,
     };
     let client = retry("connecting to the target", SETUP_ATTEMPTS, || {
         pg::connect(&config.target.url, &session)

@@ -87,6 +87,7 @@ impl Source {
             statement_timeout: Duration::from_millis(cfg.statement_timeout_ms),
             lock_timeout: Duration::from_millis(cfg.lock_timeout_ms),
             read_only: true,
+            canonical_text: false,
         };
         let client = pg::connect(&cfg.url, &session).await?;
         let info = catalog::load_table(

@@ -162,6 +162,17 @@ impl TableInfo {
             .join(", ")
     }
 
+    /// `(SELECT $1::text::int4, $2::text::text)`: key parameters as a subquery, compared with
+    /// [`Self::key_tuple`]. The casts run once per statement, never once per row.
+    pub fn key_subquery(&self, first: usize) -> String {
+        let params: Vec<String> = self
+            .key_columns()
+            .enumerate()
+            .map(|(i, c)| format!("${}::text::{}", first + i, c.type_name))
+            .collect();
+        format!("(SELECT {})", params.join(", "))
+    }
+
     /// `$1::text::int4` or `($1::text::int4, $2::text::text)`: key parameters passed as text
     /// and cast to the key's types, starting at parameter `first`.
     pub fn key_params(&self, first: usize) -> String {
@@ -340,6 +351,10 @@ mod tests {
         assert_eq!(t.key_tuple(), "(\"b\", \"a\")");
         assert_eq!(t.key_order(), "\"b\", \"a\"");
         assert_eq!(t.key_params(3), "($3::text::text, $4::text::integer)");
+        assert_eq!(
+            t.key_subquery(3),
+            "(SELECT $3::text::text, $4::text::integer)"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod kafka;
 pub mod logging;
 pub mod pg;
 pub mod pgbinary;
+pub mod reconcile;
 pub mod registry;
 pub mod retry;
 pub mod schema;

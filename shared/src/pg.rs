@@ -78,6 +78,8 @@ pub struct Session {
     pub lock_timeout: Duration,
     /// Every transaction read-only (`default_transaction_read_only`).
     pub read_only: bool,
+    /// Render `::text` the same way on every server ([`crate::reconcile::CANONICAL_TEXT`]).
+    pub canonical_text: bool,
 }
 
 /// Opens one connection and drives it on the runtime.
@@ -101,6 +103,10 @@ pub async fn connect(url: &str, session: &Session) -> Result<Client, PgError> {
     }
     if session.read_only {
         options.push_str(" -c default_transaction_read_only=on");
+    }
+    if session.canonical_text {
+        options.push(' ');
+        options.push_str(crate::reconcile::CANONICAL_TEXT);
     }
     config.options(&options);
     let (client, connection) = config
