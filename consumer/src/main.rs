@@ -5,6 +5,7 @@ mod apply;
 mod ddl;
 mod decode;
 mod run;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Compare each source table with its replica; exit 0 when identical, 1 when not, 2 on error.
+    Verify {
+        /// The TOML config file (see config/example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this table (`schema.name` or `name`).
+        #[arg(long)]
+        table: Option<String>,
+        /// How many keys of each kind of difference to print.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+        /// Ask the producer to ship the differing rows again (the target is not written here).
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,20 +62,45 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+    match cli.command {
+        Command::Run { config } => match runtime.block_on(run(config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Verify {
+            config,
+            table,
+            show,
+            repair,
+        } => {
+            let opts = verify::Options {
+                table,
+                show,
+                repair,
+            };
+            let result = runtime.block_on(async {
+                let config = Config::load(&config)?;
+                Ok::<_, anyhow::Error>(verify::run(&config, &opts).await?)
+            });
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Run { config } = cli.command;
+async fn run(config: PathBuf) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&config)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

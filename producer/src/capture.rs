@@ -8,8 +8,47 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tunnel_shared::event::Detection;
 
+use apache_avro::types::Value;
+use tunnel_shared::catalog::TableInfo;
+use tunnel_shared::pgbinary;
+
+use crate::checkpoint::Checkpoint;
 use crate::horizon::Bounds;
+use crate::keyset::KeySet;
 use crate::source::{Activity, Source, SourceError, SourceRow};
+
+/// What a pass may look at besides the source.
+pub struct PassContext<'a> {
+    pub source: &'a mut Source,
+    pub bounds: &'a Bounds,
+    /// The keys shipped so far (tables with a single integer key).
+    pub shipped: Option<&'a KeySet>,
+    pub checkpoint: &'a Checkpoint,
+}
+
+/// A key that is gone from the source.
+#[derive(Debug, Clone)]
+pub struct GoneKey {
+    pub key_text: Vec<String>,
+    pub key: Vec<Value>,
+}
+
+impl GoneKey {
+    /// From the key's text form, with the types of the table's key columns.
+    pub fn from_text(table: &TableInfo, key_text: Vec<String>) -> Result<Self, SourceError> {
+        let key = table
+            .key_columns()
+            .zip(&key_text)
+            .map(|(c, t)| {
+                pgbinary::from_pg_text(&c.name, c.kind, t).map_err(|source| SourceError::Value {
+                    table: table.qualified_name(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { key_text, key })
+    }
+}
 
 /// What one pass found.
 #[derive(Debug, Default)]
@@ -19,6 +58,12 @@ pub struct Found {
     pub rows: Vec<SourceRow>,
     /// The highest key the pass saw in key order, if it read keys in order to the end.
     pub max_key: Option<Vec<String>>,
+    /// Keys shipped before that the source no longer has: shipped as deletes.
+    pub gone: Vec<GoneKey>,
+    /// Index entries or rows the pass went over besides `rows`, for its log line.
+    pub scanned: u64,
+    /// How far the repair requests have been read (the repair pass only).
+    pub repairs_upto: Option<i64>,
 }
 
 /// One way of detecting changes.
@@ -33,11 +78,7 @@ pub trait ChangeDetector: Send + Sync {
     fn interval(&self) -> Duration;
     /// Whether activity on the table since this detector's last pass may mean new results.
     fn wants(&self, before: &Activity, now: &Activity) -> bool;
-    fn pass<'a>(
-        &'a mut self,
-        source: &'a mut Source,
-        bounds: &'a Bounds,
-    ) -> BoxFuture<'a, Result<Found, SourceError>>;
+    fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>>;
 }
 
 /// Inserts, found by key: `pk > bound`, an index range scan that stays cheap at any size.
@@ -56,11 +97,8 @@ impl ChangeDetector for KeyScan {
     fn wants(&self, before: &Activity, now: &Activity) -> bool {
         before.inserted != now.inserted || before.wal != now.wal
     }
-    fn pass<'a>(
-        &'a mut self,
-        source: &'a mut Source,
-        bounds: &'a Bounds,
-    ) -> BoxFuture<'a, Result<Found, SourceError>> {
+    fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
+        let PassContext { source, bounds, .. } = ctx;
         Box::pin(async move {
             let mut found = Found {
                 max_key: bounds.key.clone(),
@@ -103,11 +141,8 @@ impl ChangeDetector for WatermarkScan {
     fn wants(&self, before: &Activity, now: &Activity) -> bool {
         before.updated != now.updated || before.inserted != now.inserted || before.wal != now.wal
     }
-    fn pass<'a>(
-        &'a mut self,
-        source: &'a mut Source,
-        bounds: &'a Bounds,
-    ) -> BoxFuture<'a, Result<Found, SourceError>> {
+    fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
+        let PassContext { source, bounds, .. } = ctx;
         Box::pin(async move {
             let since = bounds
                 .ts

@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::error::KafkaError;
+use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::kafka;
@@ -25,8 +23,6 @@ pub enum CheckpointError {
         topic: String,
         message: String,
     },
-    #[error("reading checkpoints from topic {0} did not reach its end within 60 s")]
-    Timeout(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -71,6 +67,9 @@ pub struct Checkpoint {
     pub max_watermark: Option<i64>,
     /// Events shipped since the table was first snapshotted.
     pub events: u64,
+    /// The offset after the last repair request read from `<prefix>._repairs`.
+    #[serde(default)]
+    pub repairs_offset: i64,
 }
 
 impl Checkpoint {
@@ -90,61 +89,22 @@ impl Checkpoint {
     }
 }
 
-/// A consumer context that does not report reaching the end of the topic as an error: that is
-/// how the reader knows it has read everything.
-struct EndIsExpected;
-
-impl ClientContext for EndIsExpected {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let at_end = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !at_end {
-            tracing::error!(error = %error, reason, "kafka client error while reading checkpoints");
-        }
-    }
-}
-
-impl ConsumerContext for EndIsExpected {}
-
 /// Reads the checkpoint topic to its end and returns the newest checkpoint of `table`.
 pub fn load(
     kafka_cfg: &KafkaConfig,
     topic: &str,
     table: &str,
 ) -> Result<Option<Checkpoint>, CheckpointError> {
-    let read_err = |source| CheckpointError::Read {
+    let mut latest: Option<Vec<u8>> = None;
+    kafka::read_to_end(kafka_cfg, topic, Duration::from_secs(60), |m| {
+        if m.key() == Some(table.as_bytes()) {
+            latest = m.payload().map(<[u8]>::to_vec);
+        }
+    })
+    .map_err(|source| CheckpointError::Read {
         topic: topic.to_string(),
         source,
-    };
-    let mut cfg = kafka::consumer_config(kafka_cfg, &format!("{topic}.reader"));
-    cfg.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<EndIsExpected> =
-        cfg.create_with_context(EndIsExpected).map_err(read_err)?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .map_err(read_err)?;
-    consumer.assign(&tpl).map_err(read_err)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut latest: Option<Vec<u8>> = None;
-    loop {
-        if std::time::Instant::now() > deadline {
-            return Err(CheckpointError::Timeout(topic.to_string()));
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(_)))
-            | Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => break,
-            Some(Err(e)) if kafka::is_transient(&e) => continue,
-            Some(Err(e)) => return Err(read_err(e)),
-            Some(Ok(m)) => {
-                if m.key() == Some(table.as_bytes()) {
-                    latest = m.payload().map(<[u8]>::to_vec);
-                }
-            }
-        }
-    }
+    })?;
     match latest {
         None => Ok(None),
         Some(bytes) => {

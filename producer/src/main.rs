@@ -3,8 +3,12 @@
 
 mod capture;
 mod checkpoint;
+mod contents;
+mod deletescan;
 mod horizon;
+mod keyset;
 mod publish;
+mod repair;
 mod snapshot;
 mod source;
 mod worker;

@@ -169,6 +169,13 @@ async fn scan(
             next.max_key = Some(last.key_text.clone());
         }
         account(&mut next, &rows);
+        if let Some(keys) = &mut w.keyset {
+            for r in &rows {
+                if let Some(k) = crate::worker::key_i64(&r.key) {
+                    keys.insert(k);
+                }
+            }
+        }
         if done {
             finish_scan(w, &mut next).await?;
         }

@@ -107,6 +107,120 @@ impl Source {
         })
     }
 
+    /// The connection, for the reconciliation pass's own queries.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The single integer key column's quoted name.
+    fn integer_key(&self) -> Option<String> {
+        match self.table.key[..] {
+            [k] if matches!(
+                self.table.columns[k].kind,
+                ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8
+            ) =>
+            {
+                Some(quote_ident(&self.table.columns[k].name))
+            }
+            _ => None,
+        }
+    }
+
+    /// Per bucket of `width` key values in `[lo, hi]`: (bucket, count, sum, xor) of the keys,
+    /// from the primary-key index alone.
+    pub async fn key_buckets(
+        &self,
+        lo: i64,
+        hi: i64,
+        width: i64,
+    ) -> Result<Vec<(i64, i64, i128, i64)>, SourceError> {
+        let Some(k) = self.integer_key() else {
+            return Ok(Vec::new());
+        };
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT (({k}::int8 - $1::int8) / $3::int8)::int8, count(*)::int8, sum({k}::int8)::text, bit_xor({k}::int8)
+                       FROM {} WHERE {k} BETWEEN $1::int8 AND $2::int8 GROUP BY 1",
+                    qualified(&self.table.schema, &self.table.name)
+                ),
+                &[&lo, &hi, &width],
+            )
+            .await
+            .map_err(PgError::query("aggregating keys"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let sum: String = r.get(2);
+                (r.get(0), r.get(1), sum.parse().unwrap_or(0), r.get(3))
+            })
+            .collect())
+    }
+
+    /// The keys in `[lo, hi]`, in order, from the primary-key index.
+    pub async fn keys_between(&self, lo: i64, hi: i64) -> Result<Vec<i64>, SourceError> {
+        let Some(k) = self.integer_key() else {
+            return Ok(Vec::new());
+        };
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT {k}::int8 FROM {} WHERE {k} BETWEEN $1::int8 AND $2::int8 ORDER BY {k}",
+                    qualified(&self.table.schema, &self.table.name)
+                ),
+                &[&lo, &hi],
+            )
+            .await
+            .map_err(PgError::query("listing keys"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The rows with these keys (text form) that exist now.
+    pub async fn rows_by_keys(
+        &mut self,
+        keys: &[Vec<String>],
+    ) -> Result<Vec<SourceRow>, SourceError> {
+        let mut out = Vec::new();
+        let n = self.table.key.len();
+        for chunk in keys.chunks(1000) {
+            let columns: Vec<Vec<&str>> = (0..n)
+                .map(|i| chunk.iter().map(|k| k[i].as_str()).collect())
+                .collect();
+            let params: Vec<&(dyn ToSql + Sync)> =
+                columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            let casts: Vec<String> = self
+                .table
+                .key_columns()
+                .enumerate()
+                .map(|(i, c)| format!("u.c{i}::{}", c.type_name))
+                .collect();
+            let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+            let aliases: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+            let sql = format!(
+                "SELECT {}, {} FROM {} WHERE {} IN (SELECT {} FROM unnest({}) AS u({}))",
+                self.table.select_list(),
+                key_text_list(&self.table),
+                qualified(&self.table.schema, &self.table.name),
+                self.table.key_tuple(),
+                casts.join(", "),
+                arrays.join(", "),
+                aliases.join(", ")
+            );
+            let rows = self
+                .client
+                .query(&sql, &params)
+                .await
+                .map_err(PgError::query(format!(
+                    "reading {} by key",
+                    self.table.qualified_name()
+                )))?;
+            out.extend(self.decode_rows(&rows).await?);
+        }
+        Ok(out)
+    }
+
     /// Whether the connection broke (the worker then reconnects).
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
+use tunnel_shared::catalog::ColumnKind;
 use tunnel_shared::config::{Config, TableConfig};
 use tunnel_shared::event::{ChangeEvent, Detection, EventEncoder, Op};
 use tunnel_shared::kafka::{self, TopicError, TABLE_TOPIC_CONFIGS};
@@ -14,10 +15,14 @@ use tunnel_shared::registry::{Registry, RegistryError};
 use tunnel_shared::retry::{retry, Backoff, Retryable};
 use tunnel_shared::schema::{self, SchemaError};
 
-use crate::capture::{ChangeDetector, KeyScan, WatermarkScan};
+use crate::capture::{ChangeDetector, KeyScan, PassContext, WatermarkScan};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, SnapshotPhase};
+use crate::contents::ContentScan;
+use crate::deletescan::DeleteScan;
 use crate::horizon::{Bounds, Horizon};
+use crate::keyset::KeySet;
 use crate::publish::{PublishError, Publisher};
+use crate::repair::RepairScan;
 use crate::snapshot;
 use crate::source::{Activity, Source, SourceError};
 
@@ -83,6 +88,8 @@ pub struct Worker {
     /// What was last shipped of the rows a detector may read again.
     cache: HashMap<Vec<String>, CacheEntry>,
     tick: u64,
+    /// The keys shipped so far, for tables with a single integer key (delete scans).
+    pub(crate) keyset: Option<KeySet>,
     /// When a checkpoint was last shipped; checkpoints without events wait for
     /// `checkpoint_interval_ms` (older bounds are always safe to restart from).
     last_shipped: Instant,
@@ -150,6 +157,17 @@ impl Worker {
             )
         })
         .await?;
+        let repair_topic = config.repair_topic();
+        retry("creating the repair topic", SETUP_ATTEMPTS, || {
+            kafka::ensure_topic(
+                &admin,
+                &repair_topic,
+                1,
+                k.replication_factor,
+                &[("retention.ms", "604800000")],
+            )
+        })
+        .await?;
         let encoder =
             EventEncoder::new(schemas, key_id, value_id, &info).map_err(PublishError::from)?;
         let table_key = table.qualified();
@@ -206,6 +224,30 @@ impl Worker {
                 overlap_micros: (p.watermark_overlap_ms as i64).saturating_mul(1000),
             }));
         }
+        let keyset = match integer_key(&info) {
+            Some(_) => Some(rebuild_keyset(&config, &topic).await?),
+            None => None,
+        };
+        if keyset.is_some() {
+            add(Box::new(DeleteScan {
+                interval: Duration::from_millis(p.delete_interval_ms),
+                fanout: 64,
+                leaf_span: 4096,
+            }));
+        }
+        if p.reconcile_interval_ms > 0 {
+            add(Box::new(ContentScan::new(
+                Duration::from_millis(p.reconcile_interval_ms),
+                &config.target,
+                &table,
+            )));
+        }
+        add(Box::new(RepairScan::new(
+            Duration::from_millis(p.repair_interval_ms),
+            &config.kafka,
+            config.repair_topic(),
+            table.qualified(),
+        )));
         Ok(Self {
             config,
             table,
@@ -217,6 +259,7 @@ impl Worker {
             cache: HashMap::new(),
             tick: 0,
             last_shipped: Instant::now(),
+            keyset,
         })
     }
 
@@ -329,10 +372,13 @@ impl Worker {
         let bounds = self.effective_bounds(&observation.bounds);
         let detection = self.slots[i].detector.detection();
         let read_before = self.source.read_rows();
-        let found = self.slots[i]
-            .detector
-            .pass(&mut self.source, &bounds)
-            .await?;
+        let ctx = PassContext {
+            source: &mut self.source,
+            bounds: &bounds,
+            shipped: self.keyset.as_ref(),
+            checkpoint: &self.checkpoint,
+        };
+        let found = self.slots[i].detector.pass(ctx).await?;
         let read = self.source.read_rows() - read_before;
         let ts_ms = chrono::Utc::now().timestamp_millis();
         let mut events = Vec::new();
@@ -352,8 +398,21 @@ impl Worker {
                 ts_ms,
             });
         }
+        for g in &found.gone {
+            events.push(ChangeEvent {
+                op: Op::Delete,
+                key: g.key.clone(),
+                after: None,
+                detected_by: detection,
+                updated_at: None,
+                ts_ms,
+            });
+        }
         let mut next = self.checkpoint.clone();
         next.bounds = self.restart_bounds(i, &observation.bounds);
+        if let Some(upto) = found.repairs_upto {
+            next.repairs_offset = upto;
+        }
         if detection == Detection::KeyScan && found.max_key.is_some() {
             next.max_key = found.max_key.clone();
         }
@@ -387,6 +446,20 @@ impl Worker {
         slot.last_activity = Some(activity.clone());
         slot.last_tick = tick;
         let n_slots = self.slots.len();
+        if let Some(keys) = &mut self.keyset {
+            for e in &events {
+                if let Some(k) = key_i64(&e.key) {
+                    if e.op == Op::Delete {
+                        keys.remove(k);
+                    } else {
+                        keys.insert(k);
+                    }
+                }
+            }
+        }
+        for g in &found.gone {
+            self.cache.remove(&g.key_text);
+        }
         for r in found.rows {
             let e = self.cache.entry(r.key_text).or_insert_with(|| CacheEntry {
                 hash: r.hash,
@@ -408,6 +481,8 @@ impl Worker {
             info!(
                 detector = detection.as_str(),
                 events = events.len(),
+                deletes = found.gone.len(),
+                scanned = found.scanned,
                 read_rows = read,
                 elapsed_ms,
                 "shipped changes"
@@ -463,4 +538,73 @@ impl Worker {
             ts,
         }
     }
+}
+
+/// Whether the key is a single integer column.
+fn integer_key(info: &tunnel_shared::catalog::TableInfo) -> Option<ColumnKind> {
+    match info.key[..] {
+        [k] => match info.columns[k].kind {
+            kind @ (ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8) => Some(kind),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A single integer key's value.
+pub(crate) fn key_i64(key: &[apache_avro::types::Value]) -> Option<i64> {
+    match key {
+        [apache_avro::types::Value::Int(k)] => Some(i64::from(*k)),
+        [apache_avro::types::Value::Long(k)] => Some(*k),
+        _ => None,
+    }
+}
+
+/// The keys shipped so far, from the compacted topic: a key whose latest message is a value is
+/// shipped, a key whose latest message is a tombstone is not.
+async fn rebuild_keyset(config: &Config, topic: &str) -> Result<KeySet, WorkerError> {
+    let (kafka, topic) = (config.kafka.clone(), topic.to_string());
+    let started = Instant::now();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut keys = KeySet::default();
+        let mut messages = 0u64;
+        let result = kafka::read_to_end(&kafka, &topic, Duration::from_secs(600), |m| {
+            use rdkafka::Message;
+            messages += 1;
+            let key = m
+                .key()
+                .and_then(|k| tunnel_shared::wire::parse(k).ok())
+                .and_then(|(_, body)| tunnel_shared::datum::Reader::new(body).read_long().ok());
+            if let Some(k) = key {
+                if m.payload().is_some() {
+                    keys.insert(k);
+                } else {
+                    keys.remove(k);
+                }
+            }
+        });
+        result
+            .map(|()| (keys, messages))
+            .map_err(|source| (topic, source))
+    })
+    .await;
+    let (keys, messages) = match read {
+        Ok(Ok(v)) => v,
+        Ok(Err((topic, source))) => return Err(CheckpointError::Read { topic, source }.into()),
+        Err(_) => {
+            return Err(CheckpointError::Read {
+                topic: config.kafka.topic_prefix.clone(),
+                source: rdkafka::error::KafkaError::Canceled,
+            }
+            .into())
+        }
+    };
+    info!(
+        keys = keys.len(),
+        messages,
+        bytes = keys.serialized_bytes(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rebuilt the shipped key set from the topic"
+    );
+    Ok(keys)
 }

@@ -123,6 +123,14 @@ pub struct ProducerConfig {
     pub horizon_max_wait_s: u64,
     /// Longest between two checkpoints when nothing changes.
     pub checkpoint_interval_ms: u64,
+    /// How often shipped keys are compared with the source's to find hard deletes (single
+    /// integer keys), while the table's delete counter moves.
+    pub delete_interval_ms: u64,
+    /// How often the source is compared with the target to find changes no watermark shows
+    /// (silent updates, tables without a watermark column, deletes of other keys); 0 = never.
+    pub reconcile_interval_ms: u64,
+    /// How often repair requests (from `tunnel-consumer verify --repair`) are looked for.
+    pub repair_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +184,9 @@ impl Default for ProducerConfig {
             watermark_overlap_ms: 1_000,
             horizon_max_wait_s: 600,
             checkpoint_interval_ms: 10_000,
+            delete_interval_ms: 1_000,
+            reconcile_interval_ms: 60_000,
+            repair_interval_ms: 1_000,
         }
     }
 }
@@ -327,6 +338,11 @@ impl Config {
             "{}.{}.{}",
             self.kafka.topic_prefix, table.schema, table.name
         )
+    }
+
+    /// The topic that carries repair requests to the producer.
+    pub fn repair_topic(&self) -> String {
+        format!("{}._repairs", self.kafka.topic_prefix)
     }
 
     /// The compacted topic that holds the producer's checkpoints.

@@ -153,6 +153,80 @@ pub async fn ensure_topic(
     Ok(())
 }
 
+/// A consumer context that does not report reaching the end of a partition as an error: that
+/// is how readers know they have read everything.
+pub struct EndIsExpected;
+
+impl rdkafka::ClientContext for EndIsExpected {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::warn!(error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndIsExpected {}
+
+/// A `read_committed` consumer that reports the end of each partition, for readers that assign
+/// partitions themselves (no group membership, nothing committed).
+pub fn reader(
+    kafka: &KafkaConfig,
+    group: &str,
+) -> Result<rdkafka::consumer::BaseConsumer<EndIsExpected>, KafkaError> {
+    let mut cfg = consumer_config(kafka, group);
+    cfg.set("enable.partition.eof", "true");
+    cfg.create_with_context(EndIsExpected)
+}
+
+/// Reads every partition of `topic` from the beginning to its end as a `read_committed`
+/// reader sees it (without joining a group), handing each message to `each`.
+pub fn read_to_end(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<(), KafkaError> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let consumer = reader(kafka, &format!("{topic}.reader"))?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut ended = std::collections::HashSet::new();
+    while ended.len() < partitions.len() {
+        if std::time::Instant::now() > deadline {
+            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => each(&m),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ended.insert(p);
+            }
+            Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => {}
+            Some(Err(e)) if is_transient(&e) => {}
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The configs of a table's topic: compacted, so that a new consumer group can rebuild the
 /// table from the topic alone.
 pub const TABLE_TOPIC_CONFIGS: &[(&str, &str)] = &[

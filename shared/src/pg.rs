@@ -56,7 +56,11 @@ impl Retryable for PgError {
 /// succeed later; anything else (syntax, permissions, constraint violations) cannot.
 fn is_transient(e: &tokio_postgres::Error) -> bool {
     match e.code() {
-        None => true, // I/O: the connection broke
+        // no SQLSTATE: transient only if the connection broke (I/O), not for a client-side
+        // error such as a parameter that cannot be bound
+        None => {
+            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
         Some(code) => {
             let c = code.code();
             c.starts_with("08") // connection exception

@@ -1,0 +1,170 @@
+//! `tunnel-consumer verify`: compares every configured source table with its replica by the
+//! same range bisection as the producer's reconciliation, and prints the keys missing from the
+//! target, extra in it, and differing (the first N of each, and the totals). `--repair` asks the
+//! producer, through the topic `<prefix>._repairs`, to ship those rows again: the target is only
+//! ever written by the consumer.
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tunnel_shared::catalog::{self, CatalogError};
+use tunnel_shared::config::{Config, TableConfig};
+use tunnel_shared::kafka;
+use tunnel_shared::pg::{self, qualified, PgError, Session};
+use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("no table {0} in the config")]
+    NoSuchTable(String),
+    #[error("table {table}: the replica {target} does not exist in the target")]
+    NoReplica { table: String, target: String },
+    #[error("asking the producer for a repair: {0}")]
+    Repair(#[from] rdkafka::error::KafkaError),
+}
+
+pub struct Options {
+    pub table: Option<String>,
+    pub show: usize,
+    pub repair: bool,
+}
+
+/// Verifies the configured tables; `Ok(true)` when every one is identical to its replica.
+pub async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyError> {
+    let tables: Vec<&TableConfig> = config
+        .tables
+        .iter()
+        .filter(|t| {
+            opts.table
+                .as_ref()
+                .is_none_or(|name| *name == t.qualified() || *name == t.name)
+        })
+        .collect();
+    if tables.is_empty() {
+        return Err(VerifyError::NoSuchTable(
+            opts.table.clone().unwrap_or_default(),
+        ));
+    }
+    let session = |read_only| Session {
+        application_name: "data-tunnel-verify".into(),
+        statement_timeout: Duration::from_millis(config.source.statement_timeout_ms),
+        lock_timeout: Duration::from_millis(config.source.lock_timeout_ms),
+        read_only,
+        canonical_text: true,
+    };
+    let source = pg::connect(&config.source.url, &session(true)).await?;
+    let target = pg::connect(&config.target.url, &session(true)).await?;
+    let mut identical = true;
+    for t in tables {
+        let info =
+            catalog::load_table(&source, &t.schema, &t.name, t.watermark_column.as_deref()).await?;
+        let target_name = qualified(t.target_schema(), t.target_name());
+        let d = reconcile::diff(
+            &info,
+            Side {
+                client: &source,
+                table: qualified(&t.schema, &t.name),
+            },
+            Side {
+                client: &target,
+                table: target_name.clone(),
+            },
+            DiffOptions::default(),
+        )
+        .await
+        .map_err(|e| match e.sqlstate() {
+            Some("42P01") => VerifyError::NoReplica {
+                table: t.qualified(),
+                target: target_name.clone(),
+            },
+            _ => VerifyError::Pg(e),
+        })?;
+        print_report(t, &d, opts.show);
+        if !d.is_empty() {
+            identical = false;
+            if opts.repair {
+                let n = request_repair(config, t, &d).await?;
+                println!(
+                    "  asked the producer to ship {n} key(s) again (topic {})",
+                    config.repair_topic()
+                );
+            }
+        }
+    }
+    Ok(identical)
+}
+
+fn print_report(t: &TableConfig, d: &Differences, show: usize) {
+    let total = d.missing.len() + d.extra.len() + d.differing.len();
+    if total == 0 {
+        println!(
+            "{}: identical ({} rows compared, {} queries, {} ms)",
+            t.qualified(),
+            d.rows_compared,
+            d.queries,
+            d.elapsed_ms
+        );
+        return;
+    }
+    println!(
+        "{}: {total} difference(s): {} missing from the target, {} extra in the target, {} differing ({} rows compared, {} ms)",
+        t.qualified(),
+        d.missing.len(),
+        d.extra.len(),
+        d.differing.len(),
+        d.rows_compared,
+        d.elapsed_ms
+    );
+    for (what, keys) in [
+        ("missing", &d.missing),
+        ("extra", &d.extra),
+        ("differing", &d.differing),
+    ] {
+        if keys.is_empty() {
+            continue;
+        }
+        let shown: Vec<String> = keys
+            .iter()
+            .take(show)
+            .map(|k| format!("({})", k.join(", ")))
+            .collect();
+        let more = if keys.len() > show {
+            format!(" and {} more", keys.len() - show)
+        } else {
+            String::new()
+        };
+        println!("  {what}: {}{more}", shown.join(" "));
+    }
+}
+
+/// Writes repair requests for every differing key; returns how many keys were asked for.
+async fn request_repair(
+    config: &Config,
+    t: &TableConfig,
+    d: &Differences,
+) -> Result<usize, VerifyError> {
+    let producer: FutureProducer = kafka::producer_config(&config.kafka).create()?;
+    let keys: Vec<&Vec<String>> = d
+        .missing
+        .iter()
+        .chain(&d.extra)
+        .chain(&d.differing)
+        .collect();
+    let topic = config.repair_topic();
+    let table = t.qualified();
+    for chunk in keys.chunks(5_000) {
+        let body = serde_json::json!({ "keys": chunk }).to_string();
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&table).payload(&body),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    Ok(keys.len())
+}

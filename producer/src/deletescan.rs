@@ -1,0 +1,92 @@
+//! Hard deletes, found without any log: the set of keys shipped is compared with the source's
+//! keys by bisection over key-value ranges. One level is one index-only `GROUP BY` query over
+//! a range, with a count, sum and XOR of the keys per bucket; only buckets that differ from the
+//! shipped keys are cut further, down to ranges listed key by key. Keys that were shipped and
+//! are gone from the source become deletes. Tables with a single integer key only; others get
+//! their deletes from reconciliation.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tunnel_shared::event::Detection;
+
+use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
+use crate::keyset::KeyAggregate;
+use crate::source::{Activity, SourceError};
+
+pub struct DeleteScan {
+    pub interval: Duration,
+    /// Buckets per level.
+    pub fanout: i64,
+    /// Ranges of at most this many key values are listed.
+    pub leaf_span: i64,
+}
+
+impl ChangeDetector for DeleteScan {
+    fn detection(&self) -> Detection {
+        Detection::DeleteScan
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn wants(&self, before: &Activity, now: &Activity) -> bool {
+        before.deleted != now.deleted
+    }
+    fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
+        Box::pin(async move {
+            let mut found = Found::default();
+            let Some(shipped) = ctx.shipped else {
+                return Ok(found);
+            };
+            let (Some(lo), Some(hi)) = (shipped.min(), shipped.max()) else {
+                return Ok(found);
+            };
+            let table = ctx.source.table().clone();
+            let mut stack = vec![(lo, hi)];
+            while let Some((lo, hi)) = stack.pop() {
+                let span = (i128::from(hi) - i128::from(lo) + 1).min(i128::from(i64::MAX)) as i64;
+                if span <= self.leaf_span {
+                    let present: HashSet<i64> =
+                        ctx.source.keys_between(lo, hi).await?.into_iter().collect();
+                    found.scanned += present.len() as u64;
+                    for k in shipped.keys(lo..=hi) {
+                        if !present.contains(&k) {
+                            found
+                                .gone
+                                .push(GoneKey::from_text(&table, vec![k.to_string()])?);
+                        }
+                    }
+                    continue;
+                }
+                let width = (span + self.fanout - 1) / self.fanout;
+                let buckets = ctx.source.key_buckets(lo, hi, width).await?;
+                found.scanned += buckets.iter().map(|b| b.1 as u64).sum::<u64>();
+                for i in 0..self.fanout {
+                    let from = lo.saturating_add(i.saturating_mul(width));
+                    if from > hi {
+                        break;
+                    }
+                    let to = from.saturating_add(width - 1).min(hi);
+                    let ours = shipped.aggregate(from..=to);
+                    if ours.count == 0 {
+                        continue; // nothing shipped here, so nothing to delete
+                    }
+                    let theirs = buckets
+                        .iter()
+                        .find(|b| b.0 == i)
+                        .map(|b| KeyAggregate {
+                            count: b.1,
+                            sum: b.2,
+                            xor: b.3,
+                        })
+                        .unwrap_or_default();
+                    if theirs != ours {
+                        stack.push((from, to));
+                    }
+                }
+            }
+            Ok(found)
+        })
+    }
+}

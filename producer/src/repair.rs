@@ -1,0 +1,135 @@
+//! Repairs asked for by `tunnel-consumer verify --repair`: requests in the topic
+//! `<prefix>._repairs` (key = the table, value = JSON `{"keys": [["1"], ["7"]]}`, keys in text
+//! form) name rows to ship again. Going through the producer keeps every change of a key in the
+//! order the producer ships them; the target is never written by anything but the consumer.
+//! How far the requests were read is part of the checkpoint.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use tunnel_shared::config::KafkaConfig;
+use tunnel_shared::event::Detection;
+use tunnel_shared::kafka;
+
+use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
+use crate::source::{Activity, SourceError};
+
+/// One repair request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RepairRequest {
+    pub keys: Vec<Vec<String>>,
+}
+
+pub struct RepairScan {
+    pub interval: Duration,
+    kafka: KafkaConfig,
+    topic: String,
+    table_key: String,
+    consumer: Option<BaseConsumer<kafka::EndIsExpected>>,
+}
+
+impl RepairScan {
+    pub fn new(interval: Duration, kafka: &KafkaConfig, topic: String, table_key: String) -> Self {
+        Self {
+            interval,
+            kafka: kafka.clone(),
+            topic,
+            table_key,
+            consumer: None,
+        }
+    }
+
+    /// The requests after offset `from`, and the offset after the last one read.
+    fn read(&mut self, from: i64) -> Result<(Vec<Vec<String>>, i64), KafkaError> {
+        if self.consumer.is_none() {
+            let c = kafka::reader(&self.kafka, &format!("{}.reader", self.topic))?;
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.topic, 0, Offset::Offset(from))?;
+            c.assign(&tpl)?;
+            self.consumer = Some(c);
+        }
+        let Some(consumer) = &self.consumer else {
+            return Ok((Vec::new(), from));
+        };
+        let mut keys = Vec::new();
+        let mut next = from;
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(50)) {
+                None => {}
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    if m.key() != Some(self.table_key.as_bytes()) {
+                        continue;
+                    }
+                    match m.payload().map(serde_json::from_slice::<RepairRequest>) {
+                        Some(Ok(r)) => keys.extend(r.keys),
+                        Some(Err(e)) => {
+                            warn!(offset = m.offset(), error = %e, "repair request is not valid JSON; skipped")
+                        }
+                        None => {}
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_)))
+                | Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => break,
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        Ok((keys, next))
+    }
+}
+
+impl ChangeDetector for RepairScan {
+    fn detection(&self) -> Detection {
+        Detection::Reconcile
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn wants(&self, _: &Activity, _: &Activity) -> bool {
+        true // requests arrive in Kafka, not in the source
+    }
+    fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
+        Box::pin(async move {
+            let mut found = Found::default();
+            let from = ctx.checkpoint.repairs_offset;
+            let (keys, next) = match self.read(from) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "cannot read repair requests");
+                    self.consumer = None;
+                    return Ok(found);
+                }
+            };
+            if next == from {
+                return Ok(found);
+            }
+            found.repairs_upto = Some(next);
+            if keys.is_empty() {
+                return Ok(found);
+            }
+            let table = ctx.source.table().clone();
+            let n = table.key.len();
+            let keys: Vec<Vec<String>> = keys.into_iter().filter(|k| k.len() == n).collect();
+            found.rows = ctx.source.rows_by_keys(&keys).await?;
+            let present: std::collections::HashSet<&Vec<String>> =
+                found.rows.iter().map(|r| &r.key_text).collect();
+            let gone: Vec<Vec<String>> = keys
+                .iter()
+                .filter(|k| !present.contains(k))
+                .cloned()
+                .collect();
+            for k in gone {
+                found.gone.push(GoneKey::from_text(&table, k)?);
+            }
+            found.scanned = keys.len() as u64;
+            tracing::info!(keys = keys.len(), "repair requested");
+            Ok(found)
+        })
+    }
+}
