@@ -36,7 +36,7 @@ impl Pipeline {
         Self::with_config(ddl, "").await
     }
 
-    /// `extra` replaces settings of the test config (e.g. `watermark_overlap_ms = 0`).
+    /// `producer_settings` go into the `[producer]` section of the test config.
     async fn with_config(ddl: &str, producer_settings: &str) -> Pipeline {
         let dbs = Databases::create().await;
         dbs.source()
@@ -48,12 +48,7 @@ impl Pipeline {
         let group = tk::unique("g");
         let config = tk::write_config(&dbs, &prefix, &group, &["media"], "");
         if !producer_settings.is_empty() {
-            let text = std::fs::read_to_string(&config).unwrap();
-            let text = text.replace(
-                "[producer]\n",
-                &format!("[producer]\n{producer_settings}\n"),
-            );
-            std::fs::write(&config, text).unwrap();
+            tk::add_producer_settings(&config, producer_settings);
         }
         Pipeline {
             dbs,
@@ -97,16 +92,8 @@ impl Pipeline {
     }
 }
 
-/// The rows of a table as text, sorted; `None` while the table does not exist.
 async fn rows(client: &Client, table: &str) -> Option<Vec<String>> {
-    let r = client
-        .query(
-            &format!("SELECT whole_row::text FROM {table} whole_row ORDER BY 1"),
-            &[],
-        )
-        .await
-        .ok()?;
-    Some(r.iter().map(|r| r.get::<_, String>(0)).collect())
+    tk::try_table_text(client, table).await
 }
 
 async fn row(client: &Client, id: i32) -> Option<String> {

@@ -127,8 +127,6 @@ impl ChangeDetector for KeyScan {
 pub struct WatermarkScan {
     pub interval: Duration,
     pub chunk_rows: i64,
-    /// Overlap below the bound, against clock differences between sessions.
-    pub overlap_micros: i64,
 }
 
 impl ChangeDetector for WatermarkScan {
@@ -144,10 +142,7 @@ impl ChangeDetector for WatermarkScan {
     fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
         let PassContext { source, bounds, .. } = ctx;
         Box::pin(async move {
-            let since = bounds
-                .ts
-                .unwrap_or(i64::MIN)
-                .saturating_sub(self.overlap_micros);
+            let since = bounds.ts.unwrap_or(i64::MIN);
             let mut found = Found::default();
             if let Some((pages, rows_per_page)) = source.heap_pages().await? {
                 // ranges of heap pages: each statement reads only its pages, in order, so a

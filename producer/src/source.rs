@@ -129,7 +129,7 @@ impl Source {
     /// Per bucket of `width` key values in `[lo, hi]`: (bucket, count, sum, xor) of the keys,
     /// from the primary-key index alone.
     pub async fn key_buckets(
-        &self,
+        &mut self,
         lo: i64,
         hi: i64,
         width: i64,
@@ -138,17 +138,16 @@ impl Source {
             return Ok(Vec::new());
         };
         let rows = self
-            .client
-            .query(
+            .index_only(
                 &format!(
                     "SELECT (({k}::int8 - $1::int8) / $3::int8)::int8, count(*)::int8, sum({k}::int8)::text, bit_xor({k}::int8)
                        FROM {} WHERE {k} BETWEEN $1::int8 AND $2::int8 GROUP BY 1",
                     qualified(&self.table.schema, &self.table.name)
                 ),
                 &[&lo, &hi, &width],
+                "aggregating keys",
             )
-            .await
-            .map_err(PgError::query("aggregating keys"))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -159,22 +158,45 @@ impl Source {
     }
 
     /// The keys in `[lo, hi]`, in order, from the primary-key index.
-    pub async fn keys_between(&self, lo: i64, hi: i64) -> Result<Vec<i64>, SourceError> {
+    pub async fn keys_between(&mut self, lo: i64, hi: i64) -> Result<Vec<i64>, SourceError> {
         let Some(k) = self.integer_key() else {
             return Ok(Vec::new());
         };
         let rows = self
-            .client
-            .query(
+            .index_only(
                 &format!(
                     "SELECT {k}::int8 FROM {} WHERE {k} BETWEEN $1::int8 AND $2::int8 ORDER BY {k}",
                     qualified(&self.table.schema, &self.table.name)
                 ),
                 &[&lo, &hi],
+                "listing keys",
             )
-            .await
-            .map_err(PgError::query("listing keys"))?;
+            .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Runs one statement over the primary-key index alone: a full-range aggregate would
+    /// otherwise be planned as a sequential read of the whole table. The settings hold for this
+    /// one short read-only transaction only.
+    async fn index_only(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &str,
+    ) -> Result<Vec<PgRow>, SourceError> {
+        let tx = self
+            .client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(PgError::query(what))?;
+        tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+            .await
+            .map_err(PgError::query(what))?;
+        let rows = tx.query(sql, params).await.map_err(PgError::query(what))?;
+        tx.commit().await.map_err(PgError::query(what))?;
+        Ok(rows)
     }
 
     /// The rows with these keys (text form) that exist now.

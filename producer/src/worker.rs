@@ -221,7 +221,6 @@ impl Worker {
             add(Box::new(WatermarkScan {
                 interval: Duration::from_millis(p.update_interval_ms),
                 chunk_rows: p.scan_chunk_rows,
-                overlap_micros: (p.watermark_overlap_ms as i64).saturating_mul(1000),
             }));
         }
         let keyset = match integer_key(&info) {
@@ -524,14 +523,16 @@ impl Worker {
     /// The horizon's bounds, with the time bound lowered to the highest watermark value shipped
     /// minus the overlap: applications that write their own (older) timestamps are still seen.
     fn effective_bounds(&self, b: &Bounds) -> Bounds {
+        // the horizon's clock bound, less the overlap against clock differences between sessions
         let overlap = (self.config.producer.watermark_overlap_ms as i64).saturating_mul(1000);
-        let data = self
-            .checkpoint
-            .max_watermark
-            .map(|m| m.saturating_sub(overlap));
-        let ts = match (b.ts, data) {
-            (Some(a), Some(d)) => Some(a.min(d)),
-            (a, _) => a,
+        let clock = b.ts.map(|t| t.saturating_sub(overlap));
+        // values above the highest one a complete pass shipped: applications that write their
+        // own, older timestamps are still seen, and rows sharing that highest value (a bulk
+        // load) are not read again by every pass
+        let data = self.checkpoint.max_watermark.map(|m| m.saturating_add(1));
+        let ts = match (clock, data) {
+            (Some(c), Some(d)) => Some(c.min(d)),
+            (c, _) => c,
         };
         Bounds {
             key: b.key.clone(),

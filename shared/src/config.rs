@@ -116,7 +116,8 @@ pub struct ProducerConfig {
     pub insert_interval_ms: u64,
     /// How often the watermark column is scanned for updates.
     pub update_interval_ms: u64,
-    /// How far below the highest watermark value already seen each update scan starts again.
+    /// How far below the capture horizon's clock each update scan starts, against clock
+    /// differences between sessions.
     pub watermark_overlap_ms: u64,
     /// Longest the capture horizon waits for transactions that were open on the source before
     /// moving on anyway (with a warning); see docs/design.md.

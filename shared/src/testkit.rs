@@ -174,6 +174,43 @@ where
     }
 }
 
+/// The rows of a table as text, sorted; `None` while the table does not exist.
+pub async fn try_table_text(client: &Client, table: &str) -> Option<Vec<String>> {
+    let r = client
+        .query(
+            &format!("SELECT whole_row::text FROM {table} whole_row ORDER BY 1"),
+            &[],
+        )
+        .await
+        .ok()?;
+    Some(r.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// Adds settings to the `[producer]` section of a config written by [`write_config`].
+pub fn add_producer_settings(config: &std::path::Path, settings: &str) {
+    let text = std::fs::read_to_string(config)
+        .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+    let text = text.replacen("[producer]\n", &format!("[producer]\n{settings}\n"), 1);
+    std::fs::write(config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+}
+
+/// Runs `tunnel-consumer verify` on a config; its exit code and what it printed.
+pub fn verify(config: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(bin("tunnel-consumer"));
+    cmd.args(["verify", "--config", &config.display().to_string()])
+        .args(extra);
+    for (var, _) in crate::config::ENV_OVERRIDES {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("run verify: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// The rows of a query as text, sorted, for comparing a source table with its replica.
 pub async fn table_text(client: &Client, table: &str) -> Vec<String> {
     let rows = client

@@ -1,0 +1,365 @@
+//! End-to-end tests of what a read-only source does not announce: hard deletes, rows changed
+//! without `updated_at` moving, tables without a watermark column, and `verify`/`--repair`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure is a panic
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_postgres::Client;
+use tunnel_shared::testkit::{self as tk, Databases, Proc};
+
+const MEDIA: &str = "CREATE TABLE media (
+    id serial PRIMARY KEY, s3_path varchar(1024), format varchar(5), type smallint,
+    updated_at timestamp DEFAULT now())";
+/// The seed's example table: no `updated_at` at all.
+const EMPLOYEES: &str = "CREATE TABLE employees (
+    emp_id serial PRIMARY KEY, first_name varchar(100), last_name varchar(100), dob date,
+    city varchar(100), salary int)";
+
+/// Fast cadences for the passes that find deletes and silent changes.
+const FAST: &str =
+    "delete_interval_ms = 200\nreconcile_interval_ms = 500\nrepair_interval_ms = 200";
+
+struct Setup {
+    dbs: Databases,
+    config: PathBuf,
+}
+
+async fn setup(ddl: &str, tables: &[&str], producer_settings: &str) -> Setup {
+    let dbs = Databases::create().await;
+    dbs.source().await.batch_execute(ddl).await.unwrap();
+    let config = tk::write_config(&dbs, &tk::unique("cap"), &tk::unique("g"), tables, "");
+    tk::add_producer_settings(&config, producer_settings);
+    Setup { dbs, config }
+}
+
+/// Waits until `verify` exits 0 (the replica is identical), or panics with its last report.
+async fn wait_verified(config: &std::path::Path, timeout: Duration, procs: &[&Proc]) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (code, out) = tk::verify(config, &[]);
+        if code == 0 {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+            panic!("verify never came clean within {timeout:?}; last report (exit {code}):\n{out}\nlogs:\n{}", logs.join("\n----\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hour_window_all_three_traps_then_verify_is_clean() {
+    let s = setup(MEDIA, &["media"], FAST).await;
+    let src = s.dbs.source().await;
+    src.batch_execute(
+        "INSERT INTO media (id, s3_path, format, type, updated_at) VALUES
+           (1, '/a.jpg', 'jpg', 1, '2021-01-01 00:10'), (2, '/b.jpg', 'jpg', 1, '2021-01-01 00:20'),
+           (3, '/c.jpg', 'jpg', 1, '2021-01-01 00:30');",
+    )
+    .await
+    .unwrap();
+    let producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    wait_verified(&s.config, Duration::from_secs(60), &[&producer, &consumer]).await;
+    src.batch_execute(
+        "UPDATE media SET s3_path = '/xx.jpg', updated_at = '2021-01-01 01:21' WHERE id = 1;
+         INSERT INTO media (id, s3_path, format, type, updated_at) VALUES
+           (4, '/d.mp4', 'mp4', 2, '2021-01-01 01:30'), (5, '/e.jpg', 'jpg', 1, '2021-01-01 01:40');",
+    )
+    .await
+    .unwrap();
+    wait_verified(&s.config, Duration::from_secs(20), &[&producer, &consumer]).await;
+    src.batch_execute(
+        "UPDATE media SET s3_path = '/zz.gif', format = 'gif', updated_at = '2021-01-01 02:30' WHERE id = 2;
+         DELETE FROM media WHERE id = 3;
+         INSERT INTO media (id, s3_path, format, type, updated_at) VALUES (6, '/f.jpg', 'jpg', 1, '2021-01-01 01:40');
+         UPDATE media SET s3_path = '/x.jpg' WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    wait_verified(&s.config, Duration::from_secs(30), &[&producer, &consumer]).await;
+    let tgt = s.dbs.target().await;
+    assert_eq!(
+        tk::try_table_text(&tgt, "media").await.unwrap(),
+        vec![
+            "(1,/x.jpg,jpg,1,\"2021-01-01 01:21:00\")",
+            "(2,/zz.gif,gif,1,\"2021-01-01 02:30:00\")",
+            "(4,/d.mp4,mp4,2,\"2021-01-01 01:30:00\")",
+            "(5,/e.jpg,jpg,1,\"2021-01-01 01:40:00\")",
+            "(6,/f.jpg,jpg,1,\"2021-01-01 01:40:00\")",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_reports_differences_and_repair_ships_them_through_the_producer() {
+    // reconciliation off: only a repair can fix a change that moved no watermark
+    let s = setup(
+        MEDIA,
+        &["media"],
+        "reconcile_interval_ms = 0\nrepair_interval_ms = 200",
+    )
+    .await;
+    let src = s.dbs.source().await;
+    // old timestamps: a restarted producer's watermark scan does not read these rows again
+    src.batch_execute(
+        "INSERT INTO media (s3_path, format, type, updated_at)
+           SELECT '/p/' || i, 'jpg', 1, '2020-01-01'::timestamp + i * interval '1 second' FROM generate_series(1, 500) i",
+    )
+    .await
+    .unwrap();
+    let mut producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    wait_verified(&s.config, Duration::from_secs(60), &[&producer, &consumer]).await;
+    assert!(producer.terminate(Duration::from_secs(30)).success());
+    src.batch_execute("UPDATE media SET s3_path = '/silent' WHERE id IN (7, 300); INSERT INTO media (id, s3_path) VALUES (9001, '/new')")
+        .await
+        .unwrap();
+    let (code, out) = tk::verify(&s.config, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("1 missing from the target"), "{out}");
+    assert!(out.contains("missing: (9001)"), "{out}");
+    assert!(out.contains("differing: (300) (7)"), "{out}");
+    // nothing was written by verify itself
+    let (code, _) = tk::verify(&s.config, &["--repair"]);
+    assert_eq!(code, 1);
+    let producer = Proc::start("producer", &s.config);
+    wait_verified(&s.config, Duration::from_secs(30), &[&producer, &consumer]).await;
+    assert!(
+        producer.log_text().contains("repair requested"),
+        "{}",
+        producer.log_text()
+    );
+    // a bad table name is an error (exit 2), not a difference
+    let (code, out) = tk::verify(&s.config, &["--table", "nope"]);
+    assert_eq!(code, 2, "{out}");
+}
+
+/// Inserts, updates (some that do not touch `updated_at`) and deletes on both tables.
+async fn churn(url: String, ops: usize, seed: u64) {
+    let c = tk::connect(&url).await;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+    for i in 0..ops {
+        let id: i32 = rng.gen_range(1..=400);
+        let sql = match rng.gen_range(0..6) {
+            0 => format!("INSERT INTO media (s3_path, format, type) VALUES ('/w{seed}/{i}', 'jpg', 1)"),
+            1 => format!("UPDATE media SET s3_path = '/u{seed}/{i}', updated_at = now() WHERE id = {id}"),
+            2 => format!("UPDATE media SET format = 'gif' WHERE id = {id}"), // updated_at untouched
+            3 => format!("DELETE FROM media WHERE id = {id}"),
+            4 => format!("INSERT INTO employees (first_name, last_name, dob, city, salary) VALUES ('f{i}', 'l{seed}', '1990-01-01', 'Paris', {})", 20000 + i),
+            _ => {
+                if rng.gen_bool(0.5) {
+                    format!("UPDATE employees SET salary = salary + 1, city = 'Lyon' WHERE emp_id = {}", id % 150 + 1)
+                } else {
+                    format!("DELETE FROM employees WHERE emp_id = {}", id % 150 + 1)
+                }
+            }
+        };
+        c.batch_execute(&sql).await.unwrap();
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletes_silent_updates_and_a_table_without_updated_at_end_verified() {
+    let s = setup(
+        &format!("{MEDIA}; {EMPLOYEES}"),
+        &["media", "employees"],
+        FAST,
+    )
+    .await;
+    let src = s.dbs.source().await;
+    src.batch_execute(
+        "INSERT INTO media (s3_path, format, type) SELECT '/seed/' || i, 'jpg', 1 FROM generate_series(1, 300) i;
+         INSERT INTO employees (first_name, last_name, dob, city, salary)
+           SELECT 'f' || i, 'l' || i, '1980-01-01'::date + i, 'Oslo', 15000 + i FROM generate_series(1, 100) i;",
+    )
+    .await
+    .unwrap();
+    let producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    let writers: Vec<_> = (0..3)
+        .map(|w| tokio::spawn(churn(s.dbs.source_admin_url.clone(), 120, w)))
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    wait_verified(&s.config, Duration::from_secs(60), &[&producer, &consumer]).await;
+    let deleted: i64 = src
+        .query_one("SELECT 400 - count(*) FROM media WHERE id <= 400", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(deleted > 0, "the churn deleted nothing");
+}
+
+/// A count, or -1 while the table does not exist yet.
+async fn count(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.map(|r| r.get(0)).unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_scan_reads_the_index_only_and_finds_exactly_the_deleted_keys() {
+    const N: i64 = 200_000;
+    // reconciliation off: the delete scan alone must find the deletes
+    let s = setup(
+        MEDIA,
+        &["media"],
+        "delete_interval_ms = 200\nreconcile_interval_ms = 0",
+    )
+    .await;
+    let src = s.dbs.source().await;
+    src.batch_execute(&format!("INSERT INTO media (s3_path, format, type) SELECT '/p/' || i, 'jpg', 1 FROM generate_series(1, {N}) i"))
+        .await
+        .unwrap();
+    src.batch_execute("VACUUM ANALYZE media").await.unwrap();
+    // the delete scan's top-level query, as the producer runs it: index only, no heap page
+    src.batch_execute(
+        "BEGIN READ ONLY; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off",
+    )
+    .await
+    .unwrap();
+    let plan: String = src
+        .query(
+            &format!(
+                "EXPLAIN (ANALYZE, FORMAT TEXT) SELECT ((id::int8 - 1::int8) / 3125::int8)::int8, count(*)::int8, sum(id::int8)::text, bit_xor(id::int8)
+                   FROM media WHERE id BETWEEN 1::int8 AND {N}::int8 GROUP BY 1"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    src.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        plan.contains("Index Only Scan") && plan.contains("Heap Fetches: 0"),
+        "{plan}"
+    );
+
+    let producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    let tgt = s.dbs.target().await;
+    tk::wait_for("the initial sync", Duration::from_secs(120), || async {
+        (tk::try_table_text(&tgt, "media")
+            .await
+            .map(|r| r.len() as i64)
+            == Some(N))
+        .then_some(())
+    })
+    .await;
+    // the first delete pass ran over unchanged keys and shipped nothing
+    assert!(
+        !producer.log_text().contains("detector=\"delete_scan\""),
+        "{}",
+        producer.log_text()
+    );
+    let gone = [
+        3i64, 977, 15_000, 15_001, 42_424, 99_999, 123_456, 150_000, 187_654, N,
+    ];
+    let list = gone
+        .iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    src.batch_execute(&format!("DELETE FROM media WHERE id IN ({list})"))
+        .await
+        .unwrap();
+    tk::wait_for(
+        "the deletes in the target",
+        Duration::from_secs(30),
+        || async { (count(&tgt, "SELECT count(*) FROM media").await == N - 10).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        count(
+            &tgt,
+            &format!("SELECT count(*) FROM media WHERE id IN ({list})")
+        )
+        .await,
+        0
+    );
+    let log = producer.log_text();
+    let deletes: usize = log
+        .lines()
+        .filter(|l| l.contains("detector=\"delete_scan\""))
+        .filter_map(|l| {
+            l.split("deletes=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(deletes, 10, "{log}");
+    drop(consumer);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn producer_killed_during_a_delete_pass_does_not_ship_the_table_again() {
+    const N: i64 = 100_000;
+    let s = setup(
+        MEDIA,
+        &["media"],
+        "delete_interval_ms = 100\nreconcile_interval_ms = 0",
+    )
+    .await;
+    let src = s.dbs.source().await;
+    src.batch_execute(&format!("INSERT INTO media (s3_path, format, type) SELECT '/p/' || i, 'jpg', 1 FROM generate_series(1, {N}) i"))
+        .await
+        .unwrap();
+    let mut producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    let tgt = s.dbs.target().await;
+    tk::wait_for("the initial sync", Duration::from_secs(120), || async {
+        (count(&tgt, "SELECT count(*) FROM media").await == N).then_some(())
+    })
+    .await;
+    src.batch_execute("DELETE FROM media WHERE id % 1000 = 0")
+        .await
+        .unwrap();
+    // the pass starts once the statistics show the deletes (within about a second): kill the
+    // producer around then; whenever it lands, the restart must not ship the table again
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    producer.kill9();
+    let producer = Proc::start("producer", &s.config);
+    tk::wait_for(
+        "the deletes in the target",
+        Duration::from_secs(60),
+        || async {
+            (count(&tgt, "SELECT count(*) FROM media").await == N - N / 1000).then_some(())
+        },
+    )
+    .await;
+    let log = producer.log_text();
+    assert!(
+        !log.contains("snapshot started"),
+        "the restarted producer snapshotted again:\n{log}"
+    );
+    let shipped_after: u64 = log
+        .lines()
+        .filter(|l| l.contains("shipped changes"))
+        .filter_map(|l| {
+            l.split(" events=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        shipped_after <= (N / 1000) as u64 + 50,
+        "the restarted producer shipped {shipped_after} events\n{log}"
+    );
+    drop(consumer);
+}
