@@ -328,7 +328,8 @@ start_registry() {
     port_open "$REGISTRY_PORT" && die "port $REGISTRY_PORT is taken by another process; set TUNNEL_REGISTRY_PORT"
     local java
     java=$(registry_java) || die "no Java >= 21 for the registry"
-    (cd "$dir" && nohup "$java" -Xms128m -Xmx512m \
+    # exec: the pid recorded is the registry's own, not that of a subshell waiting for it
+    (cd "$dir" && exec nohup "$java" -Xms128m -Xmx512m \
       -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
       -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$REGISTRY_MGMT_PORT" \
       -Dapicurio.storage.kind=kafkasql \
@@ -336,8 +337,8 @@ start_registry() {
       -Dapicurio.rest.deletion.artifact.enabled=true \
       -Dapicurio.rest.deletion.artifact-version.enabled=true \
       -Dapicurio.rest.deletion.group.enabled=true \
-      -jar "$APICURIO_HOME/quarkus-run.jar" >"$dir/registry.log" 2>&1 </dev/null &
-      echo $! >"$dir/registry.pid")
+      -jar "$APICURIO_HOME/quarkus-run.jar" >"$dir/registry.log" 2>&1 </dev/null) &
+    echo $! >"$dir/registry.pid"
   fi
   WAIT_PIDFILE=$dir/registry.pid wait_until registry "$dir/registry.log" registry_ready
 }
