@@ -12,8 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
-use tracing::info;
+
 use tunnel_shared::config::Config;
 
 #[derive(Parser)]
@@ -102,34 +101,7 @@ fn main() -> ExitCode {
 
 async fn run(config: PathBuf) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&config)?);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("stopping: finishing the current batch");
-        let _ = stop_tx.send(true);
-    });
+    let stop_rx = tunnel_shared::shutdown::on_signal();
     run::run(config, stop_rx).await?;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

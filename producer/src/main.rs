@@ -19,8 +19,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
-use tracing::{info, Instrument};
+use tracing::Instrument;
 use tunnel_shared::config::Config;
 
 #[derive(Parser)]
@@ -69,12 +68,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let Command::Run { config } = cli.command;
     let config = Arc::new(Config::load(&config)?);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("stopping: finishing the current batch");
-        let _ = stop_tx.send(true);
-    });
+    let stop_rx = tunnel_shared::shutdown::on_signal();
     let mut tasks = tokio::task::JoinSet::new();
     for table in config.tables.clone() {
         let span = tracing::info_span!("table", name = %table.qualified());
@@ -101,27 +95,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

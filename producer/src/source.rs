@@ -462,31 +462,40 @@ impl Source {
         Ok(rows.first().map(|r| key_text(r, 0, self.table.key.len())))
     }
 
+    /// Runs `first` (no lower key) or `next` (keys above `after`, the key's parameters first),
+    /// with `last` as the final parameter.
+    async fn paginated(
+        &self,
+        first: &Statement,
+        next: &Statement,
+        after: Option<&[String]>,
+        last: &i64,
+    ) -> Result<Vec<PgRow>, tokio_postgres::Error> {
+        match after {
+            None => self.client.query(first, &[last]).await,
+            Some(k) => {
+                let mut params: Vec<&(dyn ToSql + Sync)> =
+                    k.iter().map(|s| s as &(dyn ToSql + Sync)).collect();
+                params.push(last);
+                self.client.query(next, &params).await
+            }
+        }
+    }
+
     /// Up to `limit` rows with a key above `after` (all keys when `None`), in key order.
     pub async fn rows_after(
         &mut self,
         after: Option<&[String]>,
         limit: i64,
     ) -> Result<Vec<SourceRow>, SourceError> {
-        let rows = match after {
-            None => {
-                self.client
-                    .query(&self.statements.first_chunk, &[&limit])
-                    .await
-            }
-            Some(k) => {
-                let mut params: Vec<&(dyn ToSql + Sync)> =
-                    k.iter().map(|s| s as &(dyn ToSql + Sync)).collect();
-                params.push(&limit);
-                self.client
-                    .query(&self.statements.next_chunk, &params)
-                    .await
-            }
-        }
-        .map_err(PgError::query(format!(
-            "reading {} by key",
-            self.table.qualified_name()
-        )))?;
+        let (first, next) = (&self.statements.first_chunk, &self.statements.next_chunk);
+        let rows = self
+            .paginated(first, next, after, &limit)
+            .await
+            .map_err(PgError::query(format!(
+                "reading {} by key",
+                self.table.qualified_name()
+            )))?;
         self.decode_rows(&rows).await
     }
 
@@ -498,22 +507,14 @@ impl Source {
         n: i64,
     ) -> Result<Option<Vec<String>>, SourceError> {
         let offset = n - 1;
-        let rows = match after {
-            None => {
-                self.client
-                    .query(&self.statements.key_at_offset_first, &[&offset])
-                    .await
-            }
-            Some(k) => {
-                let mut params: Vec<&(dyn ToSql + Sync)> =
-                    k.iter().map(|s| s as &(dyn ToSql + Sync)).collect();
-                params.push(&offset);
-                self.client
-                    .query(&self.statements.key_at_offset_next, &params)
-                    .await
-            }
-        }
-        .map_err(PgError::query("finding a key range"))?;
+        let (first, next) = (
+            &self.statements.key_at_offset_first,
+            &self.statements.key_at_offset_next,
+        );
+        let rows = self
+            .paginated(first, next, after, &offset)
+            .await
+            .map_err(PgError::query("finding a key range"))?;
         Ok(rows.first().map(|r| key_text(r, 0, self.table.key.len())))
     }
 

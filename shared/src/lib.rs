@@ -14,6 +14,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod retry;
 pub mod schema;
+pub mod shutdown;
 pub mod wire;
 
 #[cfg(feature = "testkit")]
