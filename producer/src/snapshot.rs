@@ -45,7 +45,7 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
     let mut pending: Option<(Checkpoint, Vec<SourceRow>)> = None;
     let scanned = scan(w, chunk, &mut pending, &mut progress).await;
     let flushed = match pending.take() {
-        Some((cp, rows)) if scanned.is_ok() => ship(&w.publisher, &cp, &rows, &mut progress).await,
+        Some((cp, rows)) if scanned.is_ok() => ship(&w.publisher, &cp, rows, &mut progress).await,
         _ => Ok(()),
     };
     if let Err(e) = scanned.and(flushed) {
@@ -60,7 +60,7 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
         let mut next = w.checkpoint.clone();
         let Some(upto) = next.snapshot.drained_upto.clone() else {
             next.snapshot.phase = SnapshotPhase::Done;
-            ship(&w.publisher, &next, &[], &mut progress).await?;
+            ship(&w.publisher, &next, Vec::new(), &mut progress).await?;
             w.checkpoint = next;
             break;
         };
@@ -75,7 +75,7 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
             next.snapshot.phase = SnapshotPhase::Done;
         }
         account(&mut next, &rows);
-        ship(&w.publisher, &next, &rows, &mut progress).await?;
+        ship(&w.publisher, &next, rows, &mut progress).await?;
         w.checkpoint = next;
     }
     progress.finish();
@@ -152,7 +152,7 @@ async fn scan(
         let publisher = &w.publisher;
         let shipping = async {
             match pending.take() {
-                Some((cp, rows)) => ship(publisher, &cp, &rows, progress).await,
+                Some((cp, rows)) => ship(publisher, &cp, rows, progress).await,
                 None => Ok(()),
             }
         };
@@ -199,16 +199,16 @@ fn account(next: &mut Checkpoint, rows: &[SourceRow]) {
 async fn ship(
     publisher: &Publisher,
     next: &Checkpoint,
-    rows: &[SourceRow],
+    rows: Vec<SourceRow>,
     progress: &mut Progress,
 ) -> Result<(), WorkerError> {
     let ts_ms = chrono::Utc::now().timestamp_millis();
     let events: Vec<ChangeEvent> = rows
-        .iter()
+        .into_iter()
         .map(|r| ChangeEvent {
             op: Op::Read,
-            key: r.key.clone(),
-            after: Some(r.row.clone()),
+            key: r.key,
+            after: Some(r.row),
             detected_by: Detection::Snapshot,
             updated_at: r.watermark,
             ts_ms,
