@@ -223,7 +223,9 @@ impl Worker {
                 chunk_rows: p.scan_chunk_rows,
             }));
         }
+        // nothing was ever shipped for a table without a checkpoint: no topic to read back
         let keyset = match integer_key(&info) {
+            Some(_) if checkpoint.snapshot.started_at_micros == 0 => Some(KeySet::default()),
             Some(_) => Some(rebuild_keyset(&config, &topic).await?),
             None => None,
         };
