@@ -7,6 +7,11 @@ mod decode;
 mod run;
 mod verify;
 
+/// Both binaries allocate a few small buffers per row; mimalloc makes that markedly cheaper than
+/// the system allocator (malloc/free were a fifth to a quarter of their CPU time).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -270,11 +270,21 @@ pub(crate) fn date_text(days: i32) -> Result<String, String> {
     Ok(match days {
         i32::MAX => "infinity".into(),
         i32::MIN => "-infinity".into(),
-        d => chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0)
-            .ok_or_else(|| format!("date {d} days is out of range"))?
-            .format("%Y-%m-%d")
-            .to_string(),
+        d => {
+            let t = chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0)
+                .ok_or_else(|| format!("date {d} days is out of range"))?;
+            let mut out = String::with_capacity(10);
+            push_date(&mut out, &t.naive_utc());
+            out
+        }
     })
+}
+
+/// `YYYY-MM-DD`, written directly: `format()` would parse its pattern for every value.
+fn push_date(out: &mut String, t: &chrono::NaiveDateTime) {
+    use chrono::Datelike;
+    use std::fmt::Write;
+    let _ = write!(out, "{:04}-{:02}-{:02}", t.year(), t.month(), t.day());
 }
 
 pub(crate) fn time_text(us: i64) -> String {
@@ -299,13 +309,26 @@ pub(crate) fn float_text(v: f64, shortest: String) -> String {
 }
 
 pub(crate) fn timestamp_text(us: i64, zone: &str) -> Result<String, String> {
+    use chrono::Timelike;
+    use std::fmt::Write;
     match us {
         i64::MAX => Ok("infinity".into()),
         i64::MIN => Ok("-infinity".into()),
         _ => {
             let t = chrono::DateTime::from_timestamp_micros(us)
-                .ok_or_else(|| format!("timestamp {us} µs is out of range"))?;
-            Ok(format!("{}{zone}", t.format("%Y-%m-%d %H:%M:%S%.6f")))
+                .ok_or_else(|| format!("timestamp {us} µs is out of range"))?
+                .naive_utc();
+            let mut out = String::with_capacity(29);
+            push_date(&mut out, &t);
+            let _ = write!(
+                out,
+                " {:02}:{:02}:{:02}.{:06}{zone}",
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.nanosecond() / 1_000
+            );
+            Ok(out)
         }
     }
 }
