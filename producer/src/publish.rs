@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::client::ClientContext;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::event::{ChangeEvent, EventEncoder, EventError, Op};
 use tunnel_shared::kafka;
@@ -36,8 +39,32 @@ impl Retryable for PublishError {
     }
 }
 
+/// Records the first failed delivery of a transaction. With transactions, `commit_transaction`
+/// flushes every message and fails if any could not be delivered; this only keeps the reason.
+/// (Per-message delivery futures cost a channel and a wake-up per row.)
+#[derive(Default)]
+struct Deliveries {
+    failed: Mutex<Option<KafkaError>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            if let Ok(mut failed) = self.failed.lock() {
+                failed.get_or_insert_with(|| e.clone());
+            }
+        }
+    }
+}
+
+type KafkaProducer = ThreadedProducer<Deliveries>;
+
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<KafkaProducer>,
     topic: String,
     checkpoint_topic: String,
     table_key: String,
@@ -51,6 +78,17 @@ fn kafka_err(context: &str) -> impl FnOnce(KafkaError) -> PublishError + '_ {
     }
 }
 
+/// Runs a blocking call of the producer off the async threads.
+async fn blocking<T: Send + 'static>(
+    producer: &Arc<KafkaProducer>,
+    call: impl FnOnce(&KafkaProducer) -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, KafkaError> {
+    let p = producer.clone();
+    tokio::task::spawn_blocking(move || call(&p))
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+}
+
 impl Publisher {
     /// Creates the transactional producer and fences any earlier instance with the same id.
     pub async fn new(
@@ -61,17 +99,13 @@ impl Publisher {
         table_key: String,
         encoder: EventEncoder,
     ) -> Result<Self, PublishError> {
-        let producer: FutureProducer =
+        let producer: KafkaProducer =
             kafka::transactional_producer_config(kafka_cfg, transactional_id)
-                .create()
+                .create_with_context(Deliveries::default())
                 .map_err(kafka_err("creating the producer"))?;
-        let p = producer.clone();
-        tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
+        let producer = Arc::new(producer);
+        blocking(&producer, |p| p.init_transactions(TXN_TIMEOUT))
             .await
-            .map_err(|_| PublishError::Kafka {
-                context: "initialising transactions".into(),
-                source: KafkaError::Canceled,
-            })?
             .map_err(kafka_err("initialising transactions"))?;
         Ok(Self {
             producer,
@@ -98,26 +132,34 @@ impl Publisher {
                 records.push((key, None)); // the tombstone
             }
         }
+        if let Ok(mut failed) = self.producer.context().failed.lock() {
+            *failed = None;
+        }
         self.producer
             .begin_transaction()
             .map_err(kafka_err("beginning a transaction"))?;
-        match self.send_all(&records, checkpoint).await {
-            Ok(()) => {
-                let p = self.producer.clone();
-                let committed =
-                    tokio::task::spawn_blocking(move || p.commit_transaction(TXN_TIMEOUT))
-                        .await
-                        .unwrap_or(Err(KafkaError::Canceled));
-                if let Err(e) = committed {
-                    self.abort().await;
-                    return Err(PublishError::Kafka {
-                        context: "committing a transaction".into(),
-                        source: e,
-                    });
-                }
-                Ok(())
-            }
-            Err(e) => {
+        let sent = self.send_all(&records, checkpoint).await;
+        let committed = match sent {
+            Ok(()) => blocking(&self.producer, |p| p.commit_transaction(TXN_TIMEOUT))
+                .await
+                .map_err(kafka_err("committing a transaction")),
+            Err(e) => Err(e),
+        };
+        let failed = self
+            .producer
+            .context()
+            .failed
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take());
+        match (committed, failed) {
+            (Ok(()), None) => Ok(()),
+            // cannot happen with transactions (a failed delivery fails the commit): say so
+            (Ok(()), Some(e)) => Err(PublishError::Kafka {
+                context: "delivering an event of a committed transaction".into(),
+                source: e,
+            }),
+            (Err(e), _) => {
                 self.abort().await;
                 Err(e)
             }
@@ -129,47 +171,25 @@ impl Publisher {
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         checkpoint: &Checkpoint,
     ) -> Result<(), PublishError> {
-        let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(records.len() + 1);
         for (key, value) in records {
-            let mut record = FutureRecord::to(&self.topic).key(key.as_slice());
+            let mut record = BaseRecord::to(&self.topic).key(key.as_slice());
             if let Some(v) = value {
                 record = record.payload(v.as_slice());
             }
-            deliveries.push(self.send(record).await?);
+            self.send(record).await?;
         }
         let cp = checkpoint.to_json();
-        let record = FutureRecord::to(&self.checkpoint_topic)
+        let record = BaseRecord::to(&self.checkpoint_topic)
             .key(self.table_key.as_bytes())
             .payload(cp.as_slice());
-        deliveries.push(self.send(record).await?);
-        for d in deliveries {
-            match d.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(PublishError::Kafka {
-                        context: "delivering an event".into(),
-                        source: e,
-                    })
-                }
-                Err(_) => {
-                    return Err(PublishError::Kafka {
-                        context: "delivering an event".into(),
-                        source: KafkaError::Canceled,
-                    })
-                }
-            }
-        }
-        Ok(())
+        self.send(record).await
     }
 
     /// Enqueues one record; a full local queue is back-pressure, so wait and try again.
-    async fn send<'a>(
-        &self,
-        mut record: FutureRecord<'a, [u8], [u8]>,
-    ) -> Result<DeliveryFuture, PublishError> {
+    async fn send<'a>(&self, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), PublishError> {
         loop {
-            match self.producer.send_result(record) {
-                Ok(f) => return Ok(f),
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -185,9 +205,7 @@ impl Publisher {
     }
 
     async fn abort(&self) {
-        let p = self.producer.clone();
-        let aborted = tokio::task::spawn_blocking(move || p.abort_transaction(TXN_TIMEOUT)).await;
-        if let Ok(Err(e)) = aborted {
+        if let Err(e) = blocking(&self.producer, |p| p.abort_transaction(TXN_TIMEOUT)).await {
             tracing::warn!(error = %e, "aborting the kafka transaction failed");
         }
     }
