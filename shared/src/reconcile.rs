@@ -16,7 +16,9 @@ use crate::catalog::{ColumnKind, TableInfo};
 use crate::pg::{quote_ident, PgError};
 
 /// Settings that make `::text` render the same on both servers, for the columns hashed as text.
-pub const CANONICAL_TEXT: &str = "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=1 -c bytea_output=hex";
+/// (`work_mem` too: the per-bucket aggregates are sorted to disk under the default 4 MB.)
+pub const CANONICAL_TEXT: &str =
+    "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=1 -c bytea_output=hex -c work_mem=64MB";
 
 /// How far to cut.
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +168,29 @@ pub async fn diff(
 
 type Buckets = HashMap<i64, (i64, i64)>;
 
+/// Buckets wider than this many key values are cut further even when most of them differ.
+const DENSE_LIST_MAX: i64 = 500_000;
+
+/// Runs the same statement on both sides at the same time (they are different servers).
+async fn query_both(
+    source: &Side<'_>,
+    target: &Side<'_>,
+    sql: &str,
+    params: &[String],
+    what: &str,
+) -> Result<(Vec<tokio_postgres::Row>, Vec<tokio_postgres::Row>), PgError> {
+    let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|s| s as &(dyn ToSql + Sync)).collect();
+    let (a_sql, b_sql) = (
+        sql.replace("{}", &source.table),
+        sql.replace("{}", &target.table),
+    );
+    tokio::try_join!(
+        source.client.query(&a_sql, &p),
+        target.client.query(&b_sql, &p)
+    )
+    .map_err(PgError::query(what))
+}
+
 impl Run<'_> {
     async fn by_value(&mut self, k: &str) -> Result<(), PgError> {
         let span = format!("SELECT min({k})::int8, max({k})::int8 FROM {{}}");
@@ -198,37 +223,55 @@ impl Run<'_> {
                 "SELECT (({k}::int8 - {lo}) / {width})::int8, count(*)::int8, bit_xor({h}) FROM {{}} WHERE {k} BETWEEN {lo} AND {hi} GROUP BY 1",
                 h = self.hash
             );
-            let a = self.buckets(&sql, true).await?;
-            let b = self.buckets(&sql, false).await?;
+            let (a, b) = self.buckets(&sql).await?;
+            let mut differing = Vec::new();
             for i in 0..self.opts.fanout {
                 if a.get(&i) != b.get(&i) {
                     let from = lo.saturating_add(i.saturating_mul(width));
                     if from > hi {
                         break;
                     }
-                    stack.push((from, from.saturating_add(width - 1).min(hi)));
+                    differing.push((from, from.saturating_add(width - 1).min(hi)));
+                }
+            }
+            // differences everywhere: cutting further would read the same rows again at every
+            // level, so the buckets are listed now (when they are not too large to hold)
+            let dense = differing.len() * 2 > self.opts.fanout as usize && width <= DENSE_LIST_MAX;
+            for (from, to) in differing {
+                if dense {
+                    self.compare_rows(&format!("{k} BETWEEN {from} AND {to}"), &[])
+                        .await?;
+                } else {
+                    stack.push((from, to));
                 }
             }
         }
         Ok(())
     }
 
-    async fn buckets(&mut self, sql: &str, source: bool) -> Result<Buckets, PgError> {
-        let side = if source { &self.source } else { &self.target };
-        let rows = side
-            .client
-            .query(&sql.replace("{}", &side.table), &[])
-            .await
-            .map_err(PgError::query("aggregating a key range"))?;
-        self.out.queries += 1;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let count: i64 = r.get(1);
-                self.out.rows_compared += count as u64;
-                (r.get(0), (count, r.get::<_, Option<i64>>(2).unwrap_or(0)))
-            })
-            .collect())
+    /// Per bucket (count, xor) on both sides, queried at the same time.
+    async fn buckets(&mut self, sql: &str) -> Result<(Buckets, Buckets), PgError> {
+        let (a, b) = query_both(
+            &self.source,
+            &self.target,
+            sql,
+            &[],
+            "aggregating a key range",
+        )
+        .await?;
+        self.out.queries += 2;
+        let mut to_map = |rows: Vec<tokio_postgres::Row>| -> Buckets {
+            rows.iter()
+                .map(|r| {
+                    let count: i64 = r.get(1);
+                    self.out.rows_compared += count as u64;
+                    (r.get(0), (count, r.get::<_, Option<i64>>(2).unwrap_or(0)))
+                })
+                .collect()
+        };
+        let a = to_map(a);
+        let b = to_map(b);
+        Ok((a, b))
     }
 
     /// Other keys: ranges of about `leaf_rows` rows cut on the source's key order (the same
@@ -276,8 +319,7 @@ impl Run<'_> {
                 "SELECT count(*)::int8, bit_xor({}) FROM {{}} WHERE {cond}",
                 self.hash
             );
-            let a = self.aggregate(&agg, &params, true).await?;
-            let b = self.aggregate(&agg, &params, false).await?;
+            let (a, b) = self.aggregate(&agg, &params).await?;
             if a != b {
                 self.compare_rows(&cond, &params).await?;
             }
@@ -292,19 +334,25 @@ impl Run<'_> {
         &mut self,
         sql: &str,
         params: &[String],
-        source: bool,
-    ) -> Result<(i64, i64), PgError> {
-        let side = if source { &self.source } else { &self.target };
-        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|s| s as &(dyn ToSql + Sync)).collect();
-        let r = side
-            .client
-            .query_one(&sql.replace("{}", &side.table), &p)
-            .await
-            .map_err(PgError::query("aggregating a key range"))?;
-        self.out.queries += 1;
-        let count: i64 = r.get(0);
-        self.out.rows_compared += count as u64;
-        Ok((count, r.get::<_, Option<i64>>(1).unwrap_or(0)))
+    ) -> Result<((i64, i64), (i64, i64)), PgError> {
+        let (a, b) = query_both(
+            &self.source,
+            &self.target,
+            sql,
+            params,
+            "aggregating a key range",
+        )
+        .await?;
+        self.out.queries += 2;
+        let mut one = |rows: Vec<tokio_postgres::Row>| -> (i64, i64) {
+            let Some(r) = rows.first() else { return (0, 0) };
+            let count: i64 = r.get(0);
+            self.out.rows_compared += count as u64;
+            (count, r.get::<_, Option<i64>>(1).unwrap_or(0))
+        };
+        let a = one(a);
+        let b = one(b);
+        Ok((a, b))
     }
 
     /// Lists (key, hash) of a range on both sides and records the differences.
@@ -320,23 +368,22 @@ impl Run<'_> {
             self.hash
         );
         let n = t.key.len();
-        let mut sides: Vec<HashMap<Vec<String>, i64>> = Vec::with_capacity(2);
-        for side in [&self.source, &self.target] {
-            let p: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|s| s as &(dyn ToSql + Sync)).collect();
-            let rows = side
-                .client
-                .query(&sql.replace("{}", &side.table), &p)
-                .await
-                .map_err(PgError::query("listing a key range"))?;
-            self.out.queries += 1;
-            self.out.rows_compared += rows.len() as u64;
-            sides.push(
-                rows.iter()
-                    .map(|r| ((0..n).map(|i| r.get(i)).collect(), r.get(n)))
-                    .collect(),
-            );
-        }
+        let (a, b) = query_both(
+            &self.source,
+            &self.target,
+            &sql,
+            params,
+            "listing a key range",
+        )
+        .await?;
+        self.out.queries += 2;
+        self.out.rows_compared += (a.len() + b.len()) as u64;
+        let index = |rows: Vec<tokio_postgres::Row>| -> HashMap<Vec<String>, i64> {
+            rows.iter()
+                .map(|r| ((0..n).map(|i| r.get(i)).collect(), r.get(n)))
+                .collect()
+        };
+        let sides = [index(a), index(b)];
         let (src, tgt) = (&sides[0], &sides[1]);
         for (k, h) in src {
             match tgt.get(k) {
