@@ -100,7 +100,7 @@ impl ChangeDetector for ContentScan {
             )
             .await;
             source
-                .batch_execute("RESET DateStyle; RESET IntervalStyle; RESET TimeZone; RESET extra_float_digits; RESET bytea_output")
+                .batch_execute("RESET DateStyle; RESET IntervalStyle; RESET TimeZone; RESET extra_float_digits; RESET bytea_output; RESET work_mem")
                 .await
                 .map_err(PgError::query("resetting the session after reconciliation"))?;
             let diff = match diff {

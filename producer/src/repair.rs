@@ -58,10 +58,10 @@ impl RepairScan {
         };
         let mut keys = Vec::new();
         let mut next = from;
-        let deadline = std::time::Instant::now() + Duration::from_millis(500);
-        while std::time::Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(50)) {
-                None => {}
+        // what has arrived, without waiting: this pass shares its table's loop with capture
+        loop {
+            match consumer.poll(Duration::ZERO) {
+                None => break,
                 Some(Ok(m)) => {
                     next = m.offset() + 1;
                     if m.key() != Some(self.table_key.as_bytes()) {
@@ -86,7 +86,7 @@ impl RepairScan {
 
 impl ChangeDetector for RepairScan {
     fn detection(&self) -> Detection {
-        Detection::Reconcile
+        Detection::Repair
     }
     fn interval(&self) -> Duration {
         self.interval

@@ -237,6 +237,8 @@ impl Worker {
             }));
         }
         if p.reconcile_interval_ms > 0 {
+            // the first comparison waits one interval: right after a snapshot the target is
+            // still catching up, and every row in flight would look different
             add(Box::new(ContentScan::new(
                 Duration::from_millis(p.reconcile_interval_ms),
                 &config.target,
@@ -249,6 +251,11 @@ impl Worker {
             config.repair_topic(),
             table.qualified(),
         )));
+        for slot in &mut slots {
+            if slot.detector.detection() == Detection::Reconcile {
+                slot.next_due = now + slot.detector.interval();
+            }
+        }
         Ok(Self {
             config,
             table,
@@ -492,6 +499,7 @@ impl Worker {
             tracing::debug!(
                 detector = detection.as_str(),
                 read_rows = read,
+                scanned = found.scanned,
                 elapsed_ms,
                 "pass found no change"
             );

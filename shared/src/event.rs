@@ -55,6 +55,8 @@ pub enum Detection {
     Watermark,
     DeleteScan,
     Reconcile,
+    /// asked for by `tunnel-consumer verify --repair`
+    Repair,
 }
 
 impl Detection {
@@ -65,6 +67,7 @@ impl Detection {
             Detection::Watermark => "watermark",
             Detection::DeleteScan => "delete_scan",
             Detection::Reconcile => "reconcile",
+            Detection::Repair => "repair",
         }
     }
 }

@@ -140,7 +140,7 @@ pub fn derive(table: &TableInfo, prefix: &str) -> Result<TableSchemas, SchemaErr
                     {"name": "table", "type": "string"},
                     {"name": "snapshot", "type": "boolean"},
                     {"name": "detected_by", "type": "string",
-                     "doc": "snapshot, key_scan, watermark, delete_scan or reconcile"},
+                     "doc": "snapshot, key_scan, watermark, delete_scan, reconcile or repair"},
                     {"name": "updated_at", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}],
                      "default": null,
                      "doc": "the row's watermark column, microseconds since 1970 (wall clock for timestamp without time zone)"}
