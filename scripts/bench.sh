@@ -6,16 +6,36 @@
 #   2. source-commit-to-target-visible latency at BENCH_RATE DML/s (default 10, alternating
 #      inserts and updates) for BENCH_LATENCY_SECONDS (default 60), on a table of BENCH_ROWS rows
 #      and on one of BENCH_SMALL_ROWS rows (default 10,000);
-#   3. peak RSS (VmHWM) and CPU time of tunnel-producer and tunnel-consumer.
+#   3. peak RSS (VmHWM) and CPU time of tunnel-producer and tunnel-consumer;
+#   4. deletes and reconciliation, on tables of BENCH_DELETE_SIZES rows (default
+#      "1000000 10000000"), each synced through the pipeline first (producer options
+#      delete_interval_ms = 1000, repair_interval_ms = 3600000, reconcile_interval_ms = 3600000
+#      for a) and b), BENCH_RECONCILE_MS (default 2000) for c); producer logging at debug, so
+#      that passes that ship nothing are logged too):
+#      a) the producer restarted: its first delete pass, over unchanged keys (elapsed, index
+#         entries read), and the time it took to rebuild its key set from the topic;
+#      b) 0.1% of the rows deleted, scattered (id % 1000 = 0): the delete passes that ship them,
+#         commit -> gone from the target, and the target's count dropping by exactly that much;
+#      c) reconciliation: the first passes after the restarts (no change), then, restarted with
+#         reconcile_interval_ms = BENCH_RECONCILE_MS, the pass that finds 0.1% of the rows changed
+#         without updated_at moving (id % 1000 = 1); against the best of 3 `SELECT count(*)` on
+#         the source, and on the source then the target;
+#      d) on the BENCH_DELETE_LATENCY_ROWS table (default 1000000), producer restarted with the
+#         default settings: BENCH_DELETE_PROBES (default 20) single-row deletes of random ids,
+#         one a second, commit -> gone from the target (polled every BENCH_POLL_MS);
+#      e) `tunnel-consumer verify` of the table.
 #
 #   scripts/bench.sh
 #
 # Knobs (environment): BENCH_ROWS, BENCH_SMALL_ROWS (0 skips the small table), BENCH_RATE,
-# BENCH_LATENCY_SECONDS, BENCH_POLL_MS (target polling of the latency probe, default 25),
+# BENCH_LATENCY_SECONDS, BENCH_POLL_MS (target polling of the latency probes, default 25),
 # BENCH_PARTITIONS (default 6), BENCH_SNAPSHOT_CHUNK (default 10000), BENCH_BATCH (consumer
 # batch_max_events, default 5000), BENCH_SYNC_TIMEOUT (seconds, default 3600), BENCH_KEEP=1
 # (leave the bench databases and topics in place), BENCH_DIR (logs, default .stack/bench),
-# BENCH_BUILD=0 (no cargo build: bench the binaries already in target/release).
+# BENCH_BUILD=0 (no cargo build: bench the binaries already in target/release),
+# BENCH_SECTIONS (default "1 4": 1 runs sections 1-3, 4 runs section 4), BENCH_DELETE_SIZES,
+# BENCH_RECONCILE_MS, BENCH_DELETE_LATENCY_ROWS, BENCH_DELETE_PROBES, BENCH_PASS_TIMEOUT (longest
+# wait for one pass or change of section 4, seconds, default 600).
 #
 # Each run creates databases bench_<id>_* on the source and the target and topics with the
 # prefix bench_<id>_*, and removes them on exit. Logs and raw latencies stay in BENCH_DIR.
@@ -32,6 +52,12 @@ PARTITIONS=${BENCH_PARTITIONS:-6}
 SNAPSHOT_CHUNK=${BENCH_SNAPSHOT_CHUNK:-10000}
 BATCH=${BENCH_BATCH:-5000}
 SYNC_TIMEOUT=${BENCH_SYNC_TIMEOUT:-3600}
+SECTIONS=" ${BENCH_SECTIONS:-1 4} "
+DELETE_SIZES=${BENCH_DELETE_SIZES:-1000000 10000000}
+RECONCILE_MS=${BENCH_RECONCILE_MS:-2000}
+DELETE_LATENCY_ROWS=${BENCH_DELETE_LATENCY_ROWS:-1000000}
+DELETE_PROBES=${BENCH_DELETE_PROBES:-20}
+PASS_TIMEOUT=${BENCH_PASS_TIMEOUT:-600}
 BENCH_DIR=${BENCH_DIR:-$ROOT/.stack/bench}
 VENV=$ROOT/.stack/bench-venv
 T_SCRIPT=$(date +%s.%N)
@@ -81,6 +107,7 @@ SUMMARY=$LOG_DIR/summary.txt
 : >"$LOG_DIR/figures.psv"
 note "run $RUN_ID, logs in ${LOG_DIR#"$ROOT"/}"
 note "rows=$ROWS small_rows=$SMALL_ROWS rate=${RATE}/s latency=${LAT_SECONDS}s poll=${POLL_MS}ms partitions=$PARTITIONS snapshot_chunk_rows=$SNAPSHOT_CHUNK batch_max_events=$BATCH"
+note "sections:${SECTIONS% } delete_sizes=\"$DELETE_SIZES\" reconcile_interval_ms=$RECONCILE_MS delete_latency_rows=$DELETE_LATENCY_ROWS delete_probes=$DELETE_PROBES"
 
 figure() { # section | metric | value | target
   printf '%s|%s|%s|%s\n' "$1" "$2" "$3" "${4:-}" >>"$LOG_DIR/figures.psv"
@@ -180,8 +207,8 @@ create_target() { # db
   TARGET_DBS+=("$1")
 }
 
-write_config() { # db config-path
-  local db=$1
+write_config() { # db config-path [extra [producer] lines]
+  local db=$1 extra=${3:-}
   cat >"$2" <<TOML
 [source]
 url = "$(src_reader_url "$db")"
@@ -197,12 +224,13 @@ partitions = $PARTITIONS
 url = "$TUNNEL_REGISTRY_URL"
 [producer]
 snapshot_chunk_rows = $SNAPSHOT_CHUNK
+$extra
 [consumer]
 batch_max_events = $BATCH
 [[tables]]
 name = "media"
 TOML
-  TOPIC_PREFIXES+=("$db")
+  [[ " ${TOPIC_PREFIXES[*]:-} " == *" $db "* ]] || TOPIC_PREFIXES+=("$db")
 }
 
 target_count() { # db -> rows in the target's media, 0 while it does not exist
@@ -337,82 +365,491 @@ for kind in ("insert", "update"):
 PY
 }
 
-# ---------------------------------------------------------------- 1. initial sync, large table
+if [[ $SECTIONS == *" 1 "* ]]; then
 
-BIG=${RUN_ID}_big
-say "1. initial sync of $ROWS rows"
-create_source "$BIG" "$ROWS"
-create_target "$BIG"
-create_target "${RUN_ID}_copy"
-"${PSQL[@]}" "$(tgt_url "${RUN_ID}_copy")" -c "$MEDIA_DDL"
+  # ---------------------------------------------------------------- 1. initial sync, large table
 
-note "direct pipe: psql \\copy (SELECT * FROM media) TO STDOUT | psql \\copy media FROM STDIN"
-t0=$(now)
-psql -X -q -v ON_ERROR_STOP=1 "$(src_admin_url "$BIG")" -c "\\copy (SELECT * FROM media) TO STDOUT" \
-  | psql -X -q -v ON_ERROR_STOP=1 "$(tgt_url "${RUN_ID}_copy")" -c "\\copy media FROM STDIN"
-COPY_SECONDS=$(since "$t0")
-COPY_ROWS=$(psql -X -At "$(tgt_url "${RUN_ID}_copy")" -c "SELECT count(*) FROM media")
-COPY_RATE=$(calc "printf \"%.0f\", $COPY_ROWS / $COPY_SECONDS")
-note "direct copy: $COPY_ROWS rows in $COPY_SECONDS s = $COPY_RATE rows/s"
-# the copy's table is not needed any more; it would only weigh on the target
-"${PSQL[@]}" "$TUNNEL_TARGET_URL" -c "DROP DATABASE ${RUN_ID}_copy WITH (FORCE)"
-TARGET_DBS=("$BIG")
-"${PSQL[@]}" "$TUNNEL_TARGET_URL" -c "CHECKPOINT" 2>/dev/null || true
+  BIG=${RUN_ID}_big
+  say "1. initial sync of $ROWS rows"
+  create_source "$BIG" "$ROWS"
+  create_target "$BIG"
+  create_target "${RUN_ID}_copy"
+  "${PSQL[@]}" "$(tgt_url "${RUN_ID}_copy")" -c "$MEDIA_DDL"
 
-note "pipeline: starting tunnel-producer and tunnel-consumer"
-start_pipeline "$BIG" big
-wait_sync "$BIG" "$ROWS" big
-S1="1. initial sync ($ROWS rows)"
-figure "$S1" "direct COPY pipe" "$COPY_SECONDS s, $COPY_RATE rows/s" ""
-if [[ -n $SYNC_SECONDS ]]; then
-  PIPE_RATE=$(calc "printf \"%.0f\", $ROWS / $SYNC_SECONDS")
-  RATIO=$(calc "printf \"%.2f\", $PIPE_RATE / $COPY_RATE")
-  note "pipeline: $ROWS rows in $SYNC_SECONDS s = $PIPE_RATE rows/s, ${RATIO}x the direct copy"
-  [[ -n $FIRST_ROW_SECONDS ]] && figure "$S1" "first rows in the target after" "$FIRST_ROW_SECONDS s" ""
-  [[ -n $SNAPSHOT_SECONDS ]] && figure "$S1" "producer logged 'snapshot done' after" "$SNAPSHOT_SECONDS s" ""
-  if [[ -n $FIRST_ROW_SECONDS ]] && awk -v a="$SYNC_SECONDS" -v b="$FIRST_ROW_SECONDS" 'BEGIN { exit !(a > b) }'; then
-    figure "$S1" "rate from the first row in the target" "$(calc "printf \"%.0f\", $ROWS / ($SYNC_SECONDS - $FIRST_ROW_SECONDS)") rows/s (excludes start-up)" ""
-  fi
-  figure "$S1" "pipeline (producer start -> target count = N)" "$SYNC_SECONDS s, $PIPE_RATE rows/s" ""
-  figure "$S1" "pipeline / direct" "${RATIO}x" ">= 0.3x"
-  cost_figure "$S1" "producer's cost to the source (start -> synced)" "0 0 0 0" "$(source_cost "$BIG")" "$SYNC_SECONDS"
-else
-  figure "$S1" "pipeline (producer start -> target count = N)" "not reached ($SYNC_ROWS rows after $(since "$T_START") s)" ""
-  figure "$S1" "pipeline / direct" "n/a" ">= 0.3x"
-fi
+  note "direct pipe: psql \\copy (SELECT * FROM media) TO STDOUT | psql \\copy media FROM STDIN"
+  t0=$(now)
+  psql -X -q -v ON_ERROR_STOP=1 "$(src_admin_url "$BIG")" -c "\\copy (SELECT * FROM media) TO STDOUT" \
+    | psql -X -q -v ON_ERROR_STOP=1 "$(tgt_url "${RUN_ID}_copy")" -c "\\copy media FROM STDIN"
+  COPY_SECONDS=$(since "$t0")
+  COPY_ROWS=$(psql -X -At "$(tgt_url "${RUN_ID}_copy")" -c "SELECT count(*) FROM media")
+  COPY_RATE=$(calc "printf \"%.0f\", $COPY_ROWS / $COPY_SECONDS")
+  note "direct copy: $COPY_ROWS rows in $COPY_SECONDS s = $COPY_RATE rows/s"
+  # the copy's table is not needed any more; it would only weigh on the target
+  "${PSQL[@]}" "$TUNNEL_TARGET_URL" -c "DROP DATABASE ${RUN_ID}_copy WITH (FORCE)"
+  TARGET_DBS=("$BIG")
+  "${PSQL[@]}" "$TUNNEL_TARGET_URL" -c "CHECKPOINT" 2>/dev/null || true
 
-# ---------------------------------------------------------------- 2+3 on the large table
-
-S2B="2. latency, $ROWS-row table"
-say "2. latency on the $ROWS-row table"
-if [[ -n $SYNC_SECONDS ]] && kill -0 "$PRODUCER_PID" 2>/dev/null && kill -0 "$CONSUMER_PID" 2>/dev/null; then
-  latency "$BIG" big "$S2B"
-else
-  note "skipped: the initial sync did not complete"
-  figure "$S2B" "latency" "skipped (no initial sync)" "p99 < 1000 ms"
-fi
-say "3. peak RSS, $ROWS-row pipeline"
-stop_pipeline big "3. resources, $ROWS-row pipeline"
-
-# ---------------------------------------------------------------- 2+3 on the small table
-
-if ((SMALL_ROWS > 0)); then
-  SMALL=${RUN_ID}_small
-  S2S="2. latency, $SMALL_ROWS-row table"
-  say "2. latency on the $SMALL_ROWS-row table"
-  create_source "$SMALL" "$SMALL_ROWS"
-  create_target "$SMALL"
-  start_pipeline "$SMALL" small
-  wait_sync "$SMALL" "$SMALL_ROWS" small
+  note "pipeline: starting tunnel-producer and tunnel-consumer"
+  start_pipeline "$BIG" big
+  wait_sync "$BIG" "$ROWS" big
+  S1="1. initial sync ($ROWS rows)"
+  figure "$S1" "direct COPY pipe" "$COPY_SECONDS s, $COPY_RATE rows/s" ""
   if [[ -n $SYNC_SECONDS ]]; then
-    note "initial sync of $SMALL_ROWS rows: $SYNC_SECONDS s"
-    figure "$S2S" "initial sync of $SMALL_ROWS rows" "$SYNC_SECONDS s" ""
-    latency "$SMALL" small "$S2S"
+    PIPE_RATE=$(calc "printf \"%.0f\", $ROWS / $SYNC_SECONDS")
+    RATIO=$(calc "printf \"%.2f\", $PIPE_RATE / $COPY_RATE")
+    note "pipeline: $ROWS rows in $SYNC_SECONDS s = $PIPE_RATE rows/s, ${RATIO}x the direct copy"
+    [[ -n $FIRST_ROW_SECONDS ]] && figure "$S1" "first rows in the target after" "$FIRST_ROW_SECONDS s" ""
+    [[ -n $SNAPSHOT_SECONDS ]] && figure "$S1" "producer logged 'snapshot done' after" "$SNAPSHOT_SECONDS s" ""
+    if [[ -n $FIRST_ROW_SECONDS ]] && awk -v a="$SYNC_SECONDS" -v b="$FIRST_ROW_SECONDS" 'BEGIN { exit !(a > b) }'; then
+      figure "$S1" "rate from the first row in the target" "$(calc "printf \"%.0f\", $ROWS / ($SYNC_SECONDS - $FIRST_ROW_SECONDS)") rows/s (excludes start-up)" ""
+    fi
+    figure "$S1" "pipeline (producer start -> target count = N)" "$SYNC_SECONDS s, $PIPE_RATE rows/s" ""
+    figure "$S1" "pipeline / direct" "${RATIO}x" ">= 0.3x"
+    cost_figure "$S1" "producer's cost to the source (start -> synced)" "0 0 0 0" "$(source_cost "$BIG")" "$SYNC_SECONDS"
   else
-    figure "$S2S" "latency" "skipped (no initial sync)" "p99 < 1000 ms"
+    figure "$S1" "pipeline (producer start -> target count = N)" "not reached ($SYNC_ROWS rows after $(since "$T_START") s)" ""
+    figure "$S1" "pipeline / direct" "n/a" ">= 0.3x"
   fi
-  say "3. peak RSS, $SMALL_ROWS-row pipeline"
-  stop_pipeline small "3. resources, $SMALL_ROWS-row pipeline"
+
+  # ---------------------------------------------------------------- 2+3 on the large table
+
+  S2B="2. latency, $ROWS-row table"
+  say "2. latency on the $ROWS-row table"
+  if [[ -n $SYNC_SECONDS ]] && kill -0 "$PRODUCER_PID" 2>/dev/null && kill -0 "$CONSUMER_PID" 2>/dev/null; then
+    latency "$BIG" big "$S2B"
+  else
+    note "skipped: the initial sync did not complete"
+    figure "$S2B" "latency" "skipped (no initial sync)" "p99 < 1000 ms"
+  fi
+  say "3. peak RSS, $ROWS-row pipeline"
+  stop_pipeline big "3. resources, $ROWS-row pipeline"
+
+  # ---------------------------------------------------------------- 2+3 on the small table
+
+  if ((SMALL_ROWS > 0)); then
+    SMALL=${RUN_ID}_small
+    S2S="2. latency, $SMALL_ROWS-row table"
+    say "2. latency on the $SMALL_ROWS-row table"
+    create_source "$SMALL" "$SMALL_ROWS"
+    create_target "$SMALL"
+    start_pipeline "$SMALL" small
+    wait_sync "$SMALL" "$SMALL_ROWS" small
+    if [[ -n $SYNC_SECONDS ]]; then
+      note "initial sync of $SMALL_ROWS rows: $SYNC_SECONDS s"
+      figure "$S2S" "initial sync of $SMALL_ROWS rows" "$SYNC_SECONDS s" ""
+      latency "$SMALL" small "$S2S"
+    else
+      figure "$S2S" "latency" "skipped (no initial sync)" "p99 < 1000 ms"
+    fi
+    say "3. peak RSS, $SMALL_ROWS-row pipeline"
+    stop_pipeline small "3. resources, $SMALL_ROWS-row pipeline"
+  fi
+
+fi # sections 1-3
+
+# ---------------------------------------------------------------- 4. deletes and reconciliation
+
+PRODUCER_DEBUG_LOG="info,tunnel_producer=debug,rdkafka=warn,tokio_postgres=warn"
+
+start_producer() { # config log: tunnel-producer at debug; sets PRODUCER_PID
+  RUST_LOG=$PRODUCER_DEBUG_LOG NO_COLOR=1 "$PRODUCER_BIN" run --config "$1" >"$2" 2>&1 &
+  PRODUCER_PID=$!
+  PIDS+=("$PRODUCER_PID")
+  note "producer pid $PRODUCER_PID (log ${2##*/})"
+}
+
+log_lines() { # log: its number of lines
+  if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi
+}
+
+pass_lines() { # log from detector: the pass lines of <detector> after line <from>
+  tail -n +"$(($2 + 1))" "$1" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' \
+    | grep -E "(shipped changes|pass found no change) .*detector=\"?$3\"?( |$)" || true
+}
+
+kv() { # line key: the value of key=value in a log line, "" when absent
+  grep -oE "(^| )$2=[^ ]+" <<<"$1" | head -n 1 | sed -E "s/^ *$2=//; s/\"//g" || true
+}
+
+pass_desc() { # pass line: "elapsed_ms ms, scanned ..., ..."
+  local l=$1 scanned events deletes
+  scanned=$(kv "$l" scanned)
+  events=$(kv "$l" events) deletes=$(kv "$l" deletes)
+  printf '%s ms, scanned=%s, read_rows=%s, events=%s, deletes=%s' "$(kv "$l" elapsed_ms)" \
+    "${scanned:-n/a (not in the log line)}" "$(kv "$l" read_rows)" "${events:-0}" "${deletes:-0}"
+}
+
+alive() { kill -0 "$PRODUCER_PID" 2>/dev/null && kill -0 "$CONSUMER_PID" 2>/dev/null; }
+
+# waits for the first pass line of <detector> after line <from> of <log>; sets PASS_LINE ("" on
+# timeout or when a pipeline process exited)
+wait_pass() { # log from detector timeout
+  local deadline=$((SECONDS + $4))
+  PASS_LINE=""
+  while :; do
+    PASS_LINE=$(pass_lines "$1" "$2" "$3" | head -n 1 || true)
+    [[ -n $PASS_LINE ]] && return 0
+    if ! alive; then note "a pipeline process exited while waiting for a $3 pass"; return 0; fi
+    if ((SECONDS >= deadline)); then note "no $3 pass within $4 s"; return 0; fi
+    sleep 0.2
+  done
+}
+
+# until <log> has not grown for <seconds>, "pass found no change" lines aside (the repair scan
+# logs one every repair_interval_ms, under detector="reconcile")
+wait_quiet() { # log seconds timeout
+  local n last=-1 since_change=$SECONDS deadline=$((SECONDS + $3))
+  while ((SECONDS < deadline)); do
+    n=$(grep -vc 'pass found no change' "$1" 2>/dev/null || true)
+    if [[ $n != "$last" ]]; then last=$n since_change=$SECONDS; fi
+    ((SECONDS - since_change >= $2)) && return 0
+    sleep 0.5
+  done
+  note "${1##*/} still growing after $3 s"
+}
+
+# what the delete scan's statements cost the source so far (pg_stat_statements, reader role):
+# "calls exec_ms rows buffers" of its key aggregates and of its key listings together
+delete_scan_cost() { # db
+  psql -X -At -F ' ' "$(src_reader_url "$1")" -c "
+    SELECT coalesce(sum(calls), 0), round(coalesce(sum(total_exec_time), 0)::numeric, 1),
+           coalesce(sum(rows), 0), coalesce(sum(shared_blks_hit + shared_blks_read), 0)
+      FROM pg_stat_statements
+     WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND userid = 'tunnel_reader'::regrole
+       AND (query LIKE '%::int8)::text, bit_xor(%' OR query ~ '^SELECT \\S+::int8 FROM \\S+ WHERE .* ORDER BY \\S+\$')" 2>/dev/null \
+    || echo "? ? ? ?"
+}
+
+delete_scan_cost_delta() { # before after: "N statements, X ms exec, R rows returned, B buffers"
+  local b=($1) a=($2)
+  [[ ${a[0]} == "?" || ${b[0]} == "?" ]] && { echo "n/a (pg_stat_statements unreadable)"; return 0; }
+  awk -v a0="${a[0]}" -v a1="${a[1]}" -v a2="${a[2]}" -v a3="${a[3]}" -v b0="${b[0]}" -v b1="${b[1]}" -v b2="${b[2]}" -v b3="${b[3]}" \
+    'BEGIN { printf "%d statements, %.0f ms exec, %d rows returned, %d buffers", a0 - b0, a1 - b1, a2 - b2, a3 - b3 }'
+}
+
+# waits until `SELECT <query>` on the target returns <want>; sets REACHED_S (seconds since <t0>,
+# "" when not reached) and GOT
+wait_target() { # db query want t0 timeout poll-seconds
+  local deadline=$((SECONDS + $5))
+  REACHED_S=""
+  while :; do
+    GOT=$(psql -X -At "$(tgt_url "$1")" -c "SELECT $2" 2>/dev/null || echo '?')
+    if [[ $GOT == "$3" ]]; then REACHED_S=$(since "$4"); return 0; fi
+    ((SECONDS >= deadline)) && return 0
+    alive || return 0
+    sleep "$6"
+  done
+}
+
+# until the target's media shows no write for <seconds> (pg_stat_user_tables): the consumer is idle
+wait_target_idle() { # db seconds timeout
+  local v last="" since_change=$SECONDS deadline=$((SECONDS + $3))
+  while ((SECONDS < deadline)); do
+    v=$(psql -X -At "$(tgt_url "$1")" -c "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables WHERE relname = 'media'" 2>/dev/null || echo '?')
+    if [[ $v != "$last" ]]; then last=$v since_change=$SECONDS; fi
+    ((SECONDS - since_change >= $2)) && return 0
+    sleep 0.5
+  done
+  note "the target was still being written after $3 s"
+}
+
+count_ms() { # url: duration of `SELECT count(*) FROM media` in ms (psql \timing)
+  psql -X -q -At "$1" -c '\timing on' -c 'SELECT count(*) FROM media' | awk '/^Time:/ { print $2 }'
+}
+
+pass_summary() { # lines: "<n> pass(es): <desc>; <desc>" of the lines given on stdin
+  local n=0 l out=""
+  while IFS= read -r l; do
+    [[ -z $l ]] && continue
+    n=$((n + 1))
+    out+="${out:+; }$(pass_desc "$l")"
+  done
+  printf '%s pass(es)%s' "$n" "${out:+: $out}"
+}
+
+sum_field() { # key: the sum of key=N over the log lines on stdin
+  local l total=0 v
+  while IFS= read -r l; do
+    v=$(kv "$l" "$1")
+    [[ -n $v ]] && total=$((total + v))
+  done
+  echo "$total"
+}
+
+elapsed_list() { # the elapsed_ms of the log lines on stdin, space-separated
+  local l out=""
+  while IFS= read -r l; do
+    [[ -n $l ]] && out+="${out:+ }$(kv "$l" elapsed_ms)"
+  done
+  echo "${out:--}"
+}
+
+ratio() { # a b -> a / b with 2 decimals, "n/a" when either is missing
+  [[ -n $1 && -n $2 ]] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }' || echo "n/a"
+}
+
+later() { # like figure, held back in figures-later.psv
+  printf '%s|%s|%s|%s\n' "$1" "$2" "$3" "${4:-}" >>"$LOG_DIR/figures-later.psv"
+}
+
+deletes_and_reconcile() { # rows
+  local n=$1 db=${RUN_ID}_del$1 tag=del$1 S="4. deletes and reconciliation, $1 rows"
+  local cfg=$LOG_DIR/del$1.toml log=$LOG_DIR/del$1-producer.log rlog=$LOG_DIR/del$1-producer-restart.log
+  local ccfg=$LOG_DIR/del$1-reconcile.toml clog=$LOG_DIR/del$1-producer-reconcile.log
+  local from t0 line l0 l1 rec0_ms rec0_rows best_src best_tgt best_both s t both i c0 c1 d vout vrc
+  say "4. deletes and reconciliation, $n rows"
+  : >"$LOG_DIR/figures-later.psv"
+  create_source "$db" "$n"
+  create_target "$db"
+  # a) and b): reconciliation once after each start only, so that the deletes of b) are found by
+  # the delete scan (with a short reconcile_interval_ms, whichever pass comes first ships them);
+  # c): reconcile_interval_ms = RECONCILE_MS, after a second restart.
+  # repair_interval_ms: the repair scan polls its topic for 500 ms every repair_interval_ms and
+  # logs as detector="reconcile"; an hour keeps it out of the reconciliation figures
+  write_config "$db" "$cfg" "delete_interval_ms = 1000
+reconcile_interval_ms = 3600000
+repair_interval_ms = 3600000"
+  write_config "$db" "$ccfg" "delete_interval_ms = 1000
+reconcile_interval_ms = $RECONCILE_MS
+repair_interval_ms = 3600000"
+  note "pipeline for a) and b): delete_interval_ms = 1000, reconcile_interval_ms = 3600000, repair_interval_ms = 3600000"
+  T_START=$(now)
+  start_producer "$cfg" "$log"
+  NO_COLOR=1 "$CONSUMER_BIN" run --config "$cfg" >"$LOG_DIR/$tag-consumer.log" 2>&1 &
+  CONSUMER_PID=$!
+  PIDS+=("$CONSUMER_PID")
+  note "consumer pid $CONSUMER_PID (log $tag-consumer.log)"
+  wait_sync "$db" "$n" "$tag"
+  if [[ -z $SYNC_SECONDS ]]; then
+    figure "$S" "initial sync through the pipeline" "not reached ($SYNC_ROWS rows after $(since "$T_START") s): section skipped" ""
+    stop_pipeline "$tag" "$S"
+    return 0
+  fi
+  figure "$S" "initial sync through the pipeline" "$SYNC_SECONDS s, $(calc "printf \"%.0f\", $n / $SYNC_SECONDS") rows/s" ""
+  note "initial sync: $n rows in $SYNC_SECONDS s"
+  # the first streaming passes run once whatever the statistics say: let them finish
+  from=$(grep -n -m 1 'streaming changes' "$log" | cut -d: -f1 || true)
+  for d in delete_scan reconcile; do
+    wait_pass "$log" "${from:-0}" "$d" "$PASS_TIMEOUT"
+    [[ -n $PASS_LINE ]] || continue
+    note "first $d pass after the snapshot: $(pass_desc "$PASS_LINE")"
+    figure "$S" "first $d pass after the snapshot" "$(pass_desc "$PASS_LINE")" ""
+  done
+  wait_quiet "$log" 5 "$PASS_TIMEOUT"
+  wait_target_idle "$db" 3 "$PASS_TIMEOUT"
+  l0=$(target_count "$db")
+  [[ $l0 == "$n" ]] || note "after the first passes the target holds $l0 rows, not $n"
+
+  # ---- a) restart: the first delete pass runs over unchanged keys, the first reconciliation
+  # pass over an unchanged table
+  say "4a. $n rows: producer restarted"
+  stop_pid "$PRODUCER_PID" tunnel-producer
+  c0=$(delete_scan_cost "$db")
+  t0=$(now)
+  start_producer "$cfg" "$rlog"
+  wait_pass "$rlog" 0 delete_scan "$PASS_TIMEOUT"
+  c1=$(delete_scan_cost "$db")
+  line=$(grep -m 1 'rebuilt the shipped key set' "$rlog" | sed 's/\x1b\[[0-9;]*m//g' || true)
+  if [[ -n $line ]]; then
+    note "key set rebuilt: keys=$(kv "$line" keys) messages=$(kv "$line" messages) bytes=$(kv "$line" bytes) in $(kv "$line" elapsed_ms) ms"
+    figure "$S" "a) restart: key set rebuilt from the topic" "$(kv "$line" elapsed_ms) ms ($(kv "$line" keys) keys, $(kv "$line" messages) messages, $(kv "$line" bytes) bytes)" ""
+  fi
+  if [[ -n $PASS_LINE ]]; then
+    note "first delete pass (unchanged keys): $(pass_desc "$PASS_LINE")"
+    figure "$S" "a) delete pass over unchanged keys" "$(pass_desc "$PASS_LINE")" "< 10 s (10M rows)"
+    figure "$S" "a) restart -> first delete pass done" "$(since "$t0") s" ""
+    figure "$S" "a) its statements (pg_stat_statements)" "$(delete_scan_cost_delta "$c0" "$c1")" ""
+  else
+    figure "$S" "a) delete pass over unchanged keys" "n/a (no delete_scan pass logged)" "< 10 s (10M rows)"
+  fi
+  wait_pass "$rlog" 0 reconcile "$PASS_TIMEOUT"
+  rec0_ms="" rec0_rows=""
+  if [[ -n $PASS_LINE ]]; then
+    rec0_ms=$(kv "$PASS_LINE" elapsed_ms)
+    rec0_rows=$(kv "$PASS_LINE" scanned)
+    note "first reconciliation pass (no change): $(pass_desc "$PASS_LINE")"
+    later "$S" "c) reconcile pass, no change" "$(pass_desc "$PASS_LINE")" ""
+  else
+    later "$S" "c) reconcile pass, no change" "n/a (no reconcile pass logged)" ""
+  fi
+  wait_quiet "$rlog" 5 "$PASS_TIMEOUT"
+  wait_target_idle "$db" 3 "$PASS_TIMEOUT"
+  if ! alive; then
+    note "a pipeline process exited: section cut short"
+    cat "$LOG_DIR/figures-later.psv" >>"$LOG_DIR/figures.psv"
+    figure "$S" "section cut short" "a pipeline process exited after the restart" ""
+    stop_pipeline "$tag" "$S"
+    return 0
+  fi
+
+  # ---- c) the yardstick: SELECT count(*), best of 3, source alone, target alone, both in a row
+  best_src="" best_tgt="" best_both=""
+  for i in 1 2 3; do
+    s=$(count_ms "$(src_reader_url "$db")")
+    t=$(count_ms "$(tgt_url "$db")")
+    both=$(awk -v a="$s" -v b="$t" 'BEGIN { printf "%.1f", a + b }')
+    best_src=$(awk -v a="$s" -v b="${best_src:-1e18}" 'BEGIN { print (a < b) ? a : b }')
+    best_tgt=$(awk -v a="$t" -v b="${best_tgt:-1e18}" 'BEGIN { print (a < b) ? a : b }')
+    best_both=$(awk -v a="$both" -v b="${best_both:-1e18}" 'BEGIN { print (a < b) ? a : b }')
+  done
+  note "SELECT count(*), best of 3: source $best_src ms, target $best_tgt ms, source then target $best_both ms"
+  later "$S" "c) SELECT count(*) best of 3: source / target" "$best_src ms / $best_tgt ms" ""
+  later "$S" "c) SELECT count(*) on source then target, best" "$best_both ms" ""
+  later "$S" "c) reconcile (no change) / count(*) source" "$(ratio "$rec0_ms" "$best_src")x" "<= 3x"
+  later "$S" "c) reconcile (no change) / count(*) both" "$(ratio "$rec0_ms" "$best_both")x" "<= 3x"
+  # the same diff from another process: its line names the rows compared, which the producer's
+  # "pass found no change" line does not
+  vout=$LOG_DIR/del$n-verify-nochange.out vrc=0
+  "$CONSUMER_BIN" verify --config "$cfg" >"$vout" 2>&1 || vrc=$?
+  line=$(grep -m 1 'public.media:' "$vout" || tail -n 1 "$vout")
+  note "verify, no change: $line (exit $vrc)"
+  later "$S" "c) tunnel-consumer verify, no change" "$line (exit $vrc)" ""
+  d=$(grep -oE ', [0-9]+ ms\)' <<<"$line" | grep -oE '[0-9]+' || true)
+  [[ -n $d ]] && later "$S" "c) verify diff (no change) / count(*) both" "$(ratio "$d" "$best_both")x" "<= 3x"
+
+  # ---- b) 0.1% of the rows deleted, scattered
+  say "4b. $n rows: DELETE FROM media WHERE id % 1000 = 0"
+  local before del max_id
+  before=$(target_count "$db")
+  max_id=$(psql -X -At "$(src_admin_url "$db")" -c "SELECT max(id) FROM media")
+  from=$(log_lines "$rlog")
+  c0=$(delete_scan_cost "$db")
+  del=$(psql -X -q -At "$(src_admin_url "$db")" -c "WITH d AS (DELETE FROM media WHERE id % 1000 = 0 RETURNING 1) SELECT count(*) FROM d")
+  t0=$(now)
+  note "$del rows deleted in the source (target held $before)"
+  # the deleted keys still in the target: index lookups, cheap enough to poll
+  wait_target "$db" "count(*) FROM media WHERE id IN (SELECT generate_series(1000, $max_id, 1000))" 0 "$t0" "$PASS_TIMEOUT" 0.1
+  if [[ -n $REACHED_S ]]; then
+    note "all $del deletes applied in the target $REACHED_S s after the commit"
+    figure "$S" "b) $del deletes (0.1%): commit -> all gone from the target" "$REACHED_S s" ""
+  else
+    figure "$S" "b) $del deletes (0.1%): commit -> all gone from the target" "not reached ($GOT still there after $PASS_TIMEOUT s)" ""
+  fi
+  wait_quiet "$rlog" 5 "$PASS_TIMEOUT"
+  c1=$(delete_scan_cost "$db")
+  line=$(pass_lines "$rlog" "$from" delete_scan | grep 'shipped changes' || true)
+  note "delete_scan passes after the DELETE: $(pass_summary <<<"$line")"
+  figure "$S" "b) delete_scan passes that shipped them" "$(pass_summary <<<"$line")" ""
+  figure "$S" "b) their statements (pg_stat_statements)" "$(delete_scan_cost_delta "$c0" "$c1")" ""
+  figure "$S" "b) deletes shipped by delete_scan / reconcile" "$(sum_field deletes <<<"$line") / $(pass_lines "$rlog" "$from" reconcile | sum_field deletes) (of $del)" ""
+  line=$(pass_lines "$rlog" "$from" delete_scan | grep 'pass found no change' || true)
+  [[ -n $line ]] && figure "$S" "b) delete_scan passes that found nothing" "$(pass_summary <<<"$line")" ""
+  line=$(pass_lines "$rlog" "$from" reconcile)
+  [[ -n $line ]] && figure "$S" "b) reconcile passes after the DELETE" "$(pass_summary <<<"$line")" ""
+  l1=$(target_count "$db")
+  if [[ $((before - l1)) == "$del" ]]; then
+    figure "$S" "b) target count drop" "exactly $del ($before -> $l1)" "= rows deleted"
+  else
+    figure "$S" "b) target count drop" "$((before - l1)), NOT $del ($before -> $l1)" "= rows deleted"
+  fi
+  # the figures of c) measured before b), printed after it
+  cat "$LOG_DIR/figures-later.psv" >>"$LOG_DIR/figures.psv"
+  : >"$LOG_DIR/figures-later.psv"
+
+  # ---- c) 0.1% of the rows changed without updated_at moving: only reconciliation sees them
+  say "4c. $n rows: producer restarted with reconcile_interval_ms = $RECONCILE_MS"
+  stop_pid "$PRODUCER_PID" tunnel-producer
+  t0=$(now)
+  start_producer "$ccfg" "$clog"
+  wait_pass "$clog" 0 delete_scan "$PASS_TIMEOUT"
+  [[ -n $PASS_LINE ]] && figure "$S" "c) restart 2: delete pass over unchanged keys" "$(pass_desc "$PASS_LINE")" "< 10 s (10M rows)"
+  wait_pass "$clog" 0 reconcile "$PASS_TIMEOUT"
+  if [[ -n $PASS_LINE ]]; then
+    note "first reconciliation pass after the 2nd restart (no change): $(pass_desc "$PASS_LINE")"
+    figure "$S" "c) restart 2: reconcile pass, no change" "$(pass_desc "$PASS_LINE")" ""
+    figure "$S" "c) restart 2: ratio to count(*) source / both" "$(ratio "$(kv "$PASS_LINE" elapsed_ms)" "$best_src")x / $(ratio "$(kv "$PASS_LINE" elapsed_ms)" "$best_both")x" "<= 3x"
+  fi
+  wait_quiet "$clog" 5 "$PASS_TIMEOUT"
+  wait_target_idle "$db" 3 "$PASS_TIMEOUT"
+  rlog=$clog cfg=$ccfg
+  say "4c. $n rows: UPDATE media SET format = 'gif' WHERE id % 1000 = 1 (updated_at untouched)"
+  local upd
+  from=$(log_lines "$rlog")
+  upd=$(psql -X -q -At "$(src_admin_url "$db")" -c "WITH u AS (UPDATE media SET format = 'gif' WHERE id % 1000 = 1 RETURNING 1) SELECT count(*) FROM u")
+  t0=$(now)
+  note "$upd rows changed silently in the source"
+  wait_target "$db" "count(*) FROM media WHERE id IN (SELECT generate_series(1, $max_id, 1000)) AND format = 'gif'" "$upd" "$t0" "$PASS_TIMEOUT" 0.25
+  if [[ -n $REACHED_S ]]; then
+    note "all $upd silent changes in the target $REACHED_S s after the commit"
+    figure "$S" "c) $upd silent changes: commit -> all in the target" "$REACHED_S s (reconcile_interval_ms = $RECONCILE_MS)" ""
+  else
+    figure "$S" "c) $upd silent changes: commit -> all in the target" "not reached ($GOT of $upd after $PASS_TIMEOUT s)" ""
+  fi
+  wait_quiet "$rlog" 5 "$PASS_TIMEOUT"
+  line=$(pass_lines "$rlog" "$from" reconcile | grep -m 1 'shipped changes' || true)
+  if [[ -n $line ]]; then
+    note "reconciliation pass that found them: $(pass_desc "$line")"
+    figure "$S" "c) reconcile pass, 0.1% changed silently" "$(pass_desc "$line")" ""
+    figure "$S" "c) reconcile (0.1% changed) / count(*) source" "$(ratio "$(kv "$line" elapsed_ms)" "$best_src")x" "<= 3x"
+    figure "$S" "c) reconcile (0.1% changed) / count(*) both" "$(ratio "$(kv "$line" elapsed_ms)" "$best_both")x" "<= 3x"
+  else
+    figure "$S" "c) reconcile pass, 0.1% changed silently" "n/a (no reconcile pass shipped anything)" ""
+  fi
+  line=$(pass_lines "$rlog" "$from" reconcile)
+  note "all reconcile passes after the UPDATE: $(pass_summary <<<"$line")"
+
+  # ---- d) delete latency at the default producer settings
+  if [[ $n == "$DELETE_LATENCY_ROWS" ]]; then
+    say "4d. $n rows: delete latency, producer at its default settings"
+    local dcfg=$LOG_DIR/del$n-default.toml dlog=$LOG_DIR/del$n-producer-default.log out=$LOG_DIR/del$n-delete-latency
+    write_config "$db" "$dcfg"
+    stop_pid "$PRODUCER_PID" tunnel-producer
+    start_producer "$dcfg" "$dlog"
+    wait_pass "$dlog" 0 delete_scan "$PASS_TIMEOUT"
+    wait_pass "$dlog" 0 reconcile "$PASS_TIMEOUT"
+    wait_quiet "$dlog" 3 "$PASS_TIMEOUT"
+    from=$(log_lines "$dlog")
+    c0=$(delete_scan_cost "$db")
+    note "$DELETE_PROBES single-row deletes of random ids, 1/s, target polled every ${POLL_MS} ms"
+    "$VENV/bin/python" "$ROOT/scripts/bench/latency.py" --mode delete \
+      --source "$(src_admin_url "$db")" --target "$(tgt_url "$db")" --count "$DELETE_PROBES" \
+      --rate 1 --poll-ms "$POLL_MS" --drain 60 --label "del$n" --out "$out" &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || note "the delete probe failed (status $?)"
+    LOAD_PID=""
+    if [[ -f $out.json ]]; then
+      "$VENV/bin/python" - "$out.json" "$S" >>"$LOG_DIR/figures.psv" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); section = sys.argv[2]; s = r["delete"]
+f = lambda v: "-" if v is None else f"{v:.0f}"
+print(f"{section}|d) delete latency p50 / p95 / max (default settings)"
+      f"|{f(s['p50_ms'])} / {f(s['p95_ms'])} / {f(s['max_ms'])} ms (n={s['count']}, missing={s['missing']})"
+      f"|< 1000 ms")
+PY
+    else
+      figure "$S" "d) delete latency p50 / p95 / max (default settings)" "n/a (probe failed)" "< 1000 ms"
+    fi
+    wait_quiet "$dlog" 3 60
+    c1=$(delete_scan_cost "$db")
+    figure "$S" "d) delete_scan statements meanwhile (pg_stat_statements)" "$(delete_scan_cost_delta "$c0" "$c1")" ""
+    line=$(pass_lines "$dlog" "$from" delete_scan | grep 'shipped changes' || true)
+    figure "$S" "d) delete_scan passes that shipped the deletes" "$(grep -c . <<<"$line" || true) pass(es), $(sum_field deletes <<<"$line") deletes, elapsed_ms: $(elapsed_list <<<"$line")" ""
+    line=$(pass_lines "$dlog" "$from" reconcile | grep 'shipped changes' || true)
+    [[ -n $line ]] && figure "$S" "d) deletes shipped by reconcile meanwhile" "$(sum_field deletes <<<"$line")" ""
+  fi
+
+  # ---- e) verify
+  say "4e. $n rows: tunnel-consumer verify"
+  vout=$LOG_DIR/del$n-verify.out vrc=0
+  t0=$(now)
+  "$CONSUMER_BIN" verify --config "$cfg" >"$vout" 2>&1 || vrc=$?
+  sed 's/^/  /' "$vout"
+  line=$(grep -m 1 'public.media:' "$vout" || tail -n 1 "$vout")
+  figure "$S" "e) tunnel-consumer verify" "$line (exit $vrc, $(since "$t0") s wall)" "identical, exit 0"
+
+  stop_pipeline "$tag" "$S"
+  for f in "$tag-producer-restart.log" "$tag-producer-reconcile.log" "$tag-producer-default.log"; do
+    [[ -f $LOG_DIR/$f ]] || continue
+    figure "$S" "$f warnings / errors" "$(grep -c ' WARN ' "$LOG_DIR/$f" || true) / $(grep -cE ' ERROR |^error' "$LOG_DIR/$f" || true)" ""
+  done
+  return 0
+}
+
+if [[ $SECTIONS == *" 4 "* ]]; then
+  for size in $DELETE_SIZES; do
+    deletes_and_reconcile "$size"
+  done
 fi
 
 # ---------------------------------------------------------------- summary

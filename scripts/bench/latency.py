@@ -14,6 +14,11 @@ the target by then); the resolution is the poll interval. After DURATION, it kee
 DRAIN seconds for the stragglers, then counts what never arrived as missing.
 
 Writes the per-operation latencies to <out>.csv and a summary to <out>.json, and prints a table.
+
+--mode delete: instead, COUNT single-row DELETEs of random ids (ids present in the source and in
+the target), one every 1/RATE seconds, each its own autocommitted transaction; a delete is
+visible when a poll of the target (every POLL_MS, primary-key lookups of the ids pending) no
+longer finds its id. The summary has a "delete" entry.
 """
 
 import argparse
@@ -58,7 +63,12 @@ def main():
     ap.add_argument("--label", default="media")
     ap.add_argument("--out", required=True, help="path prefix of the .csv and .json outputs")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--mode", choices=("dml", "delete"), default="dml",
+                    help="dml: alternating INSERT / UPDATE; delete: single-row DELETEs")
+    ap.add_argument("--count", type=int, default=20, help="deletes issued (--mode delete)")
     args = ap.parse_args()
+    if args.mode == "delete":
+        return deletes(args)
 
     rng = random.Random(args.seed)
     src = psycopg.connect(args.source, autocommit=True, application_name="bench-load")
@@ -167,6 +177,95 @@ def main():
         s = result[kind]
         print(f"    {kind:<7} {s['count']:>5} {fmt(s['p50_ms']):>8} {fmt(s['p95_ms']):>8} "
               f"{fmt(s['p99_ms']):>8} {fmt(s['max_ms']):>8} {s['missing']:>8}")
+
+
+def deletes(args):
+    """--mode delete: COUNT single-row deletes at RATE/s, time until each is gone from the target."""
+    rng = random.Random(args.seed)
+    src = psycopg.connect(args.source, autocommit=True, application_name="bench-delete")
+    tgt = psycopg.connect(args.target, autocommit=True, application_name="bench-probe")
+    min_id, max_id = src.execute("SELECT min(id), max(id) FROM media").fetchone()
+    if max_id is None:
+        sys.exit("the source's media table is empty")
+
+    pending = {}  # id -> seq
+    records = []  # [seq, id, commit_time, seen_time or None]
+    interval = 1.0 / args.rate
+    poll = args.poll_ms / 1000.0
+    polls = 0
+    skipped = 0  # random ids that were not in the source or not in the target
+
+    def probe():
+        nonlocal polls
+        if not pending:
+            return
+        t_start = time.time()
+        still = {r[0] for r in tgt.execute("SELECT id FROM media WHERE id = ANY(%s)",
+                                            (list(pending.keys()),)).fetchall()}
+        polls += 1
+        for row_id in [k for k in pending if k not in still]:
+            records[pending.pop(row_id)][3] = t_start
+
+    def delete_one():
+        nonlocal skipped
+        while True:
+            row_id = rng.randint(min_id, max_id)
+            if row_id in pending or any(r[1] == row_id for r in records):
+                continue
+            # only a row the target holds can be seen going away
+            if tgt.execute("SELECT 1 FROM media WHERE id = %s", (row_id,)).fetchone() is None:
+                skipped += 1
+                continue
+            if src.execute("DELETE FROM media WHERE id = %s RETURNING id", (row_id,)).fetchone():
+                return row_id, time.time()  # autocommit: returned after its COMMIT
+            skipped += 1
+
+    start = time.time()
+    next_op = start
+    next_poll = start
+    while len(records) < args.count:
+        if time.time() >= next_op:
+            row_id, t_commit = delete_one()
+            pending[row_id] = len(records)
+            records.append([len(records), row_id, t_commit, None])
+            next_op += interval
+        if time.time() >= next_poll:
+            probe()
+            next_poll = time.time() + poll
+        sleep_for = min(next_op, next_poll) - time.time()
+        if sleep_for > 0:
+            time.sleep(sleep_for)
+    issued_s = time.time() - start
+    drain_end = time.time() + args.drain
+    while pending and time.time() < drain_end:
+        probe()
+        time.sleep(poll)
+
+    with open(args.out + ".csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["seq", "kind", "id", "commit_epoch", "seen_epoch", "latency_ms"])
+        for s, row_id, tc, ts in records:
+            lat = None if ts is None else round((ts - tc) * 1000.0, 1)
+            w.writerow([s, "delete", row_id, f"{tc:.6f}", "" if ts is None else f"{ts:.6f}", lat])
+    lats = [(r[3] - r[2]) * 1000.0 for r in records if r[3] is not None]
+    result = {"label": args.label, "mode": "delete", "ops": len(records),
+              "issued_in_s": issued_s, "polls": polls, "skipped_ids": skipped,
+              "delete": summarize(lats, sum(1 for r in records if r[3] is None)),
+              "latencies_ms": [None if r[3] is None else round((r[3] - r[2]) * 1000.0, 1)
+                               for r in records]}
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.0f}"
+
+    s = result["delete"]
+    print(f"  delete latency on {args.label}: {len(records)} single-row deletes in {issued_s:.1f} s, "
+          f"target polled every {args.poll_ms:.0f} ms ({polls} polls)")
+    print(f"    {'op':<7} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'missing':>8}")
+    print(f"    {'delete':<7} {s['count']:>5} {fmt(s['p50_ms']):>8} {fmt(s['p95_ms']):>8} "
+          f"{fmt(s['p99_ms']):>8} {fmt(s['max_ms']):>8} {s['missing']:>8}")
+    print("    each (ms, in order): " + " ".join(fmt(v) for v in result["latencies_ms"]))
 
 
 if __name__ == "__main__":
