@@ -213,17 +213,10 @@ async fn upsert_and_delete(
             }
         }
         let key_cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
-        let casts: Vec<String> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("u.c{i}::{}", s.pg_type))
-            .collect();
         let sql = format!(
-            "DELETE FROM {table} WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
+            "DELETE FROM {table} WHERE ({}) IN ({})",
             key_cols.join(", "),
-            casts.join(", "),
-            array_params(shapes.len()),
-            alias_list(shapes.len())
+            unnest_select(shapes)
         );
         let params: Vec<&(dyn ToSql + Sync)> =
             columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
@@ -258,11 +251,6 @@ async fn upsert_and_delete(
             }
         }
         let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
-        let casts: Vec<String> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| format!("u.c{i}::{}", s.pg_type))
-            .collect();
         let key_cols: Vec<String> = key_schema
             .fields
             .iter()
@@ -288,11 +276,9 @@ async fn upsert_and_delete(
             )
         };
         let sql = format!(
-            "INSERT INTO {table} AS t ({}) SELECT {} FROM unnest({}) AS u({}) {on_conflict}",
+            "INSERT INTO {table} AS t ({}) {} {on_conflict}",
             cols.join(", "),
-            casts.join(", "),
-            array_params(shapes.len()),
-            alias_list(shapes.len())
+            unnest_select(shapes)
         );
         let params: Vec<&(dyn ToSql + Sync)> =
             columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
@@ -377,6 +363,22 @@ fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
             _ => out.push(b),
         }
     }
+}
+
+/// `SELECT u.c0::<type>, ... FROM unnest($1::text[], ...) AS u(c0, ...)`: the rows of the
+/// text-array parameters, cast to the fields' types.
+fn unnest_select(shapes: &[tunnel_shared::schema::FieldShape]) -> String {
+    let casts: Vec<String> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("u.c{i}::{}", s.pg_type))
+        .collect();
+    format!(
+        "SELECT {} FROM unnest({}) AS u({})",
+        casts.join(", "),
+        array_params(shapes.len()),
+        alias_list(shapes.len())
+    )
 }
 
 /// `$1::text[], $2::text[], ...`

@@ -220,25 +220,14 @@ impl Source {
                 .collect();
             let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
             let aliases: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
-            let sql = format!(
-                "SELECT {}, {} FROM {} WHERE {} IN (SELECT {} FROM unnest({}) AS u({}))",
-                self.table.select_list(),
-                key_text_list(&self.table),
-                qualified(&self.table.schema, &self.table.name),
+            let clause = format!(
+                "WHERE {} IN (SELECT {} FROM unnest({}) AS u({}))",
                 self.table.key_tuple(),
                 casts.join(", "),
                 arrays.join(", "),
                 aliases.join(", ")
             );
-            let rows = self
-                .client
-                .query(&sql, &params)
-                .await
-                .map_err(PgError::query(format!(
-                    "reading {} by key",
-                    self.table.qualified_name()
-                )))?;
-            out.extend(self.decode_rows(&rows).await?);
+            out.extend(self.select_rows(&clause, &params, "reading by key").await?);
         }
         Ok(out)
     }
@@ -285,23 +274,13 @@ impl Source {
             Some(p) => format!(" AND ctid < '({p},0)'::tid"),
             None => String::new(),
         };
-        let sql = format!(
-            "SELECT {}, {} FROM {} WHERE ctid >= '({from},0)'::tid{upper} AND {} >= (SELECT $1::text::{})",
-            self.table.select_list(),
-            key_text_list(&self.table),
-            qualified(&self.table.schema, &self.table.name),
+        let clause = format!(
+            "WHERE ctid >= '({from},0)'::tid{upper} AND {} >= (SELECT $1::text::{})",
             quote_ident(&wm_col.name),
             wm_col.type_name
         );
-        let rows = self
-            .client
-            .query(&sql, &[&since])
+        self.select_rows(&clause, &[&since], "scanning for changes")
             .await
-            .map_err(PgError::query(format!(
-                "scanning {} for changes",
-                self.table.qualified_name()
-            )))?;
-        self.decode_rows(&rows).await
     }
 
     /// For a single integer primary key that is not too sparse: its lowest and highest value,
@@ -377,24 +356,14 @@ impl Source {
         ));
         params.extend(upto.iter().map(|s| s as &(dyn ToSql + Sync)));
         params.push(&limit);
-        let sql = format!(
-            "SELECT {}, {} FROM {} WHERE {} ORDER BY {} LIMIT ${}",
-            self.table.select_list(),
-            key_text_list(&self.table),
-            qualified(&self.table.schema, &self.table.name),
+        let clause = format!(
+            "WHERE {} ORDER BY {} LIMIT ${}",
             conds.join(" AND "),
             self.table.key_order(),
             params.len()
         );
-        let rows = self
-            .client
-            .query(&sql, &params)
+        self.select_rows(&clause, &params, "reading by key range")
             .await
-            .map_err(PgError::query(format!(
-                "reading {} by key range",
-                self.table.qualified_name()
-            )))?;
-        self.decode_rows(&rows).await
     }
 
     pub fn table(&self) -> &TableInfo {
@@ -553,20 +522,34 @@ impl Source {
             ));
             params.extend(k.iter().map(|s| s as &(dyn ToSql + Sync)));
         }
-        let sql = format!(
-            "SELECT {}, {} FROM {} WHERE {} ORDER BY {}",
-            self.table.select_list(),
-            key_text_list(&self.table),
-            qualified(&self.table.schema, &self.table.name),
+        let clause = format!(
+            "WHERE {} ORDER BY {}",
             conds.join(" AND "),
             self.table.key_order()
         );
+        self.select_rows(&clause, &params, "scanning for changes")
+            .await
+    }
+
+    /// Every column of the rows that `clause` (`WHERE ...`, `ORDER BY ...`) selects, decoded.
+    async fn select_rows(
+        &mut self,
+        clause: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &str,
+    ) -> Result<Vec<SourceRow>, SourceError> {
+        let sql = format!(
+            "SELECT {}, {} FROM {} {clause}",
+            self.table.select_list(),
+            key_text_list(&self.table),
+            qualified(&self.table.schema, &self.table.name)
+        );
         let rows = self
             .client
-            .query(&sql, &params)
+            .query(&sql, params)
             .await
             .map_err(PgError::query(format!(
-                "scanning {} for changes",
+                "{what}: {}",
                 self.table.qualified_name()
             )))?;
         self.decode_rows(&rows).await
