@@ -150,7 +150,48 @@ pub async fn ensure_topic(
             }
         }
     }
-    Ok(())
+    wait_until_visible(admin, name, Duration::from_secs(30)).await
+}
+
+/// Waits until the broker's metadata shows the topic with a leader for every partition. A
+/// topic just created is not visible everywhere at once; a consumer that subscribes before it
+/// is would only notice it at its next metadata refresh, minutes later.
+async fn wait_until_visible(
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), TopicError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let ready = match admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+        {
+            Ok(md) => md.topics().iter().any(|t| {
+                t.name() == name
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            }),
+            Err(e) if is_transient(&e) => false,
+            Err(source) => {
+                return Err(TopicError::Create {
+                    topic: name.to_string(),
+                    source,
+                })
+            }
+        };
+        if ready {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(TopicError::Create {
+                topic: name.to_string(),
+                source: KafkaError::Global(RDKafkaErrorCode::OperationTimedOut),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A consumer context that does not report reaching the end of a partition as an error: that
