@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::rules::{Rule, RuleError};
+
 /// Environment variables that override a setting of the file, and the setting they override.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TUNNEL_SOURCE_URL", "source.url"),
@@ -159,6 +161,20 @@ pub struct TableConfig {
     pub target_schema: Option<String>,
     #[serde(default)]
     pub target_name: Option<String>,
+    /// Validation rules: rows that break one go to the DLQ instead of the target.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// A validation rule (see [`crate::rules`] for the grammar).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Shown in the DLQ and usable as a replay filter; defaults to the check's text.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// E.g. `salary > 10000`, `type in (1, 2)`, `length(name) <= 64`, `email ~ '^.+@.+$'`.
+    pub check: String,
 }
 
 impl TableConfig {
@@ -171,6 +187,13 @@ impl TableConfig {
     }
     pub fn target_name(&self) -> &str {
         self.target_name.as_deref().unwrap_or(&self.name)
+    }
+    /// The table's validation rules, parsed.
+    pub fn parsed_rules(&self) -> Result<Vec<Rule>, RuleError> {
+        self.rules
+            .iter()
+            .map(|r| Rule::parse(r.name.as_deref(), &r.check))
+            .collect()
     }
 }
 
@@ -280,6 +303,19 @@ impl Config {
             }
             if !seen.insert(t.qualified()) {
                 return Err(format!("table {} is listed twice", t.qualified()));
+            }
+            let rules = t
+                .parsed_rules()
+                .map_err(|e| format!("table {}: {e}", t.qualified()))?;
+            let mut names = std::collections::BTreeSet::new();
+            for r in &rules {
+                if !names.insert(r.name.as_str()) {
+                    return Err(format!(
+                        "table {}: two rules are named '{}'",
+                        t.qualified(),
+                        r.name
+                    ));
+                }
             }
         }
         for (name, url) in [
@@ -411,6 +447,25 @@ name = "media"
         let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
         assert!(err.contains("brokerz"), "{err}");
         assert!(err.contains("t.toml"), "{err}");
+    }
+
+    #[test]
+    fn rules_are_parsed_at_load_and_a_malformed_one_is_a_config_error() {
+        let good =
+            format!("{MINIMAL}[[tables.rules]]\nname = \"floor\"\ncheck = \"salary > 10000\"\n");
+        let c = Config::parse(&good, "t.toml", &[]).unwrap();
+        assert_eq!(c.tables[0].parsed_rules().unwrap()[0].name, "floor");
+        let bad = good.replace("salary > 10000", "salary >> 10000");
+        let err = Config::parse(&bad, "t.toml", &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("public.media") && err.contains("floor"),
+            "{err}"
+        );
+        let twice = format!("{good}[[tables.rules]]\nname = \"floor\"\ncheck = \"a > 1\"\n");
+        let err = Config::parse(&twice, "t.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two rules are named 'floor'"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod pgbinary;
 pub mod reconcile;
 pub mod registry;
 pub mod retry;
+pub mod rules;
+mod rules_value;
 pub mod schema;
 pub mod shutdown;
 pub mod wire;
