@@ -1,36 +1,46 @@
-//! Applying a batch of events to the target in ONE transaction: the offsets of the batch's
-//! partitions are locked and read first, events at or past them are folded per key (the latest
-//! wins), then upserted and deleted in bulk (`unnest` of text arrays, cast to the column types),
-//! and the new offsets are written in the same transaction. A batch, or any part of the topic,
-//! applied again therefore changes nothing.
+//! Applying a batch of messages to the target in ONE transaction: the offsets of the batch's
+//! partitions are locked and read first, and so are the parked keys; events at or past the
+//! offsets are folded per key (the latest wins) and written in bulk; the rows the target refuses
+//! are isolated by halving the set in savepoints, so that the good rows still commit. Messages
+//! that cannot be applied (undecodable, breaking a rule, refused, or behind a parked key) are
+//! written to the DLQ before the transaction, which stores the new offsets, commits. A batch, or
+//! any part of the topic, applied again therefore changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
-use tunnel_shared::event::Op;
-use tunnel_shared::pg::{qualified, quote_ident, PgError};
+use tunnel_shared::pg::PgError;
 use tunnel_shared::retry::Retryable;
 
 use crate::ddl;
 use crate::decode::{DecodedMessage, WriterSchema};
+use crate::dlq::{self, class, DlqWriter, Rejected};
+use crate::park;
+use crate::rows;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(transparent)]
     Pg(#[from] PgError),
+    #[error(transparent)]
+    Dlq(#[from] dlq::writer::DlqError),
 }
 
 impl Retryable for ApplyError {
     fn is_retryable(&self) -> bool {
         match self {
             ApplyError::Pg(e) => e.is_retryable(),
+            ApplyError::Dlq(e) => e.is_retryable(),
         }
     }
 }
 
-/// One consumed message, decoded, with the schemas it was written with.
+/// A key's column values in PostgreSQL's text form.
+pub type KeyText = Vec<Option<String>>;
+
+/// One consumed message, decoded, with the schemas it was written with and its original bytes
+/// (for the DLQ).
 pub struct Entry {
     pub topic: Arc<str>,
     pub partition: i32,
@@ -38,6 +48,41 @@ pub struct Entry {
     pub message: DecodedMessage,
     pub key_schema: Arc<WriterSchema>,
     pub value_schema: Option<Arc<WriterSchema>>,
+    pub key_bytes: Option<Vec<u8>>,
+    pub value_bytes: Option<Vec<u8>>,
+}
+
+impl Entry {
+    /// This entry on its way to the DLQ.
+    pub fn rejected(&self, class: &'static str, reason: String) -> Rejected {
+        Rejected {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            key_bytes: self.key_bytes.clone(),
+            value_bytes: self.value_bytes.clone(),
+            key: Some(self.message.key.clone()),
+            class,
+            reason,
+            rule: None,
+            replay_of: None,
+        }
+    }
+}
+
+/// A consumed message: an event to apply, or one already known to go to the DLQ.
+pub enum Item {
+    Event(Entry),
+    Rejected(Rejected),
+}
+
+impl Item {
+    fn position(&self) -> (&Arc<str>, i32, i64) {
+        match self {
+            Item::Event(e) => (&e.topic, e.partition, e.offset),
+            Item::Rejected(r) => (&r.topic, r.partition, r.offset),
+        }
+    }
 }
 
 /// Where a topic's rows go.
@@ -53,34 +98,46 @@ pub struct Applied {
     pub events: usize,
     /// Events skipped because an earlier transaction had applied them.
     pub already_applied: usize,
+    /// Messages written to the DLQ.
+    pub dead_lettered: usize,
     /// The next offset of every partition of the batch.
     pub next_offsets: Vec<(Arc<str>, i32, i64)>,
 }
 
-type KeyText = Vec<Option<String>>;
+/// Per partition: the next offset, the messages processed, and how many went to the DLQ.
+#[derive(Default, Clone, Copy)]
+struct Progress {
+    next: i64,
+    processed: i64,
+    dead: i64,
+}
 
-/// Applies `entries` (in offset order per partition) in one target transaction.
+/// Applies `items` (in offset order per partition) in one target transaction.
 pub async fn apply_batch(
     client: &mut Client,
     bookkeeping_schema: &str,
     group: &str,
     targets: &HashMap<Arc<str>, TargetTable>,
-    entries: &[Entry],
+    items: &[Item],
+    dlq_writer: &mut DlqWriter,
 ) -> Result<Applied, ApplyError> {
-    let offsets_table = ddl::offsets_table(bookkeeping_schema);
+    let bk = bookkeeping_schema;
+    let offsets_table = ddl::offsets_table(bk);
     let tx = client
         .transaction()
         .await
         .map_err(PgError::query("beginning the apply transaction"))?;
-    // lock and read the offsets of every partition in the batch
+    // lock and read the offsets and parked keys of every partition in the batch
     let mut by_topic: HashMap<Arc<str>, Vec<i32>> = HashMap::new();
-    for e in entries {
-        let parts = by_topic.entry(e.topic.clone()).or_default();
-        if !parts.contains(&e.partition) {
-            parts.push(e.partition);
+    for item in items {
+        let (topic, partition, _) = item.position();
+        let parts = by_topic.entry(topic.clone()).or_default();
+        if !parts.contains(&partition) {
+            parts.push(partition);
         }
     }
     let mut stored: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+    let mut parked: HashMap<Arc<str>, HashSet<KeyText>> = HashMap::new();
     for (topic, parts) in &by_topic {
         tx.execute(
             &format!(
@@ -103,47 +160,95 @@ pub async fn apply_batch(
         for r in rows {
             stored.insert((topic.clone(), r.get(0)), r.get(1));
         }
+        parked.insert(topic.clone(), park::locked(&tx, bk, topic, parts).await?);
     }
-    // fold: per table, the latest event of every key
+    // fold: per table, the latest event of every key; parked keys and rejects to the DLQ
     let mut applied = Applied::default();
-    let mut latest: HashMap<Arc<str>, HashMap<KeyText, &Entry>> = HashMap::new();
-    let mut next: HashMap<(Arc<str>, i32), (i64, i64)> = HashMap::new();
-    for e in entries {
+    let mut latest: HashMap<Arc<str>, HashMap<&KeyText, &Entry>> = HashMap::new();
+    let mut progress: HashMap<(Arc<str>, i32), Progress> = HashMap::new();
+    let mut dead: Vec<Rejected> = Vec::new();
+    for item in items {
+        let (topic, partition, offset) = item.position();
         let from = stored
-            .get(&(e.topic.clone(), e.partition))
+            .get(&(topic.clone(), partition))
             .copied()
             .unwrap_or(0);
-        if e.offset < from {
+        if offset < from {
             applied.already_applied += 1;
             continue;
         }
-        applied.events += 1;
-        let n = next
-            .entry((e.topic.clone(), e.partition))
-            .or_insert((from, 0));
-        n.0 = n.0.max(e.offset + 1);
-        n.1 += 1;
-        latest
-            .entry(e.topic.clone())
-            .or_default()
-            .insert(e.message.key.clone(), e);
+        let p = progress.entry((topic.clone(), partition)).or_default();
+        p.next = p.next.max(from).max(offset + 1);
+        p.processed += 1;
+        let parked_keys = parked.entry(topic.clone()).or_default();
+        match item {
+            Item::Rejected(r) => {
+                p.dead += 1;
+                // the key's earlier events in this batch still apply; its later ones are parked
+                if let Some(k) = &r.key {
+                    parked_keys.insert(k.clone());
+                }
+                dead.push(r.clone());
+            }
+            Item::Event(e) if parked_keys.contains(&e.message.key) => {
+                p.dead += 1;
+                dead.push(e.rejected(
+                    class::PARKED,
+                    "an earlier event of this key is in the DLQ; replay it first".into(),
+                ));
+            }
+            Item::Event(e) => {
+                applied.events += 1;
+                latest
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(&e.message.key, e);
+            }
+        }
     }
     for (topic, rows) in &latest {
         let Some(target) = targets.get(topic) else {
             continue;
         };
-        upsert_and_delete(&tx, target, rows).await?;
+        let rows: Vec<(&KeyText, &Entry)> = rows.iter().map(|(k, e)| (*k, *e)).collect();
+        for (e, reason) in write_isolating(&tx, target, rows).await? {
+            applied.events -= 1;
+            if let Some(p) = progress.get_mut(&(e.topic.clone(), e.partition)) {
+                p.dead += 1;
+            }
+            dead.push(e.rejected(class::TARGET_REJECTED, reason));
+        }
+    }
+    if !dead.is_empty() {
+        // in the DLQ (acknowledged) before the offsets move past them
+        dlq_writer.send_all(&dead).await?;
+        let mut parks: HashMap<Arc<str>, HashMap<KeyText, (i32, i32)>> = HashMap::new();
+        for r in &dead {
+            if let Some(k) = &r.key {
+                let e = parks
+                    .entry(r.topic.clone())
+                    .or_default()
+                    .entry(k.clone())
+                    .or_insert((r.partition, 0));
+                e.1 += 1;
+            }
+        }
+        for (topic, keys) in parks {
+            let keys: Vec<(i32, KeyText, i32)> =
+                keys.into_iter().map(|(k, (p, n))| (p, k, n)).collect();
+            park::park(&tx, bk, &topic, &keys).await?;
+        }
+        applied.dead_lettered = dead.len();
     }
     for (topic, parts) in &by_topic {
-        let mut ps = Vec::new();
-        let mut ns = Vec::new();
-        let mut cs = Vec::new();
+        let (mut ps, mut ns, mut cs, mut ds) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for p in parts {
-            if let Some((n, c)) = next.get(&(topic.clone(), *p)) {
+            if let Some(pr) = progress.get(&(topic.clone(), *p)) {
                 ps.push(*p);
-                ns.push(*n);
-                cs.push(*c);
-                applied.next_offsets.push((topic.clone(), *p, *n));
+                ns.push(pr.next);
+                cs.push(pr.processed);
+                ds.push(pr.dead);
+                applied.next_offsets.push((topic.clone(), *p, pr.next));
             }
         }
         if ps.is_empty() {
@@ -151,11 +256,12 @@ pub async fn apply_batch(
         }
         tx.execute(
             &format!(
-                "UPDATE {offsets_table} o SET next_offset = v.n, group_id = $5, applied_events = o.applied_events + v.c, updated_at = now()
-                   FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS v(p, n, c)
+                "UPDATE {offsets_table} o SET next_offset = v.n, group_id = $6, applied_events = o.applied_events + v.c,
+                        dead_lettered = o.dead_lettered + v.d, updated_at = now()
+                   FROM unnest($2::int4[], $3::int8[], $4::int8[], $5::int8[]) AS v(p, n, c, d)
                   WHERE o.topic = $1 AND o.partition = v.p"
             ),
-            &[&topic.as_ref(), &ps, &ns, &cs, &group],
+            &[&topic.as_ref(), &ps, &ns, &cs, &ds, &group],
         )
         .await
         .map_err(PgError::query("storing the offsets of the batch"))?;
@@ -166,253 +272,68 @@ pub async fn apply_batch(
     Ok(applied)
 }
 
-/// Rows written with one value schema.
-struct UpsertGroup<'a> {
-    value_schema: Arc<WriterSchema>,
-    key_schema: Arc<WriterSchema>,
-    entries: Vec<&'a Entry>,
+/// Whether the target refused a row for what it holds (SQLSTATE class 22, data exception:
+/// overflow, value too long, bad format; class 23, integrity constraint violation), rather
+/// than for a reason that concerns the whole batch.
+pub fn is_row_rejection(e: &PgError) -> bool {
+    e.sqlstate()
+        .is_some_and(|s| s.starts_with("22") || s.starts_with("23"))
 }
 
-async fn upsert_and_delete(
+/// The target's own words for a refused row: its message and detail.
+pub fn rejection_reason(e: &PgError) -> String {
+    match e {
+        PgError::Query { source, .. } => match source.as_db_error() {
+            Some(db) => match db.detail() {
+                Some(d) => format!("{} ({}): {d}", db.message(), db.code().code()),
+                None => format!("{} ({})", db.message(), db.code().code()),
+            },
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    }
+}
+
+/// Writes `rows`, each set in a savepoint; when the target refuses a row, the set is rolled
+/// back and halved until the refused rows stand alone. Returns them with the target's reason.
+/// A batch with no bad row costs one savepoint; k bad rows in n cost about 2k·log2(n) writes.
+pub async fn write_isolating<'a>(
     tx: &tokio_postgres::Transaction<'_>,
     target: &TargetTable,
-    rows: &HashMap<KeyText, &Entry>,
-) -> Result<(), ApplyError> {
-    let table = qualified(&target.schema, &target.name);
-    // deletes (a `d` event or a tombstone), keyed by the key schema
-    let mut deletes: HashMap<u32, (Arc<WriterSchema>, Vec<&KeyText>)> = HashMap::new();
-    // upserts, grouped by the writer schema of their value
-    let mut upserts: HashMap<u32, UpsertGroup<'_>> = HashMap::new();
-    for (key, e) in rows {
-        match (&e.message.event, &e.value_schema) {
-            (Some((ev, _)), Some(vs)) if ev.op != Op::Delete => {
-                upserts
-                    .entry(vs.id)
-                    .or_insert_with(|| UpsertGroup {
-                        value_schema: vs.clone(),
-                        key_schema: e.key_schema.clone(),
-                        entries: Vec::new(),
-                    })
-                    .entries
-                    .push(e);
-            }
-            _ => deletes
-                .entry(e.key_schema.id)
-                .or_insert_with(|| (e.key_schema.clone(), Vec::new()))
-                .1
-                .push(key),
-        }
-    }
-    for (key_schema, keys) in deletes.values() {
-        let shapes = &key_schema.fields;
-        let mut columns: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(keys.len()); shapes.len()];
-        for k in keys {
-            for (i, v) in k.iter().enumerate() {
-                columns[i].push(v.clone());
-            }
-        }
-        let key_cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
-        let sql = format!(
-            "DELETE FROM {table} WHERE ({}) IN ({})",
-            key_cols.join(", "),
-            unnest_select(shapes)
-        );
-        let params: Vec<&(dyn ToSql + Sync)> =
-            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        tx.execute(&sql, &params)
-            .await
-            .map_err(PgError::query(format!(
-                "deleting from {}.{}",
-                target.schema, target.name
-            )))?;
-    }
-    for UpsertGroup {
-        value_schema,
-        key_schema,
-        entries,
-    } in upserts.values()
-    {
-        if entries.iter().all(|e| is_insert(e))
-            && copy_in(tx, &table, &value_schema.fields, entries).await?
-        {
+    rows: Vec<(&'a KeyText, &'a Entry)>,
+) -> Result<Vec<(&'a Entry, String)>, ApplyError> {
+    let mut refused = Vec::new();
+    let mut stack = vec![rows];
+    while let Some(set) = stack.pop() {
+        if set.is_empty() {
             continue;
         }
-        let shapes = &value_schema.fields;
-        let mut columns: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(entries.len()); shapes.len()];
-        for e in entries {
-            let Some((ev, _)) = &e.message.event else {
-                continue;
-            };
-            let Some(after) = &ev.after else { continue };
-            for (column, t) in columns.iter_mut().zip(after) {
-                column.push(t.clone());
-            }
-        }
-        let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
-        let key_cols: Vec<String> = key_schema
-            .fields
-            .iter()
-            .map(|s| quote_ident(&s.column))
-            .collect();
-        let non_key: Vec<&String> = cols.iter().filter(|c| !key_cols.contains(c)).collect();
-        let on_conflict = if non_key.is_empty() {
-            format!("ON CONFLICT ({}) DO NOTHING", key_cols.join(", "))
-        } else {
-            let set: Vec<String> = non_key
-                .iter()
-                .map(|c| format!("{c} = EXCLUDED.{c}"))
-                .collect();
-            let mine: Vec<String> = non_key.iter().map(|c| format!("t.{c}")).collect();
-            let theirs: Vec<String> = non_key.iter().map(|c| format!("EXCLUDED.{c}")).collect();
-            // compared as text: some types (json, point, ...) have no equality operator
-            format!(
-                "ON CONFLICT ({}) DO UPDATE SET {} WHERE ROW({})::text IS DISTINCT FROM ROW({})::text",
-                key_cols.join(", "),
-                set.join(", "),
-                mine.join(", "),
-                theirs.join(", ")
-            )
-        };
-        let sql = format!(
-            "INSERT INTO {table} AS t ({}) {} {on_conflict}",
-            cols.join(", "),
-            unnest_select(shapes)
-        );
-        let params: Vec<&(dyn ToSql + Sync)> =
-            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        tx.execute(&sql, &params)
+        tx.batch_execute("SAVEPOINT tunnel_rows")
             .await
-            .map_err(PgError::query(format!(
-                "upserting into {}.{}",
-                target.schema, target.name
-            )))?;
-    }
-    Ok(())
-}
-
-/// Whether an entry is a snapshot read or an insert (its key is most likely new).
-fn is_insert(e: &Entry) -> bool {
-    matches!(&e.message.event, Some((ev, _)) if matches!(ev.op, Op::Read | Op::Create))
-}
-
-/// Snapshot reads and inserts first try a plain `COPY` into the table, several times cheaper
-/// for the server than an upsert. A key that exists already (a replay, a row re-read) makes the
-/// `COPY` fail as a whole: it is rolled back to its savepoint and the caller upserts instead.
-/// Returns whether the rows were copied.
-async fn copy_in(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &str,
-    shapes: &[tunnel_shared::schema::FieldShape],
-    entries: &[&Entry],
-) -> Result<bool, ApplyError> {
-    use futures::SinkExt;
-    let mut buf = Vec::with_capacity(entries.len() * 64);
-    for e in entries {
-        let Some((ev, _)) = &e.message.event else {
-            continue;
-        };
-        let Some(after) = &ev.after else { continue };
-        for (i, v) in after.iter().take(shapes.len()).enumerate() {
-            if i > 0 {
-                buf.push(b'\t');
+            .map_err(PgError::query("setting a savepoint"))?;
+        match rows::write(tx, target, &set).await {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT tunnel_rows")
+                    .await
+                    .map_err(PgError::query("releasing a savepoint"))?;
             }
-            copy_text(&mut buf, v.as_deref());
-        }
-        buf.push(b'\n');
-    }
-    let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
-    tx.batch_execute("SAVEPOINT tunnel_copy")
-        .await
-        .map_err(PgError::query("setting a savepoint"))?;
-    let copied = async {
-        let sink = tx
-            .copy_in(&format!("COPY {table} ({}) FROM STDIN", cols.join(", ")))
-            .await?;
-        futures::pin_mut!(sink);
-        sink.send(bytes::Bytes::from(buf)).await?;
-        sink.finish().await
-    }
-    .await;
-    let (sql, ok) = match copied {
-        Ok(_) => ("RELEASE SAVEPOINT tunnel_copy", true),
-        Err(e) => {
-            tracing::debug!(error = %e, "copy failed, upserting instead");
-            ("ROLLBACK TO SAVEPOINT tunnel_copy", false)
-        }
-    };
-    tx.batch_execute(sql)
-        .await
-        .map_err(PgError::query("ending a savepoint"))?;
-    Ok(ok)
-}
-
-/// One value in `COPY`'s text format.
-fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
-    let Some(s) = v else {
-        out.extend_from_slice(b"\\N");
-        return;
-    };
-    for b in s.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => out.push(b),
+            Err(e) if is_row_rejection(&e) => {
+                tx.batch_execute(
+                    "ROLLBACK TO SAVEPOINT tunnel_rows; RELEASE SAVEPOINT tunnel_rows",
+                )
+                .await
+                .map_err(PgError::query("rolling back to a savepoint"))?;
+                if set.len() == 1 {
+                    refused.push((set[0].1, rejection_reason(&e)));
+                } else {
+                    let mut set = set;
+                    let second = set.split_off(set.len() / 2);
+                    stack.push(second);
+                    stack.push(set);
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// `SELECT u.c0::<type>, ... FROM unnest($1::text[], ...) AS u(c0, ...)`: the rows of the
-/// text-array parameters, cast to the fields' types.
-fn unnest_select(shapes: &[tunnel_shared::schema::FieldShape]) -> String {
-    let casts: Vec<String> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("u.c{i}::{}", s.pg_type))
-        .collect();
-    format!(
-        "SELECT {} FROM unnest({}) AS u({})",
-        casts.join(", "),
-        array_params(shapes.len()),
-        alias_list(shapes.len())
-    )
-}
-
-/// `$1::text[], $2::text[], ...`
-fn array_params(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}::text[]"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `c0, c1, ...`
-fn alias_list(n: usize) -> String {
-    (0..n)
-        .map(|i| format!("c{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_text_escapes_what_copy_would_misread() {
-        let mut out = Vec::new();
-        copy_text(&mut out, Some("a\tb\\c\nd\re"));
-        out.push(b'|');
-        copy_text(&mut out, None);
-        assert_eq!(String::from_utf8(out).unwrap(), "a\\tb\\\\c\\nd\\re|\\N");
-    }
-
-    #[test]
-    fn sql_fragments() {
-        assert_eq!(array_params(2), "$1::text[], $2::text[]");
-        assert_eq!(alias_list(3), "c0, c1, c2");
-    }
+    Ok(refused)
 }

@@ -13,6 +13,10 @@ pub fn offsets_table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "offsets")
 }
 
+pub fn resolved_table(bookkeeping_schema: &str) -> String {
+    qualified(bookkeeping_schema, "dlq_resolved")
+}
+
 pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(), PgError> {
     let sql = format!(
         "CREATE SCHEMA IF NOT EXISTS {s};
@@ -24,9 +28,29 @@ pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(),
              applied_events int8 NOT NULL DEFAULT 0,
              updated_at timestamptz NOT NULL DEFAULT now(),
              PRIMARY KEY (topic, partition));
-         COMMENT ON TABLE {t} IS 'Data Tunnel: the next Kafka offset to apply, per partition; written in the same transaction as the rows it covers'",
+         ALTER TABLE {t} ADD COLUMN IF NOT EXISTS dead_lettered int8 NOT NULL DEFAULT 0;
+         COMMENT ON TABLE {t} IS 'Data Tunnel: the next Kafka offset to apply, per partition; written in the same transaction as the rows it covers';
+         CREATE TABLE IF NOT EXISTS {p} (
+             topic text NOT NULL,
+             partition int4 NOT NULL,
+             key text[] NOT NULL,
+             pending int4 NOT NULL,
+             since timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (topic, key));
+         CREATE INDEX IF NOT EXISTS parked_keys_partition ON {p} (topic, partition);
+         COMMENT ON TABLE {p} IS 'Data Tunnel: keys with events in the DLQ; their later events follow them there until a replay';
+         CREATE TABLE IF NOT EXISTS {r} (
+             dlq_topic text NOT NULL,
+             partition int4 NOT NULL,
+             dlq_offset int8 NOT NULL,
+             outcome text NOT NULL,
+             resolved_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (dlq_topic, partition, dlq_offset));
+         COMMENT ON TABLE {r} IS 'Data Tunnel: DLQ entries already replayed (applied, or sent back to the DLQ with a new reason)'",
         s = quote_ident(schema),
-        t = offsets_table(schema)
+        t = offsets_table(schema),
+        p = crate::park::table(schema),
+        r = resolved_table(schema),
     );
     locked(client, &sql, "creating the bookkeeping table").await
 }

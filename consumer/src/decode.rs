@@ -15,6 +15,8 @@ use tunnel_shared::retry::Retryable;
 use tunnel_shared::schema::{self, FieldShape, SchemaError};
 use tunnel_shared::wire::{self, WireError};
 
+use crate::dlq::class;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("{part}: {source}")]
@@ -57,14 +59,15 @@ impl DecodeError {
     /// A short class name for logs and DLQ headers.
     pub fn class(&self) -> &'static str {
         match self {
-            DecodeError::Wire { .. } | DecodeError::NoKey => "wire_format",
+            DecodeError::Wire { .. } | DecodeError::NoKey => class::WIRE_FORMAT,
             DecodeError::Registry {
                 source: RegistryError::UnknownId(_),
                 ..
-            } => "unknown_schema",
-            DecodeError::Registry { .. } => "registry",
-            DecodeError::Avro { .. } => "avro_decode",
-            DecodeError::Event { .. } | DecodeError::Schema { .. } => "not_an_event",
+            } => class::UNKNOWN_SCHEMA,
+            // a schema the registry holds but that is not usable Avro
+            DecodeError::Registry { .. } => class::NOT_AN_EVENT,
+            DecodeError::Avro { .. } => class::AVRO_DECODE,
+            DecodeError::Event { .. } | DecodeError::Schema { .. } => class::NOT_AN_EVENT,
         }
     }
 }
@@ -166,7 +169,7 @@ impl Decoder {
             .collect()
     }
 
-    async fn key(&mut self, bytes: &[u8]) -> Result<(Vec<Option<String>>, u32), DecodeError> {
+    pub async fn key(&mut self, bytes: &[u8]) -> Result<(Vec<Option<String>>, u32), DecodeError> {
         let part = "key";
         let (id, body) = wire::parse(bytes).map_err(|source| DecodeError::Wire { part, source })?;
         let w = self.writer(id, part).await?;
@@ -191,7 +194,7 @@ impl Decoder {
         Ok((key, id))
     }
 
-    async fn value(&mut self, bytes: &[u8]) -> Result<(TextEvent, u32), DecodeError> {
+    pub async fn value(&mut self, bytes: &[u8]) -> Result<(TextEvent, u32), DecodeError> {
         let part = "value";
         let (id, body) = wire::parse(bytes).map_err(|source| DecodeError::Wire { part, source })?;
         let w = self.writer(id, part).await?;
@@ -208,22 +211,5 @@ impl Decoder {
             }
         };
         Ok((event, id))
-    }
-
-    pub async fn decode(
-        &mut self,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-    ) -> Result<DecodedMessage, DecodeError> {
-        let (key, key_schema) = self.key(key.ok_or(DecodeError::NoKey)?).await?;
-        let event = match value {
-            None => None,
-            Some(v) => Some(self.value(v).await?),
-        };
-        Ok(DecodedMessage {
-            key,
-            key_schema,
-            event,
-        })
     }
 }

@@ -4,6 +4,10 @@
 mod apply;
 mod ddl;
 mod decode;
+mod dlq;
+mod intake;
+mod park;
+mod rows;
 mod run;
 mod verify;
 
@@ -54,6 +58,79 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Inspect and replay the dead-letter queues (`<topic>.dlq`).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Count the pending entries of each table's DLQ by reason.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this table (`schema.name` or `name`).
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Print entries as JSON: where they came from, why, and their key and value decoded.
+    Show {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        select: Select,
+        /// Entries already resolved by a replay too.
+        #[arg(long)]
+        all: bool,
+        /// Most entries to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Apply entries again through the normal path, with the rules as the config has them now.
+    /// Entries that fail again go back to the DLQ with their new reason.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        select: Select,
+        /// Show what would happen; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Which DLQ entries a command takes.
+#[derive(clap::Args)]
+struct Select {
+    /// Only this table (`schema.name` or `name`).
+    #[arg(long)]
+    table: Option<String>,
+    /// An error class (rule, wire_format, unknown_schema, avro_decode, not_an_event,
+    /// target_rejected, parked) or a rule's name.
+    #[arg(long)]
+    reason: Option<String>,
+    /// A DLQ partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// DLQ offsets: N, N..M or N.. (both ends included).
+    #[arg(long, value_parser = dlq::select::parse_offsets)]
+    offsets: Option<(i64, i64)>,
+    /// A key: its value, or a JSON array of its columns' values (`["a", "1"]`).
+    #[arg(long, value_parser = dlq::select::parse_key)]
+    key: Option<apply::KeyText>,
+}
+
+impl Select {
+    fn filter(&self) -> dlq::select::Filter {
+        dlq::select::Filter {
+            reason: self.reason.clone(),
+            partition: self.partition,
+            offsets: self.offsets,
+            key: self.key.clone(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -101,7 +178,52 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dlq { command } => match runtime.block_on(dlq_command(command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+async fn dlq_command(command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { config, table } => {
+            let config = Config::load(&config)?;
+            dlq::list(&config, table.as_deref()).await?;
+        }
+        DlqCommand::Show {
+            config,
+            select,
+            all,
+            limit,
+        } => {
+            let config = Config::load(&config)?;
+            let opts = dlq::ShowOptions {
+                table: select.table.clone(),
+                filter: select.filter(),
+                all,
+                limit,
+            };
+            dlq::show(&config, &opts).await?;
+        }
+        DlqCommand::Replay {
+            config,
+            select,
+            dry_run,
+        } => {
+            let config = Config::load(&config)?;
+            let opts = dlq::ReplayOptions {
+                table: select.table.clone(),
+                filter: select.filter(),
+                dry_run,
+            };
+            dlq::replay(&config, &opts).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn run(config: PathBuf) -> anyhow::Result<()> {

@@ -19,9 +19,14 @@ use tunnel_shared::pg::{self, PgError, Session};
 use tunnel_shared::registry::{Registry, RegistryError};
 use tunnel_shared::retry::{retry, Backoff, Retryable};
 
-use crate::apply::{self, ApplyError, Entry, TargetTable};
+use tunnel_shared::rules::{self, Rule};
+use tunnel_shared::schema;
+
+use crate::apply::{self, ApplyError, Item, TargetTable};
 use crate::ddl;
-use crate::decode::{DecodeError, Decoder};
+use crate::decode::Decoder;
+use crate::dlq::{self, DlqWriter};
+use crate::intake::{Intake, Raw};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -33,30 +38,19 @@ pub enum RunError {
     Topic(#[from] TopicError),
     #[error("kafka consumer: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("{topic}[{partition}]@{offset}: {}: {source}", source.class())]
-    Decode {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        source: DecodeError,
-    },
+    #[error("config: {0}")]
+    Rules(String),
+    #[error(transparent)]
+    Dlq(#[from] dlq::writer::DlqError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
 }
 
 const SETUP_ATTEMPTS: u32 = 20;
 
-struct Raw {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-}
-
 pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result<(), RunError> {
     let registry = Arc::new(Registry::new(&config.registry.url)?);
-    let decoder = Decoder::new(registry);
+    let decoder = Decoder::new(registry.clone());
     let session = Session {
         application_name: format!("{}-consumer", config.source.application_name),
         statement_timeout: Duration::from_millis(config.target.statement_timeout_ms),
@@ -75,7 +69,9 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
     })
     .await?;
     let mut targets: HashMap<Arc<str>, TargetTable> = HashMap::new();
+    let mut rules_of: HashMap<Arc<str>, Vec<Rule>> = HashMap::new();
     let admin = kafka::admin(&config.kafka)?;
+    let dlq_writer = DlqWriter::new(&config.kafka)?;
     for t in &config.tables {
         let topic = config.topic(t);
         let k = &config.kafka;
@@ -89,6 +85,22 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
             )
         })
         .await?;
+        let dlq_topic = dlq::topic_of(&topic);
+        retry("creating the table's DLQ topic", SETUP_ATTEMPTS, || {
+            kafka::ensure_topic(
+                &admin,
+                &dlq_topic,
+                k.partitions,
+                k.replication_factor,
+                dlq::writer::DLQ_TOPIC_CONFIGS,
+            )
+        })
+        .await?;
+        let table_rules = t
+            .parsed_rules()
+            .map_err(|e| RunError::Rules(format!("table {}: {e}", t.qualified())))?;
+        check_rules_at_start(&registry, &topic, &t.qualified(), &table_rules).await?;
+        rules_of.insert(Arc::from(topic.as_str()), table_rules);
         targets.insert(
             Arc::from(topic.as_str()),
             TargetTable {
@@ -109,7 +121,7 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
     .await?;
     let mut collector = Collector {
         consumer,
-        decoder,
+        intake: Intake::new(decoder, rules_of),
         lookup,
         bk: bk.clone(),
         topics: targets.keys().cloned().collect(),
@@ -124,12 +136,13 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
         group,
         targets,
         ready: HashSet::new(),
+        dlq: dlq_writer,
     };
     // the next batch is collected and decoded while the current one is applied
     let mut next = collector.next_batch(&mut stop).await?;
-    while let Some(entries) = next {
+    while let Some(items) = next {
         let (applied, following) =
-            tokio::join!(applier.apply(&entries), collector.next_batch(&mut stop));
+            tokio::join!(applier.apply(&items), collector.next_batch(&mut stop));
         collector.applied(&applied?);
         next = following?;
     }
@@ -140,7 +153,7 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
 /// Polls, filters and decodes batches.
 struct Collector {
     consumer: StreamConsumer,
-    decoder: Decoder,
+    intake: Intake,
     /// A connection of its own for offset look-ups, so that they can run during an apply.
     lookup: Client,
     bk: String,
@@ -157,7 +170,7 @@ impl Collector {
     async fn next_batch(
         &mut self,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Vec<Entry>>, RunError> {
+    ) -> Result<Option<Vec<Item>>, RunError> {
         let mut backoff = Backoff::default();
         loop {
             if *stop.borrow() {
@@ -208,7 +221,7 @@ impl Collector {
 
     /// Skips what the target already has, seeking past it on a partition seen for the first
     /// time, and decodes the rest.
-    async fn filter_and_decode(&mut self, batch: Vec<Raw>) -> Result<Vec<Entry>, RunError> {
+    async fn filter_and_decode(&mut self, batch: Vec<Raw>) -> Result<Vec<Item>, RunError> {
         let mut entries = Vec::with_capacity(batch.len());
         for raw in batch {
             let tp = (raw.topic.clone(), raw.partition);
@@ -231,7 +244,7 @@ impl Collector {
             if raw.offset < self.known[&tp] {
                 continue;
             }
-            entries.push(decode(&mut self.decoder, raw).await?);
+            entries.push(self.intake.take(raw).await);
         }
         Ok(entries)
     }
@@ -266,11 +279,15 @@ struct Applier {
     group: String,
     targets: HashMap<Arc<str>, TargetTable>,
     ready: HashSet<Arc<str>>,
+    dlq: DlqWriter,
 }
 
 impl Applier {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<apply::Applied, RunError> {
-        for e in entries {
+    async fn apply(&mut self, items: &[Item]) -> Result<apply::Applied, RunError> {
+        for e in items.iter().filter_map(|i| match i {
+            Item::Event(e) => Some(e),
+            Item::Rejected(_) => None,
+        }) {
             if self.ready.contains(&e.topic) {
                 continue;
             }
@@ -296,7 +313,16 @@ impl Applier {
         let bk = &self.config.target.bookkeeping_schema;
         let mut backoff = Backoff::default();
         loop {
-            match apply::apply_batch(&mut self.client, bk, &self.group, &usable, entries).await {
+            match apply::apply_batch(
+                &mut self.client,
+                bk,
+                &self.group,
+                &usable,
+                items,
+                &mut self.dlq,
+            )
+            .await
+            {
                 Ok(a) => return Ok(a),
                 Err(e) if e.is_retryable() => {
                     let delay = backoff.next_delay();
@@ -335,45 +361,37 @@ async fn stored_offset(
     Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
 }
 
-async fn decode(decoder: &mut Decoder, raw: Raw) -> Result<Entry, RunError> {
-    let mut backoff = Backoff::default();
-    loop {
-        let result = async {
-            let message = decoder
-                .decode(raw.key.as_deref(), raw.value.as_deref())
-                .await?;
-            let key_schema = decoder.writer(message.key_schema, "key").await?;
-            let value_schema = match &message.event {
-                Some((_, id)) => Some(decoder.writer(*id, "value").await?),
-                None => None,
-            };
-            Ok::<_, DecodeError>((message, key_schema, value_schema))
-        }
-        .await;
-        match result {
-            Ok((message, key_schema, value_schema)) => {
-                return Ok(Entry {
-                    topic: raw.topic,
-                    partition: raw.partition,
-                    offset: raw.offset,
-                    message,
-                    key_schema,
-                    value_schema,
-                })
-            }
-            Err(e) if e.is_retryable() => {
-                let delay = backoff.next_delay();
-                warn!(error = %e, delay_ms = delay.as_millis() as u64, "decoding needs the registry, retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(source) => {
-                return Err(RunError::Decode {
-                    topic: raw.topic.to_string(),
-                    partition: raw.partition,
-                    offset: raw.offset,
-                    source,
-                })
-            }
-        }
+/// Checks the rules against the latest value schema registered for the topic, so that a rule on
+/// a column the table does not have stops the consumer at start-up. A topic with no schema yet
+/// is checked when its first event arrives (the events then go to the DLQ with the reason).
+async fn check_rules_at_start(
+    registry: &Registry,
+    topic: &str,
+    table: &str,
+    table_rules: &[Rule],
+) -> Result<(), RunError> {
+    if table_rules.is_empty() {
+        return Ok(());
     }
+    let subject = format!("{topic}-value");
+    let id = retry("reading the latest value schema", SETUP_ATTEMPTS, || {
+        registry.latest_id(&subject)
+    })
+    .await?;
+    let Some(id) = id else {
+        return Ok(());
+    };
+    let writer = retry("reading the latest value schema", SETUP_ATTEMPTS, || {
+        registry.schema(id)
+    })
+    .await?;
+    let fields = schema::row_fields(&writer, "value")
+        .map_err(|e| RunError::Rules(format!("table {table}: {e}")))?;
+    let columns: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|f| (f.column.as_str(), f.pg_type.as_str()))
+        .collect();
+    rules::compile(table_rules, &columns)
+        .map_err(|e| RunError::Rules(format!("table {table}: {e}")))?;
+    Ok(())
 }

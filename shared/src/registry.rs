@@ -150,6 +150,33 @@ impl Registry {
             .map(str::to_string))
     }
 
+    /// The id of the latest schema registered under `subject`, or `None` if it has none.
+    pub async fn latest_id(&self, subject: &str) -> Result<Option<u32>, RegistryError> {
+        let url = format!("{}/subjects/{}/versions/latest", self.base, subject);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Refused {
+                what: format!("latest version of {subject}"),
+                message: format!("HTTP {status}"),
+                retryable: status.is_server_error(),
+            });
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| self.unreachable(e))?;
+        Ok(body
+            .get("id")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|id| u32::try_from(id).ok()))
+    }
+
     /// The writer schema with this id, from the cache or the registry.
     pub async fn schema(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
         if let Some(s) = self.cache.read().await.get(&id) {

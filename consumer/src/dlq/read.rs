@@ -1,0 +1,116 @@
+//! Reading a DLQ topic back: its entries with their headers, and which of them a replay has
+//! already resolved (recorded in the target).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use rdkafka::message::{Headers, Message};
+use tokio_postgres::Client;
+use tunnel_shared::config::KafkaConfig;
+use tunnel_shared::kafka;
+use tunnel_shared::pg::PgError;
+
+use super::header;
+use crate::apply::KeyText;
+use crate::ddl;
+
+/// One DLQ entry as stored in Kafka.
+#[derive(Debug, Clone)]
+pub struct DlqEntry {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl DlqEntry {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+    pub fn class(&self) -> &str {
+        self.header(header::CLASS).unwrap_or("unknown")
+    }
+    pub fn rule(&self) -> Option<&str> {
+        self.header(header::RULE)
+    }
+    /// The decoded key recorded by the consumer, if it could decode it.
+    pub fn key_text(&self) -> Option<KeyText> {
+        let json: serde_json::Value = serde_json::from_str(self.header(header::KEY)?).ok()?;
+        json.as_array()?
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::Null => Some(None),
+                serde_json::Value::String(s) => Some(Some(s.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+    pub fn source_partition(&self) -> Option<i32> {
+        self.header(header::SOURCE_PARTITION)?.parse().ok()
+    }
+    pub fn source_offset(&self) -> Option<i64> {
+        self.header(header::SOURCE_OFFSET)?.parse().ok()
+    }
+    /// `rule <name>` for a rule violation, else the class: what `dlq list` counts by.
+    pub fn reason_group(&self) -> String {
+        match self.rule() {
+            Some(r) => format!("rule '{r}'"),
+            None => self.class().to_string(),
+        }
+    }
+    /// `topic/partition/offset`: how a replayed entry names the one it replaces.
+    pub fn position(&self, dlq_topic: &str) -> String {
+        format!("{dlq_topic}/{}/{}", self.partition, self.offset)
+    }
+}
+
+/// Every entry of a DLQ topic, in partition and offset order. A topic that does not exist has
+/// no entries.
+pub fn read_all(
+    kafka_config: &KafkaConfig,
+    dlq_topic: &str,
+) -> Result<Vec<DlqEntry>, rdkafka::error::KafkaError> {
+    let mut entries = Vec::new();
+    kafka::read_to_end(kafka_config, dlq_topic, Duration::from_secs(60), |m| {
+        let mut headers = BTreeMap::new();
+        if let Some(hs) = m.headers() {
+            for h in hs.iter() {
+                if let Some(v) = h.value {
+                    headers.insert(h.key.to_string(), String::from_utf8_lossy(v).into_owned());
+                }
+            }
+        }
+        entries.push(DlqEntry {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+    })?;
+    entries.sort_by_key(|e| (e.partition, e.offset));
+    Ok(entries)
+}
+
+/// The entries of `dlq_topic` a replay has resolved, and how (`applied`, `requeued`).
+pub async fn resolved(
+    client: &Client,
+    bk: &str,
+    dlq_topic: &str,
+) -> Result<HashMap<(i32, i64), String>, PgError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT partition, dlq_offset, outcome FROM {} WHERE dlq_topic = $1",
+                ddl::resolved_table(bk)
+            ),
+            &[&dlq_topic],
+        )
+        .await
+        .map_err(PgError::query("reading the resolved DLQ entries"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
+}

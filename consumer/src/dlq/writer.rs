@@ -1,0 +1,189 @@
+//! Writing DLQ entries: the original key and value bytes, and the headers; every send is
+//! awaited until Kafka has acknowledged it.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tunnel_shared::config::KafkaConfig;
+use tunnel_shared::kafka::{self, TopicError};
+use tunnel_shared::retry::Retryable;
+
+use super::{header, key_json, topic_of, Rejected};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("writing to the DLQ topic {topic}: {source}")]
+    Send { topic: String, source: KafkaError },
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+}
+
+impl Retryable for DlqError {
+    fn is_retryable(&self) -> bool {
+        // a DLQ that cannot be written holds the batch back; it is never skipped
+        true
+    }
+}
+
+/// The configs of a DLQ topic: kept until deleted by an operator (entries are never compacted
+/// away: two entries of one key are two events).
+pub const DLQ_TOPIC_CONFIGS: &[(&str, &str)] =
+    &[("cleanup.policy", "delete"), ("retention.ms", "-1")];
+
+pub struct DlqWriter {
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    partitions: i32,
+    replication: i32,
+    /// DLQ topics known to exist.
+    ready: HashSet<String>,
+    /// Partition count of each DLQ topic.
+    counts: HashMap<String, i32>,
+}
+
+impl DlqWriter {
+    pub fn new(kafka_config: &KafkaConfig) -> Result<Self, DlqError> {
+        let producer = kafka::producer_config(kafka_config)
+            .create()
+            .map_err(|source| TopicError::Client {
+                brokers: kafka_config.brokers.clone(),
+                source,
+            })?;
+        Ok(Self {
+            producer,
+            admin: kafka::admin(kafka_config)?,
+            partitions: kafka_config.partitions,
+            replication: kafka_config.replication_factor,
+            ready: HashSet::new(),
+            counts: HashMap::new(),
+        })
+    }
+
+    /// Creates the DLQ topic of `source_topic` if it does not exist.
+    pub async fn ensure(&mut self, source_topic: &str) -> Result<(), DlqError> {
+        let topic = topic_of(source_topic);
+        if self.ready.contains(&topic) {
+            return Ok(());
+        }
+        kafka::ensure_topic(
+            &self.admin,
+            &topic,
+            self.partitions,
+            self.replication,
+            DLQ_TOPIC_CONFIGS,
+        )
+        .await?;
+        let count = self
+            .producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .ok()
+            .and_then(|md| {
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map(|t| t.partitions().len() as i32)
+            })
+            .filter(|n| *n > 0)
+            .unwrap_or(self.partitions);
+        self.counts.insert(topic.clone(), count);
+        self.ready.insert(topic);
+        Ok(())
+    }
+
+    /// Sends every entry and waits until Kafka has acknowledged all of them. An entry goes to
+    /// the DLQ partition of its source partition, so that the entries of one key stay in order.
+    pub async fn send_all(&mut self, entries: &[Rejected]) -> Result<(), DlqError> {
+        for e in entries {
+            self.ensure(&e.topic).await?;
+        }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut pending = Vec::with_capacity(entries.len());
+        for e in entries {
+            let topic = topic_of(&e.topic);
+            let count = self.counts.get(&topic).copied().unwrap_or(1).max(1);
+            let (partition, offset) = (e.partition.to_string(), e.offset.to_string());
+            let key = e.key.as_ref().map(key_json);
+            let mut headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: header::SOURCE_TOPIC,
+                    value: Some(e.topic.as_ref()),
+                })
+                .insert(Header {
+                    key: header::SOURCE_PARTITION,
+                    value: Some(&partition),
+                })
+                .insert(Header {
+                    key: header::SOURCE_OFFSET,
+                    value: Some(&offset),
+                })
+                .insert(Header {
+                    key: header::CLASS,
+                    value: Some(e.class),
+                })
+                .insert(Header {
+                    key: header::REASON,
+                    value: Some(&e.reason),
+                })
+                .insert(Header {
+                    key: header::CONSUMER_VERSION,
+                    value: Some(env!("CARGO_PKG_VERSION")),
+                })
+                .insert(Header {
+                    key: header::TIMESTAMP,
+                    value: Some(&now),
+                });
+            for (name, value) in [
+                (header::RULE, e.rule.as_deref()),
+                (header::KEY, key.as_deref()),
+                (header::REPLAY_OF, e.replay_of.as_deref()),
+            ] {
+                if let Some(v) = value {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: Some(v),
+                    });
+                }
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic)
+                .partition(e.partition.rem_euclid(count))
+                .headers(headers);
+            if let Some(k) = &e.key_bytes {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &e.value_bytes {
+                record = record.payload(v.as_slice());
+            }
+            // enqueue without waiting; a full queue is back-pressure: wait and try again
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(d) => break d,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((source, _)) => return Err(DlqError::Send { topic, source }),
+                }
+            };
+            pending.push((topic, delivery));
+        }
+        for (topic, delivery) in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => return Err(DlqError::Send { topic, source }),
+                Err(_) => {
+                    return Err(DlqError::Send {
+                        topic,
+                        source: KafkaError::Canceled,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}

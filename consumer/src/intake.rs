@@ -1,0 +1,169 @@
+//! Turning consumed messages into items: decoded events that pass their table's validation
+//! rules, or DLQ entries that say why not. Used by the consumer loop and by `dlq replay`, so a
+//! replayed entry is judged exactly as a fresh one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+use tunnel_shared::registry::RegistryError;
+use tunnel_shared::retry::{Backoff, Retryable};
+use tunnel_shared::rules::{self, CompiledRule, Rule};
+
+use crate::apply::{Entry, Item, KeyText};
+use crate::decode::{DecodeError, DecodedMessage, Decoder};
+use crate::dlq::{class, Rejected};
+
+/// A message as consumed.
+pub struct Raw {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A table's rules compiled against one value schema, or why they do not fit it.
+type Compiled = Result<Arc<Vec<CompiledRule>>, String>;
+
+pub struct Intake {
+    decoder: Decoder,
+    /// The validation rules of each topic, and their compiled form per value schema id (or
+    /// why they do not fit that schema).
+    rules: HashMap<Arc<str>, Vec<Rule>>,
+    compiled: HashMap<(Arc<str>, u32), Compiled>,
+    /// Schema ids the registry did not know when first asked (asked again once, a second later).
+    unknown_ids: HashSet<u32>,
+}
+
+impl Intake {
+    pub fn new(decoder: Decoder, rules: HashMap<Arc<str>, Vec<Rule>>) -> Self {
+        Self {
+            decoder,
+            rules,
+            compiled: HashMap::new(),
+            unknown_ids: HashSet::new(),
+        }
+    }
+
+    /// Decodes and validates a message.
+    pub async fn take(&mut self, raw: Raw) -> Item {
+        match self.decode(raw).await {
+            Item::Event(e) => self.validate(e),
+            rejected => rejected,
+        }
+    }
+
+    /// Decodes a message; what cannot be decoded becomes a DLQ entry. Only a registry that
+    /// cannot be reached is waited for (with back-off), since it says nothing of the message.
+    async fn decode(&mut self, raw: Raw) -> Item {
+        let mut backoff = Backoff::default();
+        loop {
+            let mut key: Option<KeyText> = None;
+            let result = async {
+                let message = match raw.key.as_deref() {
+                    None => Err(DecodeError::NoKey),
+                    Some(k) => {
+                        let (k, id) = self.decoder.key(k).await?;
+                        key = Some(k.clone());
+                        let event = match raw.value.as_deref() {
+                            None => None,
+                            Some(v) => Some(self.decoder.value(v).await?),
+                        };
+                        Ok(DecodedMessage {
+                            key: k,
+                            key_schema: id,
+                            event,
+                        })
+                    }
+                }?;
+                let key_schema = self.decoder.writer(message.key_schema, "key").await?;
+                let value_schema = match &message.event {
+                    Some((_, id)) => Some(self.decoder.writer(*id, "value").await?),
+                    None => None,
+                };
+                Ok::<_, DecodeError>((message, key_schema, value_schema))
+            }
+            .await;
+            match result {
+                Ok((message, key_schema, value_schema)) => {
+                    return Item::Event(Entry {
+                        topic: raw.topic,
+                        partition: raw.partition,
+                        offset: raw.offset,
+                        message,
+                        key_schema,
+                        value_schema,
+                        key_bytes: raw.key,
+                        value_bytes: raw.value,
+                    })
+                }
+                Err(e) if e.is_retryable() => {
+                    let delay = backoff.next_delay();
+                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "decoding needs the registry, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(DecodeError::Registry {
+                    source: RegistryError::UnknownId(id),
+                    ..
+                }) if self.unknown_ids.insert(id) => {
+                    // a schema registered a moment ago may not be visible everywhere yet
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, class = e.class(), error = %e, "message cannot be decoded, it goes to the DLQ");
+                    return Item::Rejected(Rejected {
+                        topic: raw.topic,
+                        partition: raw.partition,
+                        offset: raw.offset,
+                        key_bytes: raw.key,
+                        value_bytes: raw.value,
+                        key,
+                        class: e.class(),
+                        reason: e.to_string(),
+                        rule: None,
+                        replay_of: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Checks an event's row against its table's rules.
+    fn validate(&mut self, e: Entry) -> Item {
+        let Some(table_rules) = self.rules.get(&e.topic).filter(|r| !r.is_empty()) else {
+            return Item::Event(e);
+        };
+        let (Some((ev, _)), Some(vs)) = (&e.message.event, &e.value_schema) else {
+            return Item::Event(e);
+        };
+        let Some(row) = &ev.after else {
+            return Item::Event(e);
+        };
+        let compiled = self
+            .compiled
+            .entry((e.topic.clone(), vs.id))
+            .or_insert_with(|| {
+                let columns: Vec<(&str, &str)> = vs
+                    .fields
+                    .iter()
+                    .map(|f| (f.column.as_str(), f.pg_type.as_str()))
+                    .collect();
+                rules::compile(table_rules, &columns)
+                    .map(Arc::new)
+                    .map_err(|err| format!("{err} (in value schema {})", vs.id))
+            });
+        let (reason, rule) = match compiled {
+            Ok(c) => match rules::check(c, row) {
+                Ok(()) => return Item::Event(e),
+                Err(v) => (v.reason, Some(v.rule)),
+            },
+            Err(problem) => (problem.clone(), None),
+        };
+        debug!(topic = %e.topic, partition = e.partition, offset = e.offset, reason = %reason, "row breaks a rule, it goes to the DLQ");
+        let mut r = e.rejected(class::RULE, reason);
+        r.rule = rule;
+        Item::Rejected(r)
+    }
+}

@@ -1,0 +1,265 @@
+//! Writing rows into a replica table: bulk deletes and upserts (`unnest` of text arrays cast
+//! to the column types), and `COPY` for batches of inserts. A failure here is the whole call's:
+//! isolating the rows the target refuses is the caller's job (see `apply`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::types::ToSql;
+use tunnel_shared::event::Op;
+use tunnel_shared::pg::{qualified, quote_ident, PgError};
+
+use crate::apply::{Entry, KeyText, TargetTable};
+use crate::decode::WriterSchema;
+
+/// Rows written with one value schema.
+struct UpsertGroup<'a> {
+    value_schema: Arc<WriterSchema>,
+    key_schema: Arc<WriterSchema>,
+    entries: Vec<&'a Entry>,
+}
+
+/// Deletes and upserts `rows` (the latest event of each key) in `target`.
+pub async fn write(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &TargetTable,
+    rows: &[(&KeyText, &Entry)],
+) -> Result<(), PgError> {
+    let table = qualified(&target.schema, &target.name);
+    // deletes (a `d` event or a tombstone), keyed by the key schema
+    let mut deletes: HashMap<u32, (Arc<WriterSchema>, Vec<&KeyText>)> = HashMap::new();
+    // upserts, grouped by the writer schema of their value
+    let mut upserts: HashMap<u32, UpsertGroup<'_>> = HashMap::new();
+    for &(key, e) in rows {
+        match (&e.message.event, &e.value_schema) {
+            (Some((ev, _)), Some(vs)) if ev.op != Op::Delete => {
+                upserts
+                    .entry(vs.id)
+                    .or_insert_with(|| UpsertGroup {
+                        value_schema: vs.clone(),
+                        key_schema: e.key_schema.clone(),
+                        entries: Vec::new(),
+                    })
+                    .entries
+                    .push(e);
+            }
+            _ => deletes
+                .entry(e.key_schema.id)
+                .or_insert_with(|| (e.key_schema.clone(), Vec::new()))
+                .1
+                .push(key),
+        }
+    }
+    for (key_schema, keys) in deletes.values() {
+        let shapes = &key_schema.fields;
+        let mut columns: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(keys.len()); shapes.len()];
+        for k in keys {
+            for (i, v) in k.iter().enumerate() {
+                columns[i].push(v.clone());
+            }
+        }
+        let key_cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
+        let sql = format!(
+            "DELETE FROM {table} WHERE ({}) IN ({})",
+            key_cols.join(", "),
+            unnest_select(shapes)
+        );
+        let params: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        tx.execute(&sql, &params)
+            .await
+            .map_err(PgError::query(format!(
+                "deleting from {}.{}",
+                target.schema, target.name
+            )))?;
+    }
+    for UpsertGroup {
+        value_schema,
+        key_schema,
+        entries,
+    } in upserts.values()
+    {
+        if entries.iter().all(|e| is_insert(e))
+            && copy_in(tx, &table, &value_schema.fields, entries).await?
+        {
+            continue;
+        }
+        let shapes = &value_schema.fields;
+        let mut columns: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(entries.len()); shapes.len()];
+        for e in entries {
+            let Some((ev, _)) = &e.message.event else {
+                continue;
+            };
+            let Some(after) = &ev.after else { continue };
+            for (column, t) in columns.iter_mut().zip(after) {
+                column.push(t.clone());
+            }
+        }
+        let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
+        let key_cols: Vec<String> = key_schema
+            .fields
+            .iter()
+            .map(|s| quote_ident(&s.column))
+            .collect();
+        let non_key: Vec<&String> = cols.iter().filter(|c| !key_cols.contains(c)).collect();
+        let on_conflict = if non_key.is_empty() {
+            format!("ON CONFLICT ({}) DO NOTHING", key_cols.join(", "))
+        } else {
+            let set: Vec<String> = non_key
+                .iter()
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect();
+            let mine: Vec<String> = non_key.iter().map(|c| format!("t.{c}")).collect();
+            let theirs: Vec<String> = non_key.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+            // compared as text: some types (json, point, ...) have no equality operator
+            format!(
+                "ON CONFLICT ({}) DO UPDATE SET {} WHERE ROW({})::text IS DISTINCT FROM ROW({})::text",
+                key_cols.join(", "),
+                set.join(", "),
+                mine.join(", "),
+                theirs.join(", ")
+            )
+        };
+        let sql = format!(
+            "INSERT INTO {table} AS t ({}) {} {on_conflict}",
+            cols.join(", "),
+            unnest_select(shapes)
+        );
+        let params: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        tx.execute(&sql, &params)
+            .await
+            .map_err(PgError::query(format!(
+                "upserting into {}.{}",
+                target.schema, target.name
+            )))?;
+    }
+    Ok(())
+}
+
+/// Whether an entry is a snapshot read or an insert (its key is most likely new).
+fn is_insert(e: &Entry) -> bool {
+    matches!(&e.message.event, Some((ev, _)) if matches!(ev.op, Op::Read | Op::Create))
+}
+
+/// Snapshot reads and inserts first try a plain `COPY` into the table, several times cheaper
+/// for the server than an upsert. A key that exists already (a replay, a row re-read) makes the
+/// `COPY` fail as a whole: it is rolled back to its savepoint and the caller upserts instead.
+/// Returns whether the rows were copied.
+async fn copy_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    shapes: &[tunnel_shared::schema::FieldShape],
+    entries: &[&Entry],
+) -> Result<bool, PgError> {
+    use futures::SinkExt;
+    let mut buf = Vec::with_capacity(entries.len() * 64);
+    for e in entries {
+        let Some((ev, _)) = &e.message.event else {
+            continue;
+        };
+        let Some(after) = &ev.after else { continue };
+        for (i, v) in after.iter().take(shapes.len()).enumerate() {
+            if i > 0 {
+                buf.push(b'\t');
+            }
+            copy_text(&mut buf, v.as_deref());
+        }
+        buf.push(b'\n');
+    }
+    let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
+    tx.batch_execute("SAVEPOINT tunnel_copy")
+        .await
+        .map_err(PgError::query("setting a savepoint"))?;
+    let copied = async {
+        let sink = tx
+            .copy_in(&format!("COPY {table} ({}) FROM STDIN", cols.join(", ")))
+            .await?;
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(buf)).await?;
+        sink.finish().await
+    }
+    .await;
+    let (sql, ok) = match copied {
+        Ok(_) => ("RELEASE SAVEPOINT tunnel_copy", true),
+        Err(e) => {
+            tracing::debug!(error = %e, "copy failed, upserting instead");
+            ("ROLLBACK TO SAVEPOINT tunnel_copy", false)
+        }
+    };
+    tx.batch_execute(sql)
+        .await
+        .map_err(PgError::query("ending a savepoint"))?;
+    Ok(ok)
+}
+
+/// One value in `COPY`'s text format.
+fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
+    let Some(s) = v else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// `SELECT u.c0::<type>, ... FROM unnest($1::text[], ...) AS u(c0, ...)`: the rows of the
+/// text-array parameters, cast to the fields' types.
+fn unnest_select(shapes: &[tunnel_shared::schema::FieldShape]) -> String {
+    let casts: Vec<String> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("u.c{i}::{}", s.pg_type))
+        .collect();
+    format!(
+        "SELECT {} FROM unnest({}) AS u({})",
+        casts.join(", "),
+        array_params(shapes.len()),
+        alias_list(shapes.len())
+    )
+}
+
+/// `$1::text[], $2::text[], ...`
+fn array_params(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}::text[]"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `c0, c1, ...`
+fn alias_list(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("c{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_would_misread() {
+        let mut out = Vec::new();
+        copy_text(&mut out, Some("a\tb\\c\nd\re"));
+        out.push(b'|');
+        copy_text(&mut out, None);
+        assert_eq!(String::from_utf8(out).unwrap(), "a\\tb\\\\c\\nd\\re|\\N");
+    }
+
+    #[test]
+    fn sql_fragments() {
+        assert_eq!(array_params(2), "$1::text[], $2::text[]");
+        assert_eq!(alias_list(3), "c0, c1, c2");
+    }
+}
