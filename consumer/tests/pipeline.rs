@@ -4,15 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure is a panic
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::Rng;
 use rdkafka::admin::AdminOptions;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres::Client;
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::testkit::{self as tk, Databases, Proc};
@@ -106,61 +102,6 @@ async fn row(client: &Client, id: i32) -> Option<String> {
         .ok()
         .flatten()
         .map(|r| r.get(0))
-}
-
-/// Per partition: (next offset, events applied) from the target's bookkeeping.
-async fn bookkeeping(target: &Client, topic: &str) -> HashMap<i32, (i64, i64)> {
-    target
-        .query(
-            "SELECT partition, next_offset, applied_events FROM tunnel.offsets WHERE topic = $1",
-            &[&topic],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("read tunnel.offsets: {e}"))
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect()
-}
-
-/// Committed data messages per partition below `upto[partition]`.
-fn count_messages(
-    kafka: &KafkaConfig,
-    topic: &str,
-    upto: &HashMap<i32, (i64, i64)>,
-) -> HashMap<i32, i64> {
-    let mut cfg = tunnel_shared::kafka::consumer_config(kafka, &tk::unique("count"));
-    cfg.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = cfg.create().unwrap_or_else(|e| panic!("consumer: {e}"));
-    let mut tpl = TopicPartitionList::new();
-    for p in upto.keys() {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    consumer
-        .assign(&tpl)
-        .unwrap_or_else(|e| panic!("assign: {e}"));
-    let mut counts: HashMap<i32, i64> = HashMap::new();
-    let mut ended = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while ended < upto.len() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "counting messages timed out"
-        );
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                use rdkafka::Message;
-                if m.offset() < upto[&m.partition()].0 {
-                    *counts.entry(m.partition()).or_default() += 1;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => ended += 1,
-            Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => {}
-            Some(Err(e)) => panic!("counting messages: {e}"),
-            None => {}
-        }
-    }
-    counts
 }
 
 const HOUR_1: &str = "INSERT INTO media (id, s3_path, format, type, updated_at) VALUES
@@ -316,8 +257,8 @@ async fn sigkill_of_producer_and_consumer_loses_nothing_and_applies_nothing_twic
     )
     .await;
     // every committed event below the stored offset was applied exactly once
-    let book = bookkeeping(&tgt, &p.topic()).await;
-    let counts = count_messages(&p.kafka(), &p.topic(), &book);
+    let book = tk::bookkeeping(&tgt, &p.topic()).await;
+    let counts = tk::count_messages(&p.kafka(), &p.topic(), &book);
     for (partition, (_, applied)) in &book {
         assert_eq!(
             counts.get(partition).copied().unwrap_or(0),
@@ -353,7 +294,7 @@ async fn replay_from_earliest_leaves_target_unchanged() {
     );
     let tgt = p.dbs.target().await;
     let before = rows(&tgt, "media").await;
-    let book_before = bookkeeping(&tgt, &p.topic()).await;
+    let book_before = tk::bookkeeping(&tgt, &p.topic()).await;
     // forget the group's offsets in Kafka: the consumer starts again from the earliest offset
     let admin = tunnel_shared::kafka::admin(&p.kafka()).unwrap();
     let deleted = admin
@@ -380,7 +321,7 @@ async fn replay_from_earliest_leaves_target_unchanged() {
     )
     .await;
     assert_eq!(rows(&tgt, "media").await, before);
-    assert_eq!(bookkeeping(&tgt, &p.topic()).await, book_before);
+    assert_eq!(tk::bookkeeping(&tgt, &p.topic()).await, book_before);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,11 +8,12 @@
 //! It reads the target through a read-only session of its own. A target that cannot be read
 //! (down, table not created yet) skips the pass with a warning: capture goes on regardless.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio_postgres::Client;
-use tracing::warn;
+use tracing::{debug, warn};
 use tunnel_shared::config::{TableConfig, TargetConfig};
 use tunnel_shared::event::Detection;
 use tunnel_shared::pg::{self, qualified, PgError, Session};
@@ -26,15 +27,23 @@ pub struct ContentScan {
     target_cfg: TargetConfig,
     target_table: String,
     target: Option<Client>,
+    /// The table's topic: the consumer parks keys per topic.
+    topic: String,
 }
 
 impl ContentScan {
-    pub fn new(interval: Duration, target_cfg: &TargetConfig, table: &TableConfig) -> Self {
+    pub fn new(
+        interval: Duration,
+        target_cfg: &TargetConfig,
+        table: &TableConfig,
+        topic: String,
+    ) -> Self {
         Self {
             interval,
             target_cfg: target_cfg.clone(),
             target_table: qualified(table.target_schema(), table.target_name()),
             target: None,
+            topic,
         }
     }
 
@@ -73,6 +82,10 @@ impl ChangeDetector for ContentScan {
             let mut found = Found::default();
             let table = ctx.source.table().clone();
             let target_table = self.target_table.clone();
+            let (bookkeeping, topic) = (
+                self.target_cfg.bookkeeping_schema.clone(),
+                self.topic.clone(),
+            );
             let target = match self.target().await {
                 Ok(t) => t,
                 Err(e) => {
@@ -115,14 +128,37 @@ impl ChangeDetector for ContentScan {
                 }
             };
             found.scanned = diff.rows_compared;
+            // keys parked by the consumer differ on purpose: their events wait in the DLQ for a
+            // replay, and shipping them again would only add to it
+            let parked = parked_keys(target, &bookkeeping, &topic).await;
             let mut again: Vec<Vec<String>> = diff.missing;
             again.extend(diff.differing);
+            again.retain(|k| !parked.contains(k));
             found.rows = ctx.source.rows_by_keys(&again).await?;
-            for k in diff.extra {
+            for k in diff.extra.into_iter().filter(|k| !parked.contains(k)) {
                 found.gone.push(GoneKey::from_text(&table, k)?);
             }
             Ok(found)
         })
+    }
+}
+
+/// The keys the consumer has parked for `topic` (none if its bookkeeping is not there yet).
+async fn parked_keys(target: &Client, bookkeeping: &str, topic: &str) -> HashSet<Vec<String>> {
+    let sql = format!(
+        "SELECT key FROM {} WHERE topic = $1",
+        qualified(bookkeeping, "parked_keys")
+    );
+    match target.query(&sql, &[&topic]).await {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| r.try_get::<_, Vec<Option<String>>>(0).ok())
+            .map(|k| k.into_iter().map(Option::unwrap_or_default).collect())
+            .collect(),
+        Err(e) => {
+            debug!(error = %e, "no parked keys read");
+            HashSet::new()
+        }
     }
 }
 

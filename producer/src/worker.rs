@@ -243,6 +243,7 @@ impl Worker {
                 Duration::from_millis(p.reconcile_interval_ms),
                 &config.target,
                 &table,
+                config.topic(&table),
             )));
         }
         add(Box::new(RepairScan::new(

@@ -2,6 +2,7 @@
 //! connection settings, a fresh source and target database per test, unique topic prefixes and
 //! groups, and a config file that points at them.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -196,19 +197,32 @@ pub fn add_producer_settings(config: &std::path::Path, settings: &str) {
 
 /// Runs `tunnel-consumer verify` on a config; its exit code and what it printed.
 pub fn verify(config: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let (code, out, err) = consumer_cli(&["verify"], config, extra);
+    (code, format!("{out}{err}"))
+}
+
+/// Runs `tunnel-consumer <command...> --config <config> <extra...>` without the environment
+/// overrides; its exit code, standard output and standard error.
+pub fn consumer_cli(
+    command: &[&str],
+    config: &std::path::Path,
+    extra: &[&str],
+) -> (i32, String, String) {
     let mut cmd = std::process::Command::new(bin("tunnel-consumer"));
-    cmd.args(["verify", "--config", &config.display().to_string()])
+    cmd.args(command)
+        .args(["--config", &config.display().to_string()])
         .args(extra);
     for (var, _) in crate::config::ENV_OVERRIDES {
         cmd.env_remove(var);
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("run verify: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run tunnel-consumer {command:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The rows of a query as text, sorted, for comparing a source table with its replica.
@@ -338,4 +352,62 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Per partition: (next offset, events applied) from the target's bookkeeping.
+pub async fn bookkeeping(target: &Client, topic: &str) -> HashMap<i32, (i64, i64)> {
+    target
+        .query(
+            "SELECT partition, next_offset, applied_events FROM tunnel.offsets WHERE topic = $1",
+            &[&topic],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read tunnel.offsets: {e}"))
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+}
+
+/// Committed data messages per partition below `upto[partition]`.
+pub fn count_messages(
+    kafka: &crate::config::KafkaConfig,
+    topic: &str,
+    upto: &HashMap<i32, (i64, i64)>,
+) -> HashMap<i32, i64> {
+    let mut cfg = crate::kafka::consumer_config(kafka, &unique("count"));
+    cfg.set("enable.partition.eof", "true");
+    let consumer: rdkafka::consumer::BaseConsumer =
+        cfg.create().unwrap_or_else(|e| panic!("consumer: {e}"));
+    use rdkafka::consumer::Consumer;
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in upto.keys() {
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    consumer
+        .assign(&tpl)
+        .unwrap_or_else(|e| panic!("assign: {e}"));
+    let mut counts: HashMap<i32, i64> = HashMap::new();
+    let mut ended = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ended < upto.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counting messages timed out"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => {
+                use rdkafka::Message;
+                if m.offset() < upto[&m.partition()].0 {
+                    *counts.entry(m.partition()).or_default() += 1;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => ended += 1,
+            Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => {}
+            Some(Err(e)) => panic!("counting messages: {e}"),
+            None => {}
+        }
+    }
+    counts
 }
