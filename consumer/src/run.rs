@@ -110,7 +110,8 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
         );
     }
     let group = config.kafka.consumer_group.clone();
-    let consumer: StreamConsumer = kafka::consumer_config(&config.kafka, &group).create()?;
+    let consumer: StreamConsumer<GroupContext> =
+        kafka::consumer_config(&config.kafka, &group).create_with_context(GroupContext)?;
     let topics: Vec<&str> = targets.keys().map(|t| t.as_ref()).collect();
     consumer.subscribe(&topics)?;
     info!(group = %group, topics = ?topics, "consuming");
@@ -150,9 +151,43 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
     Ok(())
 }
 
+/// Logs the group's rebalances. Nothing has to be handed over by hand: a partition's offsets
+/// live in the target and are locked by the transaction that applies it, so a new owner that
+/// starts while the old one still applies a batch waits for that batch, then skips what it
+/// applied.
+struct GroupContext;
+
+impl rdkafka::ClientContext for GroupContext {}
+
+impl rdkafka::consumer::ConsumerContext for GroupContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        use rdkafka::consumer::Rebalance;
+        let describe = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                info!(partitions = %describe(tpl), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                info!(partitions = %describe(tpl), "partitions revoked")
+            }
+            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
 /// Polls, filters and decodes batches.
 struct Collector {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupContext>,
     intake: Intake,
     /// A connection of its own for offset look-ups, so that they can run during an apply.
     lookup: Client,
