@@ -1,5 +1,5 @@
 //! Applying a batch of messages to the target in ONE transaction: the offsets of the batch's
-//! partitions are locked and read first, and so are the parked keys; events at or past the
+//! partitions are locked and read first, then the parked keys; events at or past the
 //! offsets are folded per key (the latest wins) and written in bulk; the rows the target refuses
 //! are isolated by halving the set in savepoints, so that the good rows still commit. Messages
 //! that cannot be applied (undecodable, breaking a rule, refused, or behind a parked key) are
@@ -160,7 +160,17 @@ pub async fn apply_batch(
         for r in rows {
             stored.insert((topic.clone(), r.get(0)), r.get(1));
         }
-        parked.insert(topic.clone(), park::locked(&tx, bk, topic, parts).await?);
+        let keys: Vec<&KeyText> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Event(e) if e.topic == *topic => Some(&e.message.key),
+                _ => None,
+            })
+            .collect();
+        parked.insert(
+            topic.clone(),
+            park::parked_among(&tx, bk, topic, parts, &keys).await?,
+        );
     }
     // fold: per table, the latest event of every key; parked keys and rejects to the DLQ
     let mut applied = Applied::default();

@@ -48,7 +48,9 @@ pub struct DlqWriter {
 
 impl DlqWriter {
     pub fn new(kafka_config: &KafkaConfig) -> Result<Self, DlqError> {
+        // a batch waits for its DLQ entries: send them at once rather than linger
         let producer = kafka::producer_config(kafka_config)
+            .set("linger.ms", "0")
             .create()
             .map_err(|source| TopicError::Client {
                 brokers: kafka_config.brokers.clone(),
