@@ -23,7 +23,11 @@
 #      d) on the BENCH_DELETE_LATENCY_ROWS table (default 1000000), producer restarted with the
 #         default settings: BENCH_DELETE_PROBES (default 20) single-row deletes of random ids,
 #         one a second, commit -> gone from the target (polled every BENCH_POLL_MS);
-#      e) `tunnel-consumer verify` of the table.
+#      e) `tunnel-consumer verify` of the table;
+#   5. consumer apply throughput: the producer alone fills a topic with BENCH_APPLY_ROWS
+#      (default 500,000) snapshot events; then fresh targets and groups apply it with 1, 2 and 3
+#      consumers, with one rule every row passes, and with 1% of the rows breaking a rule (those
+#      go to the DLQ); events/s from the first event applied to the last.
 #
 #   scripts/bench.sh
 #
@@ -33,7 +37,7 @@
 # batch_max_events, default 5000), BENCH_SYNC_TIMEOUT (seconds, default 3600), BENCH_KEEP=1
 # (leave the bench databases and topics in place), BENCH_DIR (logs, default .stack/bench),
 # BENCH_BUILD=0 (no cargo build: bench the binaries already in target/release),
-# BENCH_SECTIONS (default "1 4": 1 runs sections 1-3, 4 runs section 4), BENCH_DELETE_SIZES,
+# BENCH_SECTIONS (default "1 4 5": 1 runs sections 1-3, 4 section 4, 5 section 5), BENCH_DELETE_SIZES,
 # BENCH_RECONCILE_MS, BENCH_DELETE_LATENCY_ROWS, BENCH_DELETE_PROBES, BENCH_PASS_TIMEOUT (longest
 # wait for one pass or change of section 4, seconds, default 600).
 #
@@ -52,7 +56,7 @@ PARTITIONS=${BENCH_PARTITIONS:-6}
 SNAPSHOT_CHUNK=${BENCH_SNAPSHOT_CHUNK:-10000}
 BATCH=${BENCH_BATCH:-5000}
 SYNC_TIMEOUT=${BENCH_SYNC_TIMEOUT:-3600}
-SECTIONS=" ${BENCH_SECTIONS:-1 4} "
+SECTIONS=" ${BENCH_SECTIONS:-1 4 5} "
 DELETE_SIZES=${BENCH_DELETE_SIZES:-1000000 10000000}
 RECONCILE_MS=${BENCH_RECONCILE_MS:-2000}
 DELETE_LATENCY_ROWS=${BENCH_DELETE_LATENCY_ROWS:-1000000}
@@ -843,6 +847,116 @@ if [[ $SECTIONS == *" 4 "* ]]; then
   for size in $DELETE_SIZES; do
     deletes_and_reconcile "$size"
   done
+fi
+
+# ---------------------------------------------------------------- 5. consumer apply throughput
+
+# A topic filled once by the producer alone; then, for each run, a fresh target database and a
+# new consumer group apply all of it. Throughput = events / (first event applied -> all applied).
+apply_config() { # config-path target-db group [extra lines after [[tables]]]
+  cat >"$1" <<TOML
+[source]
+url = "$(src_reader_url "$APPLY_DB")"
+application_name = "$APPLY_DB"
+[target]
+url = "$(tgt_url "$2")"
+[kafka]
+brokers = "$TUNNEL_KAFKA_BROKERS"
+topic_prefix = "$APPLY_DB"
+consumer_group = "$3"
+partitions = $PARTITIONS
+[registry]
+url = "$TUNNEL_REGISTRY_URL"
+[producer]
+snapshot_chunk_rows = $SNAPSHOT_CHUNK
+delete_interval_ms = 3600000
+reconcile_interval_ms = 0
+[consumer]
+batch_max_events = $BATCH
+[[tables]]
+name = "media"
+${4:-}
+TOML
+}
+
+applied_events() { # target-db -> events the target's bookkeeping has processed (applied + DLQ)
+  psql -X -At "$(tgt_url "$1")" -c "SELECT coalesce(sum(applied_events), 0) FROM tunnel.offsets" 2>/dev/null || echo 0
+}
+
+# runs <n> consumers on a fresh target; sets APPLY_RATE (events/s, empty if not done)
+apply_run() { # tag consumers [rule lines]
+  local tag=$1 n=$2 rules=${3:-} tdb=${RUN_ID}_apply_$1 cfg=$LOG_DIR/apply-$1.toml pids=() i
+  local t0 first="" el done_at="" got=0 deadline=$((SECONDS + SYNC_TIMEOUT))
+  create_target "$tdb"
+  apply_config "$cfg" "$tdb" "${tdb}_group" "$rules"
+  t0=$(now)
+  for i in $(seq 1 "$n"); do
+    NO_COLOR=1 "$CONSUMER_BIN" run --config "$cfg" >"$LOG_DIR/apply-$tag-consumer$i.log" 2>&1 &
+    pids+=($!)
+    PIDS+=($!)
+  done
+  while ((SECONDS < deadline)); do
+    got=$(applied_events "$tdb")
+    el=$(since "$t0")
+    [[ -z $first ]] && ((got > 0)) && first=$el
+    if ((got >= APPLY_EVENTS)); then done_at=$el; break; fi
+    sleep 0.2
+  done
+  for i in "${!pids[@]}"; do stop_pid "${pids[$i]}" "consumer $((i + 1))"; done
+  APPLY_RATE=""
+  if [[ -n $done_at ]]; then
+    APPLY_RATE=$(calc "printf \"%.0f\", $APPLY_EVENTS / ($done_at - $first)")
+    note "$tag: $n consumer(s), $APPLY_EVENTS events: first applied at $first s, all at $done_at s: $APPLY_RATE events/s"
+  else
+    note "$tag: not done after $SYNC_TIMEOUT s ($got of $APPLY_EVENTS events)"
+  fi
+  "${PSQL[@]}" "$TUNNEL_TARGET_URL" -c "DROP DATABASE IF EXISTS $tdb WITH (FORCE)"
+}
+
+if [[ $SECTIONS == *" 5 "* ]]; then
+  APPLY_ROWS=${BENCH_APPLY_ROWS:-500000}
+  APPLY_DB=${RUN_ID}_apply
+  S5="5. consumer apply throughput ($APPLY_ROWS events, $PARTITIONS partitions)"
+  say "$S5"
+  create_source "$APPLY_DB" "$APPLY_ROWS"
+  TOPIC_PREFIXES+=("$APPLY_DB")
+  create_target "${APPLY_DB}_unused"
+  apply_config "$LOG_DIR/apply-producer.toml" "${APPLY_DB}_unused" "${APPLY_DB}_unused"
+  start_producer "$LOG_DIR/apply-producer.toml" "$LOG_DIR/apply-producer.log"
+  for _ in $(seq 1 "$SYNC_TIMEOUT"); do
+    grep -q 'snapshot done' "$LOG_DIR/apply-producer.log" && break
+    kill -0 "$PRODUCER_PID" 2>/dev/null || break
+    sleep 1
+  done
+  stop_pid "$PRODUCER_PID" "producer"
+  APPLY_EVENTS=$APPLY_ROWS
+  # 1% of the rows (ids ending in 00) break this rule; the other rule passes every row
+  INVALID_RULE=$'[[tables.rules]]\nname = "no_round_ids"\ncheck = "s3_path !~ \'00[.][a-z0-9]+$\'"'
+  PASSING_RULE=$'[[tables.rules]]\nname = "never_broken"\ncheck = "s3_path !~ \'^nothing-like-this\'"'
+  declare -A RATES=()
+  for run in "1 1" "2 2" "3 3" "1-rule 1 passing" "1-invalid 1 invalid" "1-again 1" "1-invalid-again 1 invalid"; do
+    read -r tag n kind <<<"$run"
+    rules=""
+    [[ ${kind:-} == passing ]] && rules=$PASSING_RULE
+    [[ ${kind:-} == invalid ]] && rules=$INVALID_RULE
+    apply_run "$tag" "$n" "$rules"
+    RATES[$tag]=${APPLY_RATE:-}
+  done
+  best() { # tag tag -> the higher of two rates (runs repeated against noise)
+    local a=${RATES[$1]:-0} b=${RATES[$2]:-0}
+    ((a > b)) && echo "$a" || echo "$b"
+  }
+  R1=$(best 1 1-again)
+  RI=$(best 1-invalid 1-invalid-again)
+  figure "$S5" "1 consumer (best of 2)" "${R1:-n/a} events/s" ""
+  figure "$S5" "2 consumers" "${RATES[2]:-n/a} events/s" ""
+  figure "$S5" "3 consumers" "${RATES[3]:-n/a} events/s" ""
+  figure "$S5" "1 consumer, a rule every row passes" "${RATES[1-rule]:-n/a} events/s" ""
+  figure "$S5" "1 consumer, 1% of events break a rule (best of 2)" "${RI:-n/a} events/s" ""
+  if [[ -n $R1 && -n $RI && $R1 != 0 && $RI != 0 ]]; then
+    COST=$(calc "printf \"%.1f\", (1 - $RI / $R1) * 100")
+    figure "$S5" "throughput lost to 1% invalid events" "${COST}% (2x their share = 2%)" "<= 2%"
+  fi
 fi
 
 # ---------------------------------------------------------------- summary

@@ -374,3 +374,42 @@ async fn a_row_the_target_refuses_goes_alone_to_the_dlq_and_the_rest_of_its_batc
     let all: Vec<i32> = (1..=60).collect();
     wait_ids(&tgt, sql, &all, &procs).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_on_a_column_the_table_lacks_stops_producer_and_consumer_at_start() {
+    let s = setup(MEDIA, "media", "").await;
+    let src = s.dbs.source().await;
+    let tgt = s.dbs.target().await;
+    src.batch_execute("INSERT INTO media (id, s3_path, format, type) VALUES (1, '/a', 'jpg', 1)")
+        .await
+        .unwrap();
+    let producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    wait_ids(
+        &tgt,
+        "SELECT id FROM media ORDER BY 1",
+        &[1],
+        &[&producer, &consumer],
+    )
+    .await;
+    // the same pipeline, with a typo in a rule: both refuse to start, naming it
+    let dir = std::env::temp_dir().join(tk::unique("tunnel_cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("config.toml");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &bad,
+        format!("{text}[[tables.rules]]\nname = \"typo\"\ncheck = \"tpye in (1, 2)\"\n"),
+    )
+    .unwrap();
+    for what in ["producer", "consumer"] {
+        let mut p = Proc::start(what, &bad);
+        let status = p.wait_exit(Duration::from_secs(60));
+        let log = p.log_text();
+        assert_eq!(status.code(), Some(1), "{what}: {log}");
+        assert!(
+            log.contains("rule 'typo': column 'tpye' is not a column of the table"),
+            "{what}: {log}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use tunnel_shared::event::{ChangeEvent, Detection, EventEncoder, Op};
 use tunnel_shared::kafka::{self, TopicError, TABLE_TOPIC_CONFIGS};
 use tunnel_shared::registry::{Registry, RegistryError};
 use tunnel_shared::retry::{retry, Backoff, Retryable};
+use tunnel_shared::rules::RuleError;
 use tunnel_shared::schema::{self, SchemaError};
 
 use crate::capture::{ChangeDetector, KeyScan, PassContext, WatermarkScan};
@@ -40,6 +41,8 @@ pub enum WorkerError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("table {table}: {source}")]
+    Rule { table: String, source: RuleError },
 }
 
 impl Retryable for WorkerError {
@@ -49,7 +52,7 @@ impl Retryable for WorkerError {
             WorkerError::Registry(e) => e.is_retryable(),
             WorkerError::Topic(e) => e.is_retryable(),
             WorkerError::Publish(e) => e.is_retryable(),
-            WorkerError::Schema(_) | WorkerError::Checkpoint(_) => false,
+            WorkerError::Schema(_) | WorkerError::Checkpoint(_) | WorkerError::Rule { .. } => false,
         }
     }
 }
@@ -115,6 +118,19 @@ impl Worker {
             watermark = info.watermark.map(|i| info.columns[i].name.as_str()).unwrap_or("none"),
             "read the source catalog"
         );
+        // the consumer applies the rules; a rule on a column the table lacks is refused here
+        // already, before anything is shipped
+        let columns: Vec<(&str, &str)> = info
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.type_name.as_str()))
+            .collect();
+        let rule_error = |source| WorkerError::Rule {
+            table: table.qualified(),
+            source,
+        };
+        let rules = table.parsed_rules().map_err(rule_error)?;
+        tunnel_shared::rules::compile(&rules, &columns).map_err(rule_error)?;
         let topic = config.topic(&table);
         let schemas = schema::derive(&info, &config.kafka.topic_prefix)?;
         let registry = Registry::new(&config.registry.url)?;
