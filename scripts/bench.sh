@@ -934,7 +934,7 @@ if [[ $SECTIONS == *" 5 "* ]]; then
   INVALID_RULE=$'[[tables.rules]]\nname = "no_round_ids"\ncheck = "s3_path !~ \'00[.][a-z0-9]+$\'"'
   PASSING_RULE=$'[[tables.rules]]\nname = "never_broken"\ncheck = "s3_path !~ \'^nothing-like-this\'"'
   declare -A RATES=()
-  for run in "1 1" "2 2" "3 3" "1-rule 1 passing" "1-invalid 1 invalid" "1-again 1" "1-invalid-again 1 invalid"; do
+  for run in "c1 1" "c2 2" "c3 3" "c1_rule 1 passing" "c1_invalid 1 invalid" "c1_again 1" "c1_invalid_again 1 invalid"; do
     read -r tag n kind <<<"$run"
     rules=""
     [[ ${kind:-} == passing ]] && rules=$PASSING_RULE
@@ -946,12 +946,12 @@ if [[ $SECTIONS == *" 5 "* ]]; then
     local a=${RATES[$1]:-0} b=${RATES[$2]:-0}
     ((a > b)) && echo "$a" || echo "$b"
   }
-  R1=$(best 1 1-again)
-  RI=$(best 1-invalid 1-invalid-again)
+  R1=$(best c1 c1_again)
+  RI=$(best c1_invalid c1_invalid_again)
   figure "$S5" "1 consumer (best of 2)" "${R1:-n/a} events/s" ""
-  figure "$S5" "2 consumers" "${RATES[2]:-n/a} events/s" ""
-  figure "$S5" "3 consumers" "${RATES[3]:-n/a} events/s" ""
-  figure "$S5" "1 consumer, a rule every row passes" "${RATES[1-rule]:-n/a} events/s" ""
+  figure "$S5" "2 consumers" "${RATES[c2]:-n/a} events/s" ""
+  figure "$S5" "3 consumers" "${RATES[c3]:-n/a} events/s" ""
+  figure "$S5" "1 consumer, a rule every row passes" "${RATES[c1_rule]:-n/a} events/s" ""
   figure "$S5" "1 consumer, 1% of events break a rule (best of 2)" "${RI:-n/a} events/s" ""
   if [[ -n $R1 && -n $RI && $R1 != 0 && $RI != 0 ]]; then
     COST=$(calc "printf \"%.1f\", (1 - $RI / $R1) * 100")

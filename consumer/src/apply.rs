@@ -120,6 +120,7 @@ pub async fn apply_batch(
     targets: &HashMap<Arc<str>, TargetTable>,
     items: &[Item],
     dlq_writer: &mut DlqWriter,
+    cache: &mut park::ParkedCache,
 ) -> Result<Applied, ApplyError> {
     let bk = bookkeeping_schema;
     let offsets_table = ddl::offsets_table(bk);
@@ -137,7 +138,6 @@ pub async fn apply_batch(
         }
     }
     let mut stored: HashMap<(Arc<str>, i32), i64> = HashMap::new();
-    let mut parked: HashMap<Arc<str>, HashSet<KeyText>> = HashMap::new();
     for (topic, parts) in &by_topic {
         tx.execute(
             &format!(
@@ -152,31 +152,25 @@ pub async fn apply_batch(
         ))?;
         let rows = tx
             .query(
-                &format!("SELECT partition, next_offset FROM {offsets_table} WHERE topic = $1 AND partition = ANY($2) FOR UPDATE"),
+                &format!("SELECT partition, next_offset, parked_generation FROM {offsets_table} WHERE topic = $1 AND partition = ANY($2) FOR UPDATE"),
                 &[&topic.as_ref(), parts],
             )
             .await
             .map_err(PgError::query("locking the offsets of the batch"))?;
+        let mut locked: HashMap<i32, (i64, i64)> = HashMap::new();
         for r in rows {
+            locked.insert(r.get(0), (r.get(1), r.get(2)));
             stored.insert((topic.clone(), r.get(0)), r.get(1));
         }
-        let keys: Vec<&KeyText> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Event(e) if e.topic == *topic => Some(&e.message.key),
-                _ => None,
-            })
-            .collect();
-        parked.insert(
-            topic.clone(),
-            park::parked_among(&tx, bk, topic, parts, &keys).await?,
-        );
+        cache.refresh(&tx, bk, topic, &locked).await?;
     }
     // fold: per table, the latest event of every key; parked keys and rejects to the DLQ
     let mut applied = Applied::default();
     let mut latest: HashMap<Arc<str>, HashMap<&KeyText, &Entry>> = HashMap::new();
     let mut progress: HashMap<(Arc<str>, i32), Progress> = HashMap::new();
     let mut dead: Vec<Rejected> = Vec::new();
+    // keys parked by this batch, per partition
+    let mut parked_here: HashMap<(Arc<str>, i32), HashSet<KeyText>> = HashMap::new();
     for item in items {
         let (topic, partition, offset) = item.position();
         let from = stored
@@ -190,17 +184,20 @@ pub async fn apply_batch(
         let p = progress.entry((topic.clone(), partition)).or_default();
         p.next = p.next.max(from).max(offset + 1);
         p.processed += 1;
-        let parked_keys = parked.entry(topic.clone()).or_default();
+        let parked_now = parked_here.entry((topic.clone(), partition)).or_default();
         match item {
             Item::Rejected(r) => {
                 p.dead += 1;
                 // the key's earlier events in this batch still apply; its later ones are parked
                 if let Some(k) = &r.key {
-                    parked_keys.insert(k.clone());
+                    parked_now.insert(k.clone());
                 }
                 dead.push(r.clone());
             }
-            Item::Event(e) if parked_keys.contains(&e.message.key) => {
+            Item::Event(e)
+                if parked_now.contains(&e.message.key)
+                    || cache.contains(topic, partition, &e.message.key) =>
+            {
                 p.dead += 1;
                 dead.push(e.rejected(
                     class::PARKED,
@@ -279,6 +276,20 @@ pub async fn apply_batch(
     tx.commit()
         .await
         .map_err(PgError::query("committing the apply transaction"))?;
+    for r in &dead {
+        if let Some(k) = &r.key {
+            parked_here
+                .entry((r.topic.clone(), r.partition))
+                .or_default()
+                .insert(k.clone());
+        }
+    }
+    for (topic, partition, next) in &applied.next_offsets {
+        let keys = parked_here
+            .remove(&(topic.clone(), *partition))
+            .unwrap_or_default();
+        cache.committed(topic, *partition, *next, keys);
+    }
     Ok(applied)
 }
 

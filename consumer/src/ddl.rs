@@ -29,6 +29,7 @@ pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(),
              updated_at timestamptz NOT NULL DEFAULT now(),
              PRIMARY KEY (topic, partition));
          ALTER TABLE {t} ADD COLUMN IF NOT EXISTS dead_lettered int8 NOT NULL DEFAULT 0;
+         ALTER TABLE {t} ADD COLUMN IF NOT EXISTS parked_generation int8 NOT NULL DEFAULT 0;
          COMMENT ON TABLE {t} IS 'Data Tunnel: the next Kafka offset to apply, per partition; written in the same transaction as the rows it covers';
          CREATE TABLE IF NOT EXISTS {p} (
              topic text NOT NULL,

@@ -2,10 +2,11 @@
 //! the DLQ instead of reaching the target, so that the replica never shows a row the source
 //! never had (a later update applied over a missing insert, an old event replayed over a newer
 //! one). `pending` counts the key's DLQ entries not yet replayed; the key is free again when a
-//! replay brings it to zero. Counts change under the row's lock, and a consumer and a replay never
-//! disagree on a key (see [`parked_among`]).
+//! replay brings it to zero. A consumer keeps the parked keys of its partitions in memory
+//! ([`ParkedCache`]), checked against the partitions' offsets rows on every batch.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use tokio_postgres::Transaction;
 use tunnel_shared::pg::{qualified, PgError};
@@ -16,57 +17,94 @@ pub fn table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "parked_keys")
 }
 
-/// Above this many parked keys in a batch's partitions, only the batch's own keys are looked up.
-const READ_ALL_UP_TO: usize = 5_000;
-
-/// The parked keys among `keys` in these partitions of `topic`. No lock is needed: a key is
-/// parked only by the consumer that owns its partition (serialized by the offsets lock), and a
-/// replay that frees a key commits its rows first; an event that still sees the key parked
-/// parks it again with itself as the pending entry.
-pub async fn parked_among(
-    tx: &Transaction<'_>,
-    bk: &str,
-    topic: &str,
-    partitions: &[i32],
-    keys: &[&KeyText],
-) -> Result<HashSet<KeyText>, PgError> {
-    parked_among_reading_up_to(tx, bk, topic, partitions, keys, READ_ALL_UP_TO).await
+/// What one consumer knows of the parked keys of the partitions it applies, so that a batch
+/// does not read them again. An entry is current while the partition's offsets row shows what
+/// this consumer last wrote there (no other consumer applied the partition since) and the same
+/// `parked_generation` (a replay, which can free keys, bumps it first thing in its
+/// transaction). The offsets row is locked before the cache is consulted, so neither can change
+/// during the batch.
+#[derive(Default)]
+pub struct ParkedCache {
+    parts: HashMap<(Arc<str>, i32), Cached>,
 }
 
-async fn parked_among_reading_up_to(
-    tx: &Transaction<'_>,
-    bk: &str,
-    topic: &str,
-    partitions: &[i32],
-    keys: &[&KeyText],
-    read_all_up_to: usize,
-) -> Result<HashSet<KeyText>, PgError> {
-    let t = table(bk);
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT key FROM {t} WHERE topic = $1 AND partition = ANY($2) LIMIT {}",
-                read_all_up_to + 1
-            ),
-            &[&topic, &partitions],
-        )
-        .await
-        .map_err(PgError::query("reading the parked keys"))?;
-    if rows.len() <= read_all_up_to {
-        return Ok(rows.into_iter().map(|r| r.get(0)).collect());
+struct Cached {
+    next_offset: i64,
+    generation: i64,
+    keys: HashSet<KeyText>,
+}
+
+impl ParkedCache {
+    /// Brings the entries of these partitions of `topic` up to date; `stored` holds each
+    /// partition's `(next_offset, parked_generation)` as just locked.
+    pub async fn refresh(
+        &mut self,
+        tx: &Transaction<'_>,
+        bk: &str,
+        topic: &Arc<str>,
+        stored: &HashMap<i32, (i64, i64)>,
+    ) -> Result<(), PgError> {
+        let stale: Vec<i32> = stored
+            .iter()
+            .filter(|(p, (next, generation))| {
+                self.parts
+                    .get(&(topic.clone(), **p))
+                    .is_none_or(|c| c.next_offset != *next || c.generation != *generation)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT partition, key FROM {} WHERE topic = $1 AND partition = ANY($2)",
+                    table(bk)
+                ),
+                &[&topic.as_ref(), &stale],
+            )
+            .await
+            .map_err(PgError::query("reading the parked keys"))?;
+        for p in &stale {
+            let (next_offset, generation) = stored[p];
+            self.parts.insert(
+                (topic.clone(), *p),
+                Cached {
+                    next_offset,
+                    generation,
+                    keys: HashSet::new(),
+                },
+            );
+        }
+        for r in rows {
+            let p: i32 = r.get(0);
+            if let Some(c) = self.parts.get_mut(&(topic.clone(), p)) {
+                c.keys.insert(r.get(1));
+            }
+        }
+        Ok(())
     }
-    let wanted = serde_json::to_string(keys).unwrap_or_else(|_| "[]".into());
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT key FROM {t} WHERE topic = $1 AND key IN (
-                     SELECT ARRAY(SELECT jsonb_array_elements_text(k)) FROM jsonb_array_elements($2::text::jsonb) k)"
-            ),
-            &[&topic, &wanted],
-        )
-        .await
-        .map_err(PgError::query("reading the parked keys of a batch"))?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+
+    pub fn contains(&self, topic: &Arc<str>, partition: i32, key: &KeyText) -> bool {
+        self.parts
+            .get(&(topic.clone(), partition))
+            .is_some_and(|c| c.keys.contains(key))
+    }
+
+    /// After a commit: the partition's new offset, and the keys the batch parked.
+    pub fn committed(
+        &mut self,
+        topic: &Arc<str>,
+        partition: i32,
+        next_offset: i64,
+        parked: impl IntoIterator<Item = KeyText>,
+    ) {
+        if let Some(c) = self.parts.get_mut(&(topic.clone(), partition)) {
+            c.next_offset = next_offset;
+            c.keys.extend(parked);
+        }
+    }
 }
 
 /// Adds pending DLQ entries to keys: `(partition, key, count)`, in one statement.
@@ -128,20 +166,27 @@ mod tests {
         parts.iter().map(|p| Some(p.to_string())).collect()
     }
 
-    /// Against the stack's target: parking, both ways of reading parked keys, and release.
+    async fn parked(
+        cache: &mut ParkedCache,
+        tx: &Transaction<'_>,
+        stored: &HashMap<i32, (i64, i64)>,
+        k: &KeyText,
+    ) -> bool {
+        let topic: Arc<str> = Arc::from("t");
+        cache.refresh(tx, "tunnel", &topic, stored).await.unwrap();
+        stored.keys().any(|p| cache.contains(&topic, *p, k))
+    }
+
+    /// Against the stack's target: parking, the cache and when it reads again, and release.
     #[tokio::test]
-    async fn keys_park_read_back_and_free() {
+    async fn keys_park_the_cache_follows_and_a_replay_frees_them() {
         let dbs = Databases::create().await;
         let mut client = dbs.target().await;
         crate::ddl::ensure_bookkeeping(&mut client, "tunnel")
             .await
             .unwrap();
         let tx = client.transaction().await.unwrap();
-        let (a, b, c) = (
-            key(&["1", "x"]),
-            key(&["2", "y,z"]),
-            key(&["3", "\"quoted\""]),
-        );
+        let (a, b, c) = (key(&["1", "x"]), key(&["2", "y,z"]), key(&["3", "\"q\""]));
         park(
             &tx,
             "tunnel",
@@ -153,28 +198,39 @@ mod tests {
         park(&tx, "tunnel", "t", &[(0, a.clone(), 1)])
             .await
             .unwrap();
-        let other = key(&["9", "q"]);
-        let batch = [&a, &c, &other];
-        for limit in [READ_ALL_UP_TO, 1] {
-            let got = parked_among_reading_up_to(&tx, "tunnel", "t", &[0, 1], &batch, limit)
-                .await
-                .unwrap();
-            let want: HashSet<KeyText> = if limit == 1 {
-                [a.clone(), c.clone()].into()
-            } else {
-                [a.clone(), b.clone(), c.clone()].into()
-            };
-            assert_eq!(got, want, "read-all limit {limit}");
+        let mut cache = ParkedCache::default();
+        let at = |next: i64, generation: i64| {
+            HashMap::from([(0, (next, generation)), (1, (next, generation))])
+        };
+        for k in [&a, &b, &c] {
+            assert!(parked(&mut cache, &tx, &at(10, 0), k).await, "{k:?}");
         }
+        assert!(!parked(&mut cache, &tx, &at(10, 0), &key(&["9", "q"])).await);
+        // a replay frees a (three entries) and bumps the generation: the cache reads again
         for _ in 0..2 {
             release_one(&tx, "tunnel", "t", &a).await.unwrap();
         }
-        let still = parked_among(&tx, "tunnel", "t", &[0], &[&a]).await.unwrap();
-        assert_eq!(still, [a.clone()].into(), "one of three entries left");
+        assert!(
+            parked(&mut cache, &tx, &at(10, 1), &a).await,
+            "one entry left"
+        );
         release_one(&tx, "tunnel", "t", &a).await.unwrap();
-        assert!(parked_among(&tx, "tunnel", "t", &[0], &[&a])
+        // same offsets and generation: the cache answers alone (and is stale by design here)
+        assert!(parked(&mut cache, &tx, &at(10, 1), &a).await);
+        // another consumer applied the partitions since: read again
+        assert!(!parked(&mut cache, &tx, &at(12, 1), &a).await);
+        assert!(parked(&mut cache, &tx, &at(12, 1), &b).await);
+        // what a committed batch parked is known without reading
+        let topic: Arc<str> = Arc::from("t");
+        cache.committed(&topic, 0, 15, [key(&["7", "n"])]);
+        assert!(
+            parked(
+                &mut cache,
+                &tx,
+                &HashMap::from([(0, (15, 1))]),
+                &key(&["7", "n"])
+            )
             .await
-            .unwrap()
-            .is_empty());
+        );
     }
 }

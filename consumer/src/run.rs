@@ -23,10 +23,10 @@ use tunnel_shared::rules::{self, Rule};
 use tunnel_shared::schema;
 
 use crate::apply::{self, ApplyError, Item, TargetTable};
-use crate::ddl;
 use crate::decode::Decoder;
 use crate::dlq::{self, DlqWriter};
 use crate::intake::{Intake, Raw};
+use crate::{ddl, park};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -138,6 +138,7 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
         targets,
         ready: HashSet::new(),
         dlq: dlq_writer,
+        parked: park::ParkedCache::default(),
     };
     // the next batch is collected and decoded while the current one is applied
     let mut next = collector.next_batch(&mut stop).await?;
@@ -315,6 +316,7 @@ struct Applier {
     targets: HashMap<Arc<str>, TargetTable>,
     ready: HashSet<Arc<str>>,
     dlq: DlqWriter,
+    parked: park::ParkedCache,
 }
 
 impl Applier {
@@ -355,6 +357,7 @@ impl Applier {
                 &usable,
                 items,
                 &mut self.dlq,
+                &mut self.parked,
             )
             .await
             {

@@ -96,6 +96,17 @@ pub async fn replay(config: &Config, opts: &ReplayOptions) -> Result<(), DlqCliE
                 .transaction()
                 .await
                 .map_err(PgError::query("beginning a replay transaction"))?;
+            // first thing, so that consumers (which lock the offsets rows first too) re-read
+            // the parked keys this replay may free, and never wait on it in between
+            tx.execute(
+                &format!(
+                    "UPDATE {} SET parked_generation = parked_generation + 1 WHERE topic = $1",
+                    ddl::offsets_table(&bk)
+                ),
+                &[&t.source_topic],
+            )
+            .await
+            .map_err(PgError::query("announcing the replay to the consumers"))?;
             let mut requeue: Vec<Rejected> = Vec::new();
             let mut outcomes: Vec<(i32, i64, &str)> = Vec::new();
             for (e, item) in chunk.iter().zip(&items) {
