@@ -934,7 +934,8 @@ if [[ $SECTIONS == *" 5 "* ]]; then
   INVALID_RULE=$'[[tables.rules]]\nname = "no_round_ids"\ncheck = "s3_path !~ \'00[.][a-z0-9]+$\'"'
   PASSING_RULE=$'[[tables.rules]]\nname = "never_broken"\ncheck = "s3_path !~ \'^nothing-like-this\'"'
   declare -A RATES=()
-  for run in "c1 1" "c2 2" "c3 3" "c1_rule 1 passing" "c1_invalid 1 invalid" "c1_again 1" "c1_invalid_again 1 invalid"; do
+  for run in "c1 1" "c1_invalid 1 invalid" "c2 2" "c3 3" "c1_rule 1 passing" "c1_again 1" \
+    "c1_invalid_again 1 invalid" "c1_third 1" "c1_invalid_third 1 invalid"; do
     read -r tag n kind <<<"$run"
     rules=""
     [[ ${kind:-} == passing ]] && rules=$PASSING_RULE
@@ -942,17 +943,18 @@ if [[ $SECTIONS == *" 5 "* ]]; then
     apply_run "$tag" "$n" "$rules"
     RATES[$tag]=${APPLY_RATE:-}
   done
-  best() { # tag tag -> the higher of two rates (runs repeated against noise)
-    local a=${RATES[$1]:-0} b=${RATES[$2]:-0}
-    ((a > b)) && echo "$a" || echo "$b"
+  best() { # tags -> the highest of their rates (runs repeated against noise)
+    local t r=0
+    for t in "$@"; do ((${RATES[$t]:-0} > r)) && r=${RATES[$t]}; done
+    echo "$r"
   }
-  R1=$(best c1 c1_again)
-  RI=$(best c1_invalid c1_invalid_again)
-  figure "$S5" "1 consumer (best of 2)" "${R1:-n/a} events/s" ""
+  R1=$(best c1 c1_again c1_third)
+  RI=$(best c1_invalid c1_invalid_again c1_invalid_third)
+  figure "$S5" "1 consumer (best of 3)" "${R1:-n/a} events/s" ""
   figure "$S5" "2 consumers" "${RATES[c2]:-n/a} events/s" ""
   figure "$S5" "3 consumers" "${RATES[c3]:-n/a} events/s" ""
   figure "$S5" "1 consumer, a rule every row passes" "${RATES[c1_rule]:-n/a} events/s" ""
-  figure "$S5" "1 consumer, 1% of events break a rule (best of 2)" "${RI:-n/a} events/s" ""
+  figure "$S5" "1 consumer, 1% of events break a rule (best of 3)" "${RI:-n/a} events/s" ""
   if [[ -n $R1 && -n $RI && $R1 != 0 && $RI != 0 ]]; then
     COST=$(calc "printf \"%.1f\", (1 - $RI / $R1) * 100")
     figure "$S5" "throughput lost to 1% invalid events" "${COST}% (2x their share = 2%)" "<= 2%"
