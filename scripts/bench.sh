@@ -904,9 +904,11 @@ apply_run() { # tag consumers [rule lines]
   done
   for i in "${!pids[@]}"; do stop_pid "${pids[$i]}" "consumer $((i + 1))"; done
   APPLY_RATE=""
+  local dead
+  dead=$(psql -X -At "$(tgt_url "$tdb")" -c "SELECT coalesce(sum(dead_lettered), 0) FROM tunnel.offsets" 2>/dev/null || echo '?')
   if [[ -n $done_at ]]; then
     APPLY_RATE=$(calc "printf \"%.0f\", $APPLY_EVENTS / ($done_at - $first)")
-    note "$tag: $n consumer(s), $APPLY_EVENTS events: first applied at $first s, all at $done_at s: $APPLY_RATE events/s"
+    note "$tag: $n consumer(s), $APPLY_EVENTS events ($dead to the DLQ): first applied at $first s, all at $done_at s: $APPLY_RATE events/s"
   else
     note "$tag: not done after $SYNC_TIMEOUT s ($got of $APPLY_EVENTS events)"
   fi
@@ -943,21 +945,21 @@ if [[ $SECTIONS == *" 5 "* ]]; then
     apply_run "$tag" "$n" "$rules"
     RATES[$tag]=${APPLY_RATE:-}
   done
-  best() { # tags -> the highest of their rates (runs repeated against noise)
-    local t r=0
-    for t in "$@"; do ((${RATES[$t]:-0} > r)) && r=${RATES[$t]}; done
-    echo "$r"
+  median() { # tags -> the median of their rates (the runs alternate, against noise)
+    local t
+    for t in "$@"; do echo "${RATES[$t]:-0}"; done | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
   }
-  R1=$(best c1 c1_again c1_third)
-  RI=$(best c1_invalid c1_invalid_again c1_invalid_third)
-  figure "$S5" "1 consumer (best of 3)" "${R1:-n/a} events/s" ""
+  all_of() { local t; for t in "$@"; do printf '%s ' "${RATES[$t]:-n/a}"; done; }
+  R1=$(median c1 c1_again c1_third)
+  RI=$(median c1_invalid c1_invalid_again c1_invalid_third)
+  figure "$S5" "1 consumer (median of 3)" "${R1:-n/a} events/s (runs: $(all_of c1 c1_again c1_third))" ""
   figure "$S5" "2 consumers" "${RATES[c2]:-n/a} events/s" ""
   figure "$S5" "3 consumers" "${RATES[c3]:-n/a} events/s" ""
   figure "$S5" "1 consumer, a rule every row passes" "${RATES[c1_rule]:-n/a} events/s" ""
-  figure "$S5" "1 consumer, 1% of events break a rule (best of 3)" "${RI:-n/a} events/s" ""
+  figure "$S5" "1 consumer, 1% of events break a rule (median of 3)" "${RI:-n/a} events/s (runs: $(all_of c1_invalid c1_invalid_again c1_invalid_third))" ""
   if [[ -n $R1 && -n $RI && $R1 != 0 && $RI != 0 ]]; then
     COST=$(calc "printf \"%.1f\", (1 - $RI / $R1) * 100")
-    figure "$S5" "throughput lost to 1% invalid events" "${COST}% (2x their share = 2%)" "<= 2%"
+    figure "$S5" "throughput lost to 1% invalid events (medians)" "${COST}% (2x their share = 2%)" "<= 2%"
   fi
 fi
 
