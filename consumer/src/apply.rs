@@ -213,6 +213,9 @@ pub async fn apply_batch(
             }
         }
     }
+    // on their way to the DLQ while the rows are written; acknowledged before the commit
+    let mut pending = vec![dlq_writer.enqueue(&dead).await?];
+    let known_dead = dead.len();
     for (topic, rows) in &latest {
         let Some(target) = targets.get(topic) else {
             continue;
@@ -227,8 +230,11 @@ pub async fn apply_batch(
         }
     }
     if !dead.is_empty() {
+        pending.push(dlq_writer.enqueue(&dead[known_dead..]).await?);
         // in the DLQ (acknowledged) before the offsets move past them
-        dlq_writer.send_all(&dead).await?;
+        for p in pending {
+            dlq::writer::confirm(p).await?;
+        }
         let mut parks: HashMap<Arc<str>, HashMap<KeyText, (i32, i32)>> = HashMap::new();
         for r in &dead {
             if let Some(k) = &r.key {

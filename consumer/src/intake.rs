@@ -141,19 +141,21 @@ impl Intake {
         let Some(row) = &ev.after else {
             return Item::Event(e);
         };
-        let compiled = self
-            .compiled
-            .entry((e.topic.clone(), vs.id))
-            .or_insert_with(|| {
-                let columns: Vec<(&str, &str)> = vs
-                    .fields
-                    .iter()
-                    .map(|f| (f.column.as_str(), f.pg_type.as_str()))
-                    .collect();
-                rules::compile(table_rules, &columns)
-                    .map(Arc::new)
-                    .map_err(|err| format!("{err} (in value schema {})", vs.id))
-            });
+        let slot = (e.topic.clone(), vs.id);
+        if !self.compiled.contains_key(&slot) {
+            let columns: Vec<(&str, &str)> = vs
+                .fields
+                .iter()
+                .map(|f| (f.column.as_str(), f.pg_type.as_str()))
+                .collect();
+            let c = rules::compile(table_rules, &columns)
+                .map(Arc::new)
+                .map_err(|err| format!("{err} (in value schema {})", vs.id));
+            self.compiled.insert(slot.clone(), c);
+        }
+        let Some(compiled) = self.compiled.get(&slot) else {
+            return Item::Event(e);
+        };
         let (reason, rule) = match compiled {
             Ok(c) => match rules::check(c, row) {
                 Ok(()) => return Item::Event(e),

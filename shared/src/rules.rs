@@ -393,14 +393,15 @@ impl CompiledRule {
             return matches!(self.rule.test, Test::NotNull)
                 .then(|| format!("{check} failed: {column} is NULL"));
         };
-        let shown = shorten(v);
-        let failed = || Some(format!("{check} failed: {column} = {shown}"));
+        // the reason is written only for a row that fails: checking must not allocate
+        let failed = || Some(format!("{check} failed: {column} = {}", shorten(v)));
         match &self.rule.test {
             Test::NotNull => None,
             Test::Compare(op, _) => {
                 let Some(typed) = rules_value::read(self.kind, v) else {
                     return Some(format!(
-                        "{check}: {column} = {shown} cannot be read as its type"
+                        "{check}: {column} = {} cannot be read as its type",
+                        shorten(v)
                     ));
                 };
                 let ord = rules_value::compare(&typed, &self.constants[0])?;

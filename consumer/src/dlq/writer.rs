@@ -8,7 +8,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::kafka::{self, TopicError};
 use tunnel_shared::retry::Retryable;
@@ -48,9 +48,9 @@ pub struct DlqWriter {
 
 impl DlqWriter {
     pub fn new(kafka_config: &KafkaConfig) -> Result<Self, DlqError> {
-        // a batch waits for its DLQ entries: send them at once rather than linger
+        // entries are handed over before the batch's rows are written and confirmed after,
+        // so a short linger costs no latency and gathers a batch's entries in one request
         let producer = kafka::producer_config(kafka_config)
-            .set("linger.ms", "0")
             .create()
             .map_err(|source| TopicError::Client {
                 brokers: kafka_config.brokers.clone(),
@@ -98,9 +98,16 @@ impl DlqWriter {
         Ok(())
     }
 
-    /// Sends every entry and waits until Kafka has acknowledged all of them. An entry goes to
-    /// the DLQ partition of its source partition, so that the entries of one key stay in order.
+    /// Sends every entry and waits until Kafka has acknowledged all of them.
     pub async fn send_all(&mut self, entries: &[Rejected]) -> Result<(), DlqError> {
+        let pending = self.enqueue(entries).await?;
+        confirm(pending).await
+    }
+
+    /// Hands every entry to the producer without waiting for Kafka: [`confirm`] waits. An
+    /// entry goes to the DLQ partition of its source partition, so that the entries of one key
+    /// stay in order.
+    pub async fn enqueue(&mut self, entries: &[Rejected]) -> Result<Pending, DlqError> {
         for e in entries {
             self.ensure(&e.topic).await?;
         }
@@ -174,18 +181,27 @@ impl DlqWriter {
             };
             pending.push((topic, delivery));
         }
-        for (topic, delivery) in pending {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((source, _))) => return Err(DlqError::Send { topic, source }),
-                Err(_) => {
-                    return Err(DlqError::Send {
-                        topic,
-                        source: KafkaError::Canceled,
-                    })
-                }
+        Ok(Pending(pending))
+    }
+}
+
+/// Entries handed to the producer, not yet known to be acknowledged.
+#[derive(Default)]
+pub struct Pending(Vec<(String, DeliveryFuture)>);
+
+/// Waits until Kafka has acknowledged every entry of `pending`.
+pub async fn confirm(pending: Pending) -> Result<(), DlqError> {
+    for (topic, delivery) in pending.0 {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((source, _))) => return Err(DlqError::Send { topic, source }),
+            Err(_) => {
+                return Err(DlqError::Send {
+                    topic,
+                    source: KafkaError::Canceled,
+                })
             }
         }
-        Ok(())
     }
+    Ok(())
 }
