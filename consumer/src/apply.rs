@@ -184,18 +184,23 @@ pub async fn apply_batch(
         let p = progress.entry((topic.clone(), partition)).or_default();
         p.next = p.next.max(from).max(offset + 1);
         p.processed += 1;
-        let parked_now = parked_here.entry((topic.clone(), partition)).or_default();
         match item {
             Item::Rejected(r) => {
                 p.dead += 1;
                 // the key's earlier events in this batch still apply; its later ones are parked
                 if let Some(k) = &r.key {
-                    parked_now.insert(k.clone());
+                    parked_here
+                        .entry((topic.clone(), partition))
+                        .or_default()
+                        .insert(k.clone());
                 }
                 dead.push(r.clone());
             }
             Item::Event(e)
-                if parked_now.contains(&e.message.key)
+                if (!parked_here.is_empty()
+                    && parked_here
+                        .get(&(topic.clone(), partition))
+                        .is_some_and(|keys| keys.contains(&e.message.key)))
                     || cache.contains(topic, partition, &e.message.key) =>
             {
                 p.dead += 1;

@@ -26,6 +26,8 @@ pub fn table(bookkeeping_schema: &str) -> String {
 #[derive(Default)]
 pub struct ParkedCache {
     parts: HashMap<(Arc<str>, i32), Cached>,
+    /// Keys in all entries: with none, a lookup costs nothing.
+    parked: usize,
 }
 
 struct Cached {
@@ -83,13 +85,16 @@ impl ParkedCache {
                 c.keys.insert(r.get(1));
             }
         }
+        self.parked = self.parts.values().map(|c| c.keys.len()).sum();
         Ok(())
     }
 
     pub fn contains(&self, topic: &Arc<str>, partition: i32, key: &KeyText) -> bool {
-        self.parts
-            .get(&(topic.clone(), partition))
-            .is_some_and(|c| c.keys.contains(key))
+        self.parked > 0
+            && self
+                .parts
+                .get(&(topic.clone(), partition))
+                .is_some_and(|c| c.keys.contains(key))
     }
 
     /// After a commit: the partition's new offset, and the keys the batch parked.
@@ -102,7 +107,9 @@ impl ParkedCache {
     ) {
         if let Some(c) = self.parts.get_mut(&(topic.clone(), partition)) {
             c.next_offset = next_offset;
+            let before = c.keys.len();
             c.keys.extend(parked);
+            self.parked += c.keys.len() - before;
         }
     }
 }

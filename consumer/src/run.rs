@@ -225,12 +225,17 @@ impl Collector {
                     continue;
                 }
             }
-            let deadline = tokio::time::Instant::now() + self.wait;
+            // one timer for the whole batch, looked at only when no message is ready
+            let deadline = tokio::time::sleep(self.wait);
+            tokio::pin!(deadline);
             while batch.len() < self.max {
-                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(self.owned(&m)),
-                    Ok(Err(e)) => warn!(error = %e, "kafka consumer error"),
-                    Err(_) => break,
+                tokio::select! {
+                    biased;
+                    m = self.consumer.recv() => match m {
+                        Ok(m) => batch.push(self.owned(&m)),
+                        Err(e) => warn!(error = %e, "kafka consumer error"),
+                    },
+                    _ = &mut deadline => break,
                 }
             }
             let entries = self.filter_and_decode(batch).await?;
