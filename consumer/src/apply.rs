@@ -6,7 +6,9 @@
 //! written to the DLQ before the transaction, which stores the new offsets, commits. A batch, or
 //! any part of the topic, applied again therefore changes nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
 use tokio_postgres::Client;
@@ -129,7 +131,7 @@ pub async fn apply_batch(
         .await
         .map_err(PgError::query("beginning the apply transaction"))?;
     // lock and read the offsets and parked keys of every partition in the batch
-    let mut by_topic: HashMap<Arc<str>, Vec<i32>> = HashMap::new();
+    let mut by_topic: FxHashMap<Arc<str>, Vec<i32>> = FxHashMap::default();
     for item in items {
         let (topic, partition, _) = item.position();
         let parts = by_topic.entry(topic.clone()).or_default();
@@ -137,7 +139,7 @@ pub async fn apply_batch(
             parts.push(partition);
         }
     }
-    let mut stored: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+    let mut stored: FxHashMap<(Arc<str>, i32), i64> = FxHashMap::default();
     for (topic, parts) in &by_topic {
         tx.execute(
             &format!(
@@ -166,11 +168,11 @@ pub async fn apply_batch(
     }
     // fold: per table, the latest event of every key; parked keys and rejects to the DLQ
     let mut applied = Applied::default();
-    let mut latest: HashMap<Arc<str>, HashMap<&KeyText, &Entry>> = HashMap::new();
-    let mut progress: HashMap<(Arc<str>, i32), Progress> = HashMap::new();
+    let mut latest: FxHashMap<Arc<str>, FxHashMap<&KeyText, &Entry>> = FxHashMap::default();
+    let mut progress: FxHashMap<(Arc<str>, i32), Progress> = FxHashMap::default();
     let mut dead: Vec<Rejected> = Vec::new();
     // keys parked by this batch, per partition
-    let mut parked_here: HashMap<(Arc<str>, i32), HashSet<KeyText>> = HashMap::new();
+    let mut parked_here: FxHashMap<(Arc<str>, i32), FxHashSet<KeyText>> = FxHashMap::default();
     for item in items {
         let (topic, partition, offset) = item.position();
         let from = stored
@@ -234,13 +236,14 @@ pub async fn apply_batch(
             dead.push(e.rejected(class::TARGET_REJECTED, reason));
         }
     }
+    let mut park_rows: Vec<(Arc<str>, Vec<park::ToPark>)> = Vec::new();
     if !dead.is_empty() {
         pending.push(dlq_writer.enqueue(&dead[known_dead..]).await?);
         // in the DLQ (acknowledged) before the offsets move past them
         for p in pending {
             dlq::writer::confirm(p).await?;
         }
-        let mut parks: HashMap<Arc<str>, HashMap<KeyText, (i32, i32)>> = HashMap::new();
+        let mut parks: FxHashMap<Arc<str>, FxHashMap<KeyText, (i32, i32)>> = FxHashMap::default();
         for r in &dead {
             if let Some(k) = &r.key {
                 let e = parks
@@ -251,13 +254,17 @@ pub async fn apply_batch(
                 e.1 += 1;
             }
         }
-        for (topic, keys) in parks {
-            let keys: Vec<(i32, KeyText, i32)> =
-                keys.into_iter().map(|(k, (p, n))| (p, k, n)).collect();
-            park::park(&tx, bk, &topic, &keys).await?;
-        }
+        park_rows = parks
+            .into_iter()
+            .map(|(topic, keys)| {
+                let keys: Vec<park::ToPark> =
+                    keys.into_iter().map(|(k, (p, n))| (p, k, n)).collect();
+                (topic, keys)
+            })
+            .collect();
         applied.dead_lettered = dead.len();
     }
+    let mut offset_rows = Vec::new();
     for (topic, parts) in &by_topic {
         let (mut ps, mut ns, mut cs, mut ds) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for p in parts {
@@ -269,21 +276,29 @@ pub async fn apply_batch(
                 applied.next_offsets.push((topic.clone(), *p, pr.next));
             }
         }
-        if ps.is_empty() {
-            continue;
+        if !ps.is_empty() {
+            offset_rows.push((topic.clone(), ps, ns, cs, ds));
         }
-        tx.execute(
-            &format!(
-                "UPDATE {offsets_table} o SET next_offset = v.n, group_id = $6, applied_events = o.applied_events + v.c,
-                        dead_lettered = o.dead_lettered + v.d, updated_at = now()
-                   FROM unnest($2::int4[], $3::int8[], $4::int8[], $5::int8[]) AS v(p, n, c, d)
-                  WHERE o.topic = $1 AND o.partition = v.p"
-            ),
-            &[&topic.as_ref(), &ps, &ns, &cs, &ds, &group],
-        )
-        .await
-        .map_err(PgError::query("storing the offsets of the batch"))?;
     }
+    // the parked keys and the offsets are written in one round trip (pipelined)
+    let offsets_sql = format!(
+        "UPDATE {offsets_table} o SET next_offset = v.n, group_id = $6, applied_events = o.applied_events + v.c,
+                dead_lettered = o.dead_lettered + v.d, updated_at = now()
+           FROM unnest($2::int4[], $3::int8[], $4::int8[], $5::int8[]) AS v(p, n, c, d)
+          WHERE o.topic = $1 AND o.partition = v.p"
+    );
+    let store_offsets =
+        futures::future::try_join_all(offset_rows.iter().map(|(topic, ps, ns, cs, ds)| async {
+            tx.execute(&offsets_sql, &[&topic.as_ref(), ps, ns, cs, ds, &group])
+                .await
+                .map_err(PgError::query("storing the offsets of the batch"))
+        }));
+    let store_parks = futures::future::try_join_all(
+        park_rows
+            .iter()
+            .map(|(topic, keys)| park::park(&tx, bk, topic, keys)),
+    );
+    futures::future::try_join(store_offsets, store_parks).await?;
     tx.commit()
         .await
         .map_err(PgError::query("committing the apply transaction"))?;

@@ -5,9 +5,10 @@
 //! replay brings it to zero. A consumer keeps the parked keys of its partitions in memory
 //! ([`ParkedCache`]), checked against the partitions' offsets rows on every batch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio_postgres::Transaction;
 use tunnel_shared::pg::{qualified, PgError};
 
@@ -25,7 +26,7 @@ pub fn table(bookkeeping_schema: &str) -> String {
 /// during the batch.
 #[derive(Default)]
 pub struct ParkedCache {
-    parts: HashMap<(Arc<str>, i32), Cached>,
+    parts: FxHashMap<(Arc<str>, i32), Cached>,
     /// Keys in all entries: with none, a lookup costs nothing.
     parked: usize,
 }
@@ -33,7 +34,7 @@ pub struct ParkedCache {
 struct Cached {
     next_offset: i64,
     generation: i64,
-    keys: HashSet<KeyText>,
+    keys: FxHashSet<KeyText>,
 }
 
 impl ParkedCache {
@@ -75,7 +76,7 @@ impl ParkedCache {
                 Cached {
                     next_offset,
                     generation,
-                    keys: HashSet::new(),
+                    keys: FxHashSet::default(),
                 },
             );
         }
@@ -114,12 +115,15 @@ impl ParkedCache {
     }
 }
 
-/// Adds pending DLQ entries to keys: `(partition, key, count)`, in one statement.
+/// A key to park: its partition, the key, and how many DLQ entries it gains.
+pub type ToPark = (i32, KeyText, i32);
+
+/// Adds pending DLQ entries to keys, in one statement.
 pub async fn park(
     tx: &Transaction<'_>,
     bk: &str,
     topic: &str,
-    keys: &[(i32, KeyText, i32)],
+    keys: &[ToPark],
 ) -> Result<(), PgError> {
     if keys.is_empty() {
         return Ok(());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 use tunnel_shared::config::Config;
@@ -40,6 +40,8 @@ pub enum RunError {
     Kafka(#[from] KafkaError),
     #[error("config: {0}")]
     Rules(String),
+    #[error("the collecting task ended abnormally: {0}")]
+    Collector(String),
     #[error(transparent)]
     Dlq(#[from] dlq::writer::DlqError),
     #[error(transparent)]
@@ -140,13 +142,48 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
         dlq: dlq_writer,
         parked: park::ParkedCache::default(),
     };
-    // the next batch is collected and decoded while the current one is applied
-    let mut next = collector.next_batch(&mut stop).await?;
-    while let Some(items) = next {
-        let (applied, following) =
-            tokio::join!(applier.apply(&items), collector.next_batch(&mut stop));
-        collector.applied(&applied?);
-        next = following?;
+    // the collector runs on a task of its own, one batch ahead: decoding the next batch uses
+    // the other core while this one is applied (within one task they would only take turns)
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<Item>>(1);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<apply::Applied>();
+    let mut collecting = tokio::spawn(async move {
+        loop {
+            while let Ok(applied) = done_rx.try_recv() {
+                collector.applied(&applied);
+            }
+            match collector.next_batch(&mut stop).await? {
+                Some(items) => {
+                    if batch_tx.send(items).await.is_err() {
+                        return Ok::<_, RunError>(());
+                    }
+                }
+                None => return Ok(()),
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            items = batch_rx.recv() => {
+                let Some(items) = items else { break };
+                match applier.apply(&items).await {
+                    Ok(applied) => {
+                        let _ = done_tx.send(applied);
+                    }
+                    Err(e) => {
+                        collecting.abort();
+                        return Err(e);
+                    }
+                }
+            }
+            // the collector failed (or stopped) with no batch on its way
+            ended = &mut collecting, if batch_rx.is_empty() => {
+                match ended {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(RunError::Collector(e.to_string())),
+                }
+            }
+        }
     }
     info!("stopped");
     Ok(())
