@@ -235,6 +235,36 @@ async fn seed_rules_park_bad_rows_and_a_replay_after_the_fix_applies_them_once()
     .await;
 }
 
+const MEDIA_IDS: &str = "SELECT id FROM media ORDER BY 1";
+
+/// A media pipeline running, with row 1 in the target.
+struct Media {
+    s: Setup,
+    src: Client,
+    tgt: Client,
+    producer: Proc,
+    consumer: Proc,
+}
+
+async fn media_with_one_row() -> Media {
+    let s = setup(MEDIA, "media", "").await;
+    let src = s.dbs.source().await;
+    let tgt = s.dbs.target().await;
+    src.batch_execute("INSERT INTO media (id, s3_path, format, type) VALUES (1, '/a', 'jpg', 1)")
+        .await
+        .unwrap();
+    let producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    wait_ids(&tgt, MEDIA_IDS, &[1], &[&producer, &consumer]).await;
+    Media {
+        s,
+        src,
+        tgt,
+        producer,
+        consumer,
+    }
+}
+
 /// Produces raw bytes straight to a partition of a topic.
 fn produce_raw(topic: &str, partition: i32, key: Option<&[u8]>, value: Option<&[u8]>) {
     let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
@@ -254,17 +284,15 @@ fn produce_raw(topic: &str, partition: i32, key: Option<&[u8]>, value: Option<&[
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_truncated_and_unknown_schema_messages_go_to_the_dlq_and_the_consumer_goes_on() {
-    let s = setup(MEDIA, "media", "").await;
-    let src = s.dbs.source().await;
-    let tgt = s.dbs.target().await;
-    src.batch_execute("INSERT INTO media (id, s3_path, format, type) VALUES (1, '/a', 'jpg', 1)")
-        .await
-        .unwrap();
-    let producer = Proc::start("producer", &s.config);
-    let consumer = Proc::start("consumer", &s.config);
+    let Media {
+        s,
+        src,
+        tgt,
+        producer,
+        consumer,
+    } = media_with_one_row().await;
     let procs = [&producer, &consumer];
-    let sql = "SELECT id FROM media ORDER BY 1";
-    wait_ids(&tgt, sql, &[1], &procs).await;
+    let sql = MEDIA_IDS;
 
     // a real message of the topic, to cut short and to relabel
     let topic = format!("{}.public.media", s.prefix);
@@ -335,17 +363,15 @@ fn hex(b: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_the_target_refuses_goes_alone_to_the_dlq_and_the_rest_of_its_batch_commits() {
-    let s = setup(MEDIA, "media", "").await;
-    let src = s.dbs.source().await;
-    let tgt = s.dbs.target().await;
-    src.batch_execute("INSERT INTO media (id, s3_path, format, type) VALUES (1, '/a', 'jpg', 1)")
-        .await
-        .unwrap();
-    let producer = Proc::start("producer", &s.config);
-    let consumer = Proc::start("consumer", &s.config);
+    let Media {
+        s,
+        src,
+        tgt,
+        producer,
+        consumer,
+    } = media_with_one_row().await;
     let procs = [&producer, &consumer];
-    let sql = "SELECT id FROM media ORDER BY 1";
-    wait_ids(&tgt, sql, &[1], &procs).await;
+    let sql = MEDIA_IDS;
     tgt.batch_execute("ALTER TABLE media ADD CONSTRAINT no_type_99 CHECK (type <> 99)")
         .await
         .unwrap();
@@ -377,21 +403,13 @@ async fn a_row_the_target_refuses_goes_alone_to_the_dlq_and_the_rest_of_its_batc
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rule_on_a_column_the_table_lacks_stops_producer_and_consumer_at_start() {
-    let s = setup(MEDIA, "media", "").await;
-    let src = s.dbs.source().await;
-    let tgt = s.dbs.target().await;
-    src.batch_execute("INSERT INTO media (id, s3_path, format, type) VALUES (1, '/a', 'jpg', 1)")
-        .await
-        .unwrap();
-    let producer = Proc::start("producer", &s.config);
-    let consumer = Proc::start("consumer", &s.config);
-    wait_ids(
-        &tgt,
-        "SELECT id FROM media ORDER BY 1",
-        &[1],
-        &[&producer, &consumer],
-    )
-    .await;
+    let Media {
+        s,
+        producer,
+        consumer,
+        ..
+    } = media_with_one_row().await;
+    let _running = (producer, consumer);
     // the same pipeline, with a typo in a rule: both refuse to start, naming it
     let dir = std::env::temp_dir().join(tk::unique("tunnel_cfg"));
     std::fs::create_dir_all(&dir).unwrap();

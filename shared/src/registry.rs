@@ -133,29 +133,37 @@ impl Registry {
     /// The compatibility level set on a subject, if any.
     pub async fn compatibility(&self, subject: &str) -> Result<Option<String>, RegistryError> {
         let url = format!("{}/config/{}", self.base, subject);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let body: serde_json::Value = response.json().await.map_err(|e| self.unreachable(e))?;
-        Ok(body
-            .get("compatibilityLevel")
-            .or_else(|| body.get("compatibility"))
-            .and_then(|v| v.as_str())
-            .map(str::to_string))
+        let body = self
+            .get_json(&url, || format!("the compatibility of {subject}"))
+            .await?;
+        Ok(body.and_then(|b| {
+            b.get("compatibilityLevel")
+                .or_else(|| b.get("compatibility"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        }))
     }
 
     /// The id of the latest schema registered under `subject`, or `None` if it has none.
     pub async fn latest_id(&self, subject: &str) -> Result<Option<u32>, RegistryError> {
         let url = format!("{}/subjects/{}/versions/latest", self.base, subject);
+        let body = self
+            .get_json(&url, || format!("latest version of {subject}"))
+            .await?;
+        Ok(body
+            .and_then(|b| b.get("id").and_then(serde_json::Value::as_u64))
+            .and_then(|id| u32::try_from(id).ok()))
+    }
+
+    /// GETs a JSON answer: `None` on 404, an error naming `what` on any other failure.
+    async fn get_json(
+        &self,
+        url: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<serde_json::Value>, RegistryError> {
         let response = self
             .http
-            .get(&url)
+            .get(url)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -165,16 +173,13 @@ impl Registry {
         }
         if !status.is_success() {
             return Err(RegistryError::Refused {
-                what: format!("latest version of {subject}"),
+                what: what(),
                 message: format!("HTTP {status}"),
                 retryable: status.is_server_error(),
             });
         }
-        let body: serde_json::Value = response.json().await.map_err(|e| self.unreachable(e))?;
-        Ok(body
-            .get("id")
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|id| u32::try_from(id).ok()))
+        let body = response.json().await.map_err(|e| self.unreachable(e))?;
+        Ok(Some(body))
     }
 
     /// The writer schema with this id, from the cache or the registry.
@@ -183,24 +188,10 @@ impl Registry {
             return Ok(s.clone());
         }
         let url = format!("{}/schemas/ids/{}", self.base, id);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(RegistryError::UnknownId(id));
-        }
-        if !status.is_success() {
-            return Err(RegistryError::Refused {
-                what: format!("schema id {id}"),
-                message: format!("HTTP {status}"),
-                retryable: status.is_server_error(),
-            });
-        }
-        let body: serde_json::Value = response.json().await.map_err(|e| self.unreachable(e))?;
+        let body = self
+            .get_json(&url, || format!("schema id {id}"))
+            .await?
+            .ok_or(RegistryError::UnknownId(id))?;
         let text = body.get("schema").and_then(|v| v.as_str()).ok_or_else(|| {
             RegistryError::BadSchema {
                 id,
