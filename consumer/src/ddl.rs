@@ -34,12 +34,11 @@ pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(),
          CREATE TABLE IF NOT EXISTS {p} (
              topic text NOT NULL,
              partition int4 NOT NULL,
-             key text[] NOT NULL,
+             key text NOT NULL,
              pending int4 NOT NULL,
              since timestamptz NOT NULL DEFAULT now(),
              PRIMARY KEY (topic, key));
-         CREATE INDEX IF NOT EXISTS parked_keys_partition ON {p} (topic, partition);
-         COMMENT ON TABLE {p} IS 'Data Tunnel: keys with events in the DLQ; their later events follow them there until a replay';
+         COMMENT ON TABLE {p} IS 'Data Tunnel: keys (a JSON array of their columns as text) with events in the DLQ; their later events follow them there until a replay';
          CREATE TABLE IF NOT EXISTS {r} (
              dlq_topic text NOT NULL,
              partition int4 NOT NULL,

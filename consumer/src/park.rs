@@ -13,6 +13,7 @@ use tokio_postgres::Transaction;
 use tunnel_shared::pg::{qualified, PgError};
 
 use crate::apply::KeyText;
+use crate::dlq::key_json;
 
 pub fn table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "parked_keys")
@@ -82,8 +83,9 @@ impl ParkedCache {
         }
         for r in rows {
             let p: i32 = r.get(0);
-            if let Some(c) = self.parts.get_mut(&(topic.clone(), p)) {
-                c.keys.insert(r.get(1));
+            let key: String = r.get(1);
+            if let (Some(c), Some(k)) = (self.parts.get_mut(&(topic.clone(), p)), key_of(&key)) {
+                c.keys.insert(k);
             }
         }
         self.parked = self.parts.values().map(|c| c.keys.len()).sum();
@@ -128,20 +130,26 @@ pub async fn park(
     if keys.is_empty() {
         return Ok(());
     }
-    let rows = serde_json::to_string(keys).unwrap_or_else(|_| "[]".into());
+    let partitions: Vec<i32> = keys.iter().map(|k| k.0).collect();
+    let texts: Vec<String> = keys.iter().map(|k| key_json(&k.1)).collect();
+    let counts: Vec<i32> = keys.iter().map(|k| k.2).collect();
     tx.execute(
         &format!(
             "INSERT INTO {} AS p (topic, partition, key, pending)
-             SELECT $1, (e->>0)::int4, ARRAY(SELECT jsonb_array_elements_text(e->1)), (e->>2)::int4
-               FROM jsonb_array_elements($2::text::jsonb) e
+             SELECT $1, v.p, v.k, v.n FROM unnest($2::int4[], $3::text[], $4::int4[]) AS v(p, k, n)
              ON CONFLICT (topic, key) DO UPDATE SET pending = p.pending + EXCLUDED.pending",
             table(bk)
         ),
-        &[&topic, &rows],
+        &[&topic, &partitions, &texts, &counts],
     )
     .await
     .map_err(PgError::query("parking keys"))?;
     Ok(())
+}
+
+/// A stored key back as its columns' text values.
+fn key_of(stored: &str) -> Option<KeyText> {
+    serde_json::from_str(stored).ok()
 }
 
 /// One of the key's DLQ entries was replayed: one fewer pending; free the key at zero.
@@ -152,15 +160,16 @@ pub async fn release_one(
     key: &KeyText,
 ) -> Result<(), PgError> {
     let t = table(bk);
+    let key = key_json(key);
     tx.execute(
         &format!("UPDATE {t} SET pending = pending - 1 WHERE topic = $1 AND key = $2"),
-        &[&topic, key],
+        &[&topic, &key],
     )
     .await
     .map_err(PgError::query("releasing a parked key"))?;
     tx.execute(
         &format!("DELETE FROM {t} WHERE topic = $1 AND key = $2 AND pending <= 0"),
-        &[&topic, key],
+        &[&topic, &key],
     )
     .await
     .map_err(PgError::query("freeing a parked key"))?;

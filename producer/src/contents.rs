@@ -150,9 +150,11 @@ async fn parked_keys(target: &Client, bookkeeping: &str, topic: &str) -> HashSet
         qualified(bookkeeping, "parked_keys")
     );
     match target.query(&sql, &[&topic]).await {
+        // each key is stored as a JSON array of its columns' text values
         Ok(rows) => rows
             .iter()
-            .filter_map(|r| r.try_get::<_, Vec<Option<String>>>(0).ok())
+            .filter_map(|r| r.try_get::<_, String>(0).ok())
+            .filter_map(|k| serde_json::from_str::<Vec<Option<String>>>(&k).ok())
             .map(|k| k.into_iter().map(Option::unwrap_or_default).collect())
             .collect(),
         Err(e) => {
