@@ -65,14 +65,10 @@ pub async fn write(
             key_cols.join(", "),
             unnest_select(shapes)
         );
-        let params: Vec<&(dyn ToSql + Sync)> =
-            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        tx.execute(&sql, &params)
-            .await
-            .map_err(PgError::query(format!(
-                "deleting from {}.{}",
-                target.schema, target.name
-            )))?;
+        execute_columns(tx, &sql, &columns, || {
+            format!("deleting from {}.{}", target.schema, target.name)
+        })
+        .await?;
     }
     for UpsertGroup {
         value_schema,
@@ -127,16 +123,29 @@ pub async fn write(
             cols.join(", "),
             unnest_select(shapes)
         );
-        let params: Vec<&(dyn ToSql + Sync)> =
-            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        tx.execute(&sql, &params)
-            .await
-            .map_err(PgError::query(format!(
-                "upserting into {}.{}",
-                target.schema, target.name
-            )))?;
+        execute_columns(tx, &sql, &columns, || {
+            format!("upserting into {}.{}", target.schema, target.name)
+        })
+        .await?;
     }
     Ok(())
+}
+
+/// Runs `sql` with one text-array parameter per column (see [`unnest_select`]).
+async fn execute_columns(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    columns: &[Vec<Option<String>>],
+    context: impl FnOnce() -> String,
+) -> Result<u64, PgError> {
+    let params: Vec<&(dyn ToSql + Sync)> =
+        columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    tx.execute(sql, &params)
+        .await
+        .map_err(|source| PgError::Query {
+            context: context(),
+            source,
+        })
 }
 
 /// Whether an entry is a snapshot read or an insert (its key is most likely new).

@@ -296,14 +296,7 @@ async fn garbage_truncated_and_unknown_schema_messages_go_to_the_dlq_and_the_con
 
     // a real message of the topic, to cut short and to relabel
     let topic = format!("{}.public.media", s.prefix);
-    let kafka = tunnel_shared::config::KafkaConfig {
-        brokers: tk::brokers(),
-        topic_prefix: s.prefix.clone(),
-        partitions: 3,
-        replication_factor: 1,
-        consumer_group: "unused".into(),
-        properties: Default::default(),
-    };
+    let kafka = tk::kafka_config(&s.prefix, "unused", 3);
     let mut real: Option<(i32, Vec<u8>, Vec<u8>)> = None;
     tunnel_shared::kafka::read_to_end(&kafka, &topic, Duration::from_secs(30), |m| {
         use rdkafka::Message;

@@ -77,14 +77,7 @@ impl Pipeline {
     }
 
     fn kafka(&self) -> KafkaConfig {
-        KafkaConfig {
-            brokers: tk::brokers(),
-            topic_prefix: self.prefix.clone(),
-            partitions: 3,
-            replication_factor: 1,
-            consumer_group: self.group.clone(),
-            properties: Default::default(),
-        }
+        tk::kafka_config(&self.prefix, &self.group, 3)
     }
 }
 

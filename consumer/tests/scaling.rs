@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::testkit::{self as tk, Databases, Proc};
 
 const MEDIA: &str = "CREATE TABLE media (
@@ -148,14 +147,7 @@ async fn one_to_three_consumers_and_back_under_load_loses_nothing_and_applies_no
     // every event below the stored offsets was applied once: the bookkeeping's count of
     // applied events equals the number of events in the topic, partition by partition
     let topic = format!("{prefix}.public.media");
-    let kafka = KafkaConfig {
-        brokers: tk::brokers(),
-        topic_prefix: prefix.clone(),
-        partitions: 6,
-        replication_factor: 1,
-        consumer_group: group.clone(),
-        properties: Default::default(),
-    };
+    let kafka = tk::kafka_config(&prefix, &group, 6);
     let book = tk::bookkeeping(&tgt, &topic).await;
     assert_eq!(book.len(), 6, "all six partitions applied: {book:?}");
     let counts = tk::count_messages(&kafka, &topic, &book);

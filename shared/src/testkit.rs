@@ -354,6 +354,18 @@ impl Drop for Proc {
     }
 }
 
+/// The Kafka settings of a test's config (`write_config`), for reading its topics directly.
+pub fn kafka_config(prefix: &str, group: &str, partitions: i32) -> crate::config::KafkaConfig {
+    crate::config::KafkaConfig {
+        brokers: brokers(),
+        topic_prefix: prefix.to_string(),
+        partitions,
+        replication_factor: 1,
+        consumer_group: group.to_string(),
+        properties: Default::default(),
+    }
+}
+
 /// Per partition: (next offset, events applied) from the target's bookkeeping.
 pub async fn bookkeeping(target: &Client, topic: &str) -> HashMap<i32, (i64, i64)> {
     target
