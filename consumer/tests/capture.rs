@@ -363,3 +363,97 @@ async fn producer_killed_during_a_delete_pass_does_not_ship_the_table_again() {
     );
     drop(consumer);
 }
+
+/// The values of `field=` in the lines of `log` that contain `marker`.
+fn field_values(log: &str, marker: &str, field: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| {
+            l.split(&format!(" {field}="))
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_reads_only_the_rows_written_since_its_last_pass() {
+    const N: i64 = 20_000;
+    let s = setup(
+        MEDIA,
+        &["media"],
+        "reconcile_interval_ms = 300\nreconcile_full_interval_ms = 0",
+    )
+    .await;
+    let src = s.dbs.source().await;
+    src.batch_execute(&format!("INSERT INTO media (s3_path, format, type) SELECT '/p/' || i, 'jpg', 1 FROM generate_series(1, {N}) i"))
+        .await
+        .unwrap();
+    let mut producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    wait_verified(&s.config, Duration::from_secs(90), &[&producer, &consumer]).await;
+    // changes no watermark shows: updated_at untouched
+    src.batch_execute("UPDATE media SET format = 'gif' WHERE id IN (5, 5000, 19999)")
+        .await
+        .unwrap();
+    wait_verified(&s.config, Duration::from_secs(30), &[&producer, &consumer]).await;
+    let log = producer.log_text();
+    assert!(log.contains("reconciliation pass"), "{log}");
+    assert!(
+        !log.contains("whole_table"),
+        "a pass compared the whole table:\n{log}"
+    );
+    // the pass that found the three rows looked up about those rows alone
+    let listed = field_values(&log, "reconciliation pass", "listed");
+    let differing = field_values(&log, "reconciliation pass", "differing");
+    assert!(
+        listed
+            .iter()
+            .zip(&differing)
+            .any(|(l, d)| *d == 3 && *l < 100),
+        "{log}"
+    );
+    // restarted, the producer starts from the horizon in its checkpoint
+    producer.terminate(Duration::from_secs(20));
+    src.batch_execute("UPDATE media SET format = 'png' WHERE id = 77")
+        .await
+        .unwrap();
+    let producer = Proc::start("producer", &s.config);
+    wait_verified(&s.config, Duration::from_secs(30), &[&producer, &consumer]).await;
+    let log = producer.log_text();
+    assert!(log.contains("reconciliation pass"), "{log}");
+    assert!(
+        !log.contains("whole_table") && !log.contains("snapshot started"),
+        "{log}"
+    );
+    let listed = field_values(&log, "reconciliation pass", "listed");
+    assert!(listed.iter().all(|l| *l < 100), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_whole_table_pass_repairs_a_target_changed_behind_the_pipeline() {
+    let s = setup(
+        EMPLOYEES,
+        &["employees"],
+        "reconcile_interval_ms = 300\nreconcile_full_interval_ms = 1500",
+    )
+    .await;
+    let src = s.dbs.source().await;
+    src.batch_execute("INSERT INTO employees (first_name, last_name, dob, city, salary) SELECT 'f' || i, 'l' || i, '1990-01-01', 'x', i FROM generate_series(1, 500) i")
+        .await
+        .unwrap();
+    let producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    wait_verified(&s.config, Duration::from_secs(60), &[&producer, &consumer]).await;
+    // nothing moves in the source: only the whole-table comparison can see this
+    let tgt = s.dbs.target().await;
+    tgt.batch_execute("UPDATE employees SET city = 'drifted' WHERE emp_id = 42")
+        .await
+        .unwrap();
+    wait_verified(&s.config, Duration::from_secs(30), &[&producer, &consumer]).await;
+    let log = producer.log_text();
+    assert!(log.contains("whole_table"), "{log}");
+}

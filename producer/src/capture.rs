@@ -64,6 +64,8 @@ pub struct Found {
     pub scanned: u64,
     /// How far the repair requests have been read (the repair pass only).
     pub repairs_upto: Option<i64>,
+    /// The transaction horizon the next reconciliation pass starts from (that pass only).
+    pub reconciled_xmin: Option<i64>,
 }
 
 /// One way of detecting changes.

@@ -70,6 +70,11 @@ pub struct Checkpoint {
     /// The offset after the last repair request read from `<prefix>._repairs`.
     #[serde(default)]
     pub repairs_offset: i64,
+    /// Every row version written by a transaction below this id (64-bit, as
+    /// `txid_snapshot_xmin` gives it) was shipped or compared with the target: the next
+    /// reconciliation looks at the rows written since (see [`crate::versions`]).
+    #[serde(default)]
+    pub reconciled_xmin: Option<i64>,
 }
 
 impl Checkpoint {

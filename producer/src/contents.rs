@@ -1,29 +1,50 @@
-//! Reconciliation of contents: the source compared with the target by the shared diff engine
-//! ([`tunnel_shared::reconcile`]), on a slow cadence. Rows that differ or are missing in the
-//! target are read again and shipped as updates (unless the same version is still on its way);
-//! rows the source no longer has are shipped as deletes. This finds what no watermark can: rows
-//! changed without `updated_at` moving, updates of tables with no watermark column, and deletes
-//! of tables whose key is not a single integer.
+//! Reconciliation of contents: the source compared with the target, on a slow cadence. Rows
+//! that differ or are missing in the target are read again and shipped as updates (unless the
+//! same version is still on its way); rows the source no longer has are shipped as deletes.
+//! This finds what no watermark can: rows changed without `updated_at` moving, updates of
+//! tables with no watermark column, and deletes of tables whose key is not a single integer.
+//!
+//! A pass compares one of two things:
+//! - the rows written since the last pass ([`crate::versions`]): one filtered sequential read
+//!   of the source, and a lookup by key in the target of those rows alone. Used for tables with
+//!   a single integer key (their deletes are the delete scan's), whenever the last pass's
+//!   transaction horizon, kept in the checkpoint, can be used;
+//! - the whole table, by the shared diff engine ([`tunnel_shared::reconcile::diff`]): count
+//!   and hash by key range on both sides. Used otherwise, and every
+//!   `reconcile_full_interval_ms`, since it alone also sees a target changed behind the
+//!   pipeline's back.
 //!
 //! It reads the target through a read-only session of its own. A target that cannot be read
 //! (down, table not created yet) skips the pass with a warning: capture goes on regardless.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tokio_postgres::Client;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use tunnel_shared::config::{TableConfig, TargetConfig};
 use tunnel_shared::event::Detection;
 use tunnel_shared::pg::{self, qualified, PgError, Session};
-use tunnel_shared::reconcile::{self, DiffOptions, Side, CANONICAL_TEXT};
+use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
 use crate::source::{Activity, SourceError};
+use crate::versions::{self, Versions};
+
+/// Most rows written since the last pass that are looked up one by one in the target; beyond,
+/// the whole table is compared.
+const VERSIONS_CAP: usize = 200_000;
 
 pub struct ContentScan {
     pub interval: Duration,
+    /// How often the whole table is compared although the rows written since the last pass
+    /// would do (zero: only when they cannot be used).
+    full_interval: Duration,
+    last_full: Instant,
+    /// Whether passes may look at the rows written since the last pass only: deletes are
+    /// then the delete scan's to find (tables with a single integer key).
+    by_versions: bool,
     target_cfg: TargetConfig,
     target_table: String,
     target: Option<Client>,
@@ -34,12 +55,17 @@ pub struct ContentScan {
 impl ContentScan {
     pub fn new(
         interval: Duration,
+        full_interval: Duration,
+        by_versions: bool,
         target_cfg: &TargetConfig,
         table: &TableConfig,
         topic: String,
     ) -> Self {
         Self {
             interval,
+            full_interval,
+            last_full: Instant::now(),
+            by_versions,
             target_cfg: target_cfg.clone(),
             target_table: qualified(table.target_schema(), table.target_name()),
             target: None,
@@ -63,6 +89,30 @@ impl ContentScan {
             None => unreachable!("connected above"),
         }
     }
+
+    /// Whether the periodic whole-table comparison is due.
+    fn full_due(&self) -> bool {
+        !self.full_interval.is_zero() && self.last_full.elapsed() >= self.full_interval
+    }
+
+    /// The rows written since the last pass's horizon, when they may stand for the table.
+    async fn written_since(
+        &self,
+        ctx: &mut PassContext<'_>,
+    ) -> Result<Option<(Vec<(Vec<String>, i64)>, i64)>, SourceError> {
+        let since = match ctx.checkpoint.reconciled_xmin {
+            Some(s) if self.by_versions && !self.full_due() => s,
+            _ => return Ok(None),
+        };
+        let table = ctx.source.table().clone();
+        match versions::changed_since(ctx.source.client_mut(), &table, since, VERSIONS_CAP).await? {
+            Versions::Changed { rows, horizon } => Ok(Some((rows, horizon))),
+            Versions::Unusable(why) => {
+                info!(reason = %why, "reconciliation compares the whole table");
+                Ok(None)
+            }
+        }
+    }
 }
 
 impl ChangeDetector for ContentScan {
@@ -73,14 +123,24 @@ impl ChangeDetector for ContentScan {
         self.interval
     }
     fn wants(&self, before: &Activity, now: &Activity) -> bool {
-        before.inserted != now.inserted
+        // a whole-table comparison also finds what changed in the target alone
+        self.full_due()
+            || before.inserted != now.inserted
             || before.updated != now.updated
             || before.deleted != now.deleted
     }
     fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
         Box::pin(async move {
+            let mut ctx = ctx;
+            let started = Instant::now();
             let mut found = Found::default();
             let table = ctx.source.table().clone();
+            let written = self.written_since(&mut ctx).await?;
+            let horizon = match &written {
+                Some((_, h)) => *h,
+                // rows written after it are seen by the next pass, whatever this one reads
+                None => versions::horizon(ctx.source.client()).await?,
+            };
             let target_table = self.target_table.clone();
             let (bookkeeping, topic) = (
                 self.target_cfg.bookkeeping_schema.clone(),
@@ -93,29 +153,22 @@ impl ChangeDetector for ContentScan {
                     return Ok(found);
                 }
             };
-            // the source session renders text like the target's for this pass only
-            let source = ctx.source.client();
-            source
-                .batch_execute(&canonical_set())
-                .await
-                .map_err(PgError::query("preparing the session for reconciliation"))?;
-            let diff = reconcile::diff(
-                &table,
-                Side {
-                    client: source,
-                    table: qualified(&table.schema, &table.name),
-                },
-                Side {
-                    client: target,
-                    table: target_table,
-                },
-                DiffOptions::default(),
-            )
-            .await;
-            source
-                .batch_execute("RESET DateStyle; RESET IntervalStyle; RESET TimeZone; RESET extra_float_digits; RESET bytea_output; RESET work_mem")
-                .await
-                .map_err(PgError::query("resetting the session after reconciliation"))?;
+            let target_side = Side {
+                client: target,
+                table: target_table,
+            };
+            let (mode, listed, diff) = match written {
+                Some((rows, _)) => (
+                    "written_since_last_pass",
+                    rows.len(),
+                    reconcile::compare_listed(&table, &target_side, &rows).await,
+                ),
+                None => (
+                    "whole_table",
+                    0,
+                    whole_table(ctx.source.client(), &table, target_side).await?,
+                ),
+            };
             let diff = match diff {
                 Ok(d) => d,
                 Err(e) if ctx.source.is_closed() => return Err(e.into()),
@@ -127,10 +180,24 @@ impl ChangeDetector for ContentScan {
                     return Ok(found);
                 }
             };
+            info!(
+                mode,
+                listed,
+                rows_compared = diff.rows_compared,
+                missing = diff.missing.len(),
+                differing = diff.differing.len(),
+                extra = diff.extra.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "reconciliation pass"
+            );
             found.scanned = diff.rows_compared;
+            found.reconciled_xmin = Some(horizon);
             // keys parked by the consumer differ on purpose: their events wait in the DLQ for a
             // replay, and shipping them again would only add to it
             let parked = parked_keys(target, &bookkeeping, &topic).await;
+            if mode == "whole_table" {
+                self.last_full = Instant::now();
+            }
             let mut again: Vec<Vec<String>> = diff.missing;
             again.extend(diff.differing);
             again.retain(|k| !parked.contains(k));
@@ -141,6 +208,35 @@ impl ChangeDetector for ContentScan {
             Ok(found)
         })
     }
+}
+
+/// The whole table compared with the target ([`reconcile::diff`]), the source session rendering
+/// text like the target's for this comparison only. A source error is the outer one (the pass
+/// fails and is retried), a target error the inner one.
+async fn whole_table(
+    source: &Client,
+    table: &tunnel_shared::catalog::TableInfo,
+    target: Side<'_>,
+) -> Result<Result<Differences, PgError>, SourceError> {
+    source
+        .batch_execute(&reconcile::canonical_set(false))
+        .await
+        .map_err(PgError::query("preparing the session for reconciliation"))?;
+    let diff = reconcile::diff(
+        table,
+        Side {
+            client: source,
+            table: qualified(&table.schema, &table.name),
+        },
+        target,
+        DiffOptions::default(),
+    )
+    .await;
+    source
+        .batch_execute("RESET DateStyle; RESET IntervalStyle; RESET TimeZone; RESET extra_float_digits; RESET bytea_output; RESET work_mem")
+        .await
+        .map_err(PgError::query("resetting the session after reconciliation"))?;
+    Ok(diff)
 }
 
 /// The keys the consumer has parked for `topic` (none if its bookkeeping is not there yet).
@@ -161,25 +257,5 @@ async fn parked_keys(target: &Client, bookkeeping: &str, topic: &str) -> HashSet
             debug!(error = %e, "no parked keys read");
             HashSet::new()
         }
-    }
-}
-
-/// `SET` statements for [`CANONICAL_TEXT`].
-fn canonical_set() -> String {
-    CANONICAL_TEXT
-        .split("-c ")
-        .filter_map(|kv| kv.trim().split_once('='))
-        .map(|(k, v)| format!("SET {k} = '{v}';"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn canonical_settings_become_set_statements() {
-        let s = super::canonical_set();
-        assert!(s.contains("SET TimeZone = 'UTC';"), "{s}");
-        assert!(s.contains("SET DateStyle = 'ISO,YMD';"), "{s}");
     }
 }

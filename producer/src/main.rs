@@ -11,6 +11,7 @@ mod publish;
 mod repair;
 mod snapshot;
 mod source;
+mod versions;
 mod worker;
 
 /// Both binaries allocate a few small buffers per row; mimalloc makes that markedly cheaper than

@@ -31,6 +31,12 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
             ts: Some(probe.at_micros),
         };
         next.snapshot.started_at_micros = probe.at_micros;
+        // the snapshot reads every row written before it started: reconciliation starts there
+        next.reconciled_xmin = Some(
+            crate::versions::horizon(w.source.client())
+                .await
+                .map_err(crate::source::SourceError::from)?,
+        );
         next.snapshot.start_running = probe.running.into_iter().collect();
         next.snapshot.start_running.sort();
         next.snapshot.drained = next.snapshot.start_running.is_empty();

@@ -112,6 +112,11 @@ impl Source {
         &self.client
     }
 
+    /// The connection, for statements in a transaction of their own.
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     /// The single integer key column's quoted name.
     fn integer_key(&self) -> Option<String> {
         match self.table.key[..] {
@@ -212,21 +217,7 @@ impl Source {
                 .collect();
             let params: Vec<&(dyn ToSql + Sync)> =
                 columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            let casts: Vec<String> = self
-                .table
-                .key_columns()
-                .enumerate()
-                .map(|(i, c)| format!("u.c{i}::{}", c.type_name))
-                .collect();
-            let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
-            let aliases: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
-            let clause = format!(
-                "WHERE {} IN (SELECT {} FROM unnest({}) AS u({}))",
-                self.table.key_tuple(),
-                casts.join(", "),
-                arrays.join(", "),
-                aliases.join(", ")
-            );
+            let clause = format!("WHERE {}", self.table.key_in_arrays());
             out.extend(self.select_rows(&clause, &params, "reading by key").await?);
         }
         Ok(out)

@@ -257,6 +257,8 @@ impl Worker {
             // still catching up, and every row in flight would look different
             add(Box::new(ContentScan::new(
                 Duration::from_millis(p.reconcile_interval_ms),
+                Duration::from_millis(p.reconcile_full_interval_ms),
+                keyset.is_some(),
                 &config.target,
                 &table,
                 config.topic(&table),
@@ -437,6 +439,9 @@ impl Worker {
         next.bounds = self.restart_bounds(i, &observation.bounds);
         if let Some(upto) = found.repairs_upto {
             next.repairs_offset = upto;
+        }
+        if let Some(h) = found.reconciled_xmin {
+            next.reconciled_xmin = Some(h);
         }
         if detection == Detection::KeyScan && found.max_key.is_some() {
             next.max_key = found.max_key.clone();

@@ -162,6 +162,27 @@ impl TableInfo {
             .join(", ")
     }
 
+    /// `("a", "b") IN (SELECT u.c0::int4, u.c1::text FROM unnest($1::text[], $2::text[]) AS
+    /// u(c0, c1))`: the rows whose key is one of those listed, one text array per key column
+    /// (parameters `$1`..), for lookups of many keys in one statement.
+    pub fn key_in_arrays(&self) -> String {
+        let n = self.key.len();
+        let casts: Vec<String> = self
+            .key_columns()
+            .enumerate()
+            .map(|(i, c)| format!("u.c{i}::{}", c.type_name))
+            .collect();
+        let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+        let aliases: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        format!(
+            "{} IN (SELECT {} FROM unnest({}) AS u({}))",
+            self.key_tuple(),
+            casts.join(", "),
+            arrays.join(", "),
+            aliases.join(", ")
+        )
+    }
+
     /// `(SELECT $1::text::int4, $2::text::text)`: key parameters as a subquery, compared with
     /// [`Self::key_tuple`]. The casts run once per statement, never once per row.
     pub fn key_subquery(&self, first: usize) -> String {

@@ -132,6 +132,9 @@ pub struct ProducerConfig {
     /// How often the source is compared with the target to find changes no watermark shows
     /// (silent updates, tables without a watermark column, deletes of other keys); 0 = never.
     pub reconcile_interval_ms: u64,
+    /// How often a reconciliation pass compares the whole table although the rows written
+    /// since the last pass would do; 0 = only when those cannot be used.
+    pub reconcile_full_interval_ms: u64,
     /// How often repair requests (from `tunnel-consumer verify --repair`) are looked for.
     pub repair_interval_ms: u64,
 }
@@ -210,6 +213,7 @@ impl Default for ProducerConfig {
             checkpoint_interval_ms: 10_000,
             delete_interval_ms: 1_000,
             reconcile_interval_ms: 60_000,
+            reconcile_full_interval_ms: 86_400_000,
             repair_interval_ms: 1_000,
         }
     }

@@ -20,6 +20,18 @@ use crate::pg::{quote_ident, PgError};
 pub const CANONICAL_TEXT: &str =
     "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=1 -c bytea_output=hex -c work_mem=64MB";
 
+/// [`CANONICAL_TEXT`] as `SET` statements (`SET LOCAL`: for the current transaction only),
+/// each ending in `;`.
+pub fn canonical_set(local: bool) -> String {
+    let scope = if local { "SET LOCAL" } else { "SET" };
+    CANONICAL_TEXT
+        .split("-c ")
+        .filter_map(|kv| kv.trim().split_once('='))
+        .map(|(k, v)| format!("{scope} {k} = '{v}';"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// How far to cut.
 #[derive(Debug, Clone, Copy)]
 pub struct DiffOptions {
@@ -358,15 +370,7 @@ impl Run<'_> {
     /// Lists (key, hash) of a range on both sides and records the differences.
     async fn compare_rows(&mut self, cond: &str, params: &[String]) -> Result<(), PgError> {
         let t = self.t;
-        let keys_text: Vec<String> = t
-            .key_columns()
-            .map(|c| format!("{}::text", quote_ident(&c.name)))
-            .collect();
-        let sql = format!(
-            "SELECT {}, {} FROM {{}} WHERE {cond}",
-            keys_text.join(", "),
-            self.hash
-        );
+        let sql = format!("SELECT {} FROM {{}} WHERE {cond}", listing_select(t));
         let n = t.key.len();
         let (a, b) = query_both(
             &self.source,
@@ -401,10 +405,78 @@ impl Run<'_> {
     }
 }
 
+/// `"id"::text, <row hash>`: what a listing of rows selects, keys first.
+pub fn listing_select(t: &TableInfo) -> String {
+    let mut cols: Vec<String> = t
+        .key_columns()
+        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .collect();
+    cols.push(row_hash_expr(t));
+    cols.join(", ")
+}
+
+/// Keys per statement when listed rows are looked up in the target.
+const LOOKUP_CHUNK: usize = 5_000;
+
+/// Compares rows listed from the source (key in text form and the row's hash, selected with
+/// [`listing_select`] in a session with [`CANONICAL_TEXT`]) with the rows of the same keys in
+/// the target, looked up by key: those the target lacks are `missing`, those whose hash
+/// differs `differing`. Nothing else of the target is read.
+pub async fn compare_listed(
+    t: &TableInfo,
+    target: &Side<'_>,
+    listed: &[(Vec<String>, i64)],
+) -> Result<Differences, PgError> {
+    let started = Instant::now();
+    let n = t.key.len();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {}",
+        listing_select(t),
+        target.table,
+        t.key_in_arrays()
+    );
+    let mut out = Differences::default();
+    for chunk in listed.chunks(LOOKUP_CHUNK) {
+        let columns: Vec<Vec<&str>> = (0..n)
+            .map(|i| chunk.iter().map(|(k, _)| k[i].as_str()).collect())
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let rows = target
+            .client
+            .query(&sql, &params)
+            .await
+            .map_err(PgError::query("looking up listed keys in the target"))?;
+        out.queries += 1;
+        out.rows_compared += (chunk.len() + rows.len()) as u64;
+        let there: HashMap<Vec<String>, i64> = rows
+            .iter()
+            .map(|r| ((0..n).map(|i| r.get(i)).collect(), r.get(n)))
+            .collect();
+        for (k, h) in chunk {
+            match there.get(k) {
+                None => out.missing.push(k.clone()),
+                Some(h2) if h2 != h => out.differing.push(k.clone()),
+                Some(_) => {}
+            }
+        }
+    }
+    out.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::catalog::Column;
+
+    #[test]
+    fn canonical_settings_become_set_statements() {
+        let s = canonical_set(false);
+        assert!(s.contains("SET TimeZone = 'UTC';"), "{s}");
+        assert!(s.contains("SET DateStyle = 'ISO,YMD';"), "{s}");
+        assert!(canonical_set(true).starts_with("SET LOCAL DateStyle = 'ISO,YMD';"));
+    }
 
     #[test]
     fn hash_expression_seeds_every_cell_with_the_key() {
