@@ -138,7 +138,10 @@ impl Publisher {
         self.producer
             .begin_transaction()
             .map_err(kafka_err("beginning a transaction"))?;
-        let sent = self.send_all(&records, checkpoint).await;
+        let sent = match self.send_all(&records, checkpoint).await {
+            Ok(()) => self.delivered().await,
+            Err(e) => Err(e),
+        };
         let committed = match sent {
             Ok(()) => blocking(&self.producer, |p| p.commit_transaction(TXN_TIMEOUT))
                 .await
@@ -164,6 +167,23 @@ impl Publisher {
                 Err(e)
             }
         }
+    }
+
+    /// Waits until every message sent is delivered (or failed). The client's own flush, which
+    /// the commit starts with, waits in steps of 100 ms while deliveries are outstanding: a
+    /// tenth of a second per transaction, most of a snapshot chunk's time.
+    async fn delivered(&self) -> Result<(), PublishError> {
+        let deadline = tokio::time::Instant::now() + TXN_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PublishError::Kafka {
+                    context: "waiting for the transaction's deliveries".into(),
+                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 
     async fn send_all(
