@@ -35,6 +35,16 @@ async fn setup(ddl: &str, tables: &[&str], producer_settings: &str) -> Setup {
     Setup { dbs, config }
 }
 
+/// A `media` table of `n` rows (ids 1 to `n`) in the source, and a connection to the source.
+async fn setup_media(n: i64, producer_settings: &str) -> (Setup, Client) {
+    let s = setup(MEDIA, &["media"], producer_settings).await;
+    let src = s.dbs.source().await;
+    src.batch_execute(&format!("INSERT INTO media (s3_path, format, type) SELECT '/p/' || i, 'jpg', 1 FROM generate_series(1, {n}) i"))
+        .await
+        .unwrap();
+    (s, src)
+}
+
 /// Waits until `verify` exits 0 (the replica is identical), or panics with its last report.
 async fn wait_verified(config: &std::path::Path, timeout: Duration, procs: &[&Proc]) {
     let deadline = std::time::Instant::now() + timeout;
@@ -208,16 +218,7 @@ async fn count(c: &Client, sql: &str) -> i64 {
 async fn delete_scan_reads_the_index_only_and_finds_exactly_the_deleted_keys() {
     const N: i64 = 200_000;
     // reconciliation off: the delete scan alone must find the deletes
-    let s = setup(
-        MEDIA,
-        &["media"],
-        "delete_interval_ms = 200\nreconcile_interval_ms = 0",
-    )
-    .await;
-    let src = s.dbs.source().await;
-    src.batch_execute(&format!("INSERT INTO media (s3_path, format, type) SELECT '/p/' || i, 'jpg', 1 FROM generate_series(1, {N}) i"))
-        .await
-        .unwrap();
+    let (s, src) = setup_media(N, "delete_interval_ms = 200\nreconcile_interval_ms = 0").await;
     src.batch_execute("VACUUM ANALYZE media").await.unwrap();
     // the delete scan's top-level query, as the producer runs it: index only, no heap page
     src.batch_execute(
@@ -307,16 +308,7 @@ async fn delete_scan_reads_the_index_only_and_finds_exactly_the_deleted_keys() {
 #[tokio::test(flavor = "multi_thread")]
 async fn producer_killed_during_a_delete_pass_does_not_ship_the_table_again() {
     const N: i64 = 100_000;
-    let s = setup(
-        MEDIA,
-        &["media"],
-        "delete_interval_ms = 100\nreconcile_interval_ms = 0",
-    )
-    .await;
-    let src = s.dbs.source().await;
-    src.batch_execute(&format!("INSERT INTO media (s3_path, format, type) SELECT '/p/' || i, 'jpg', 1 FROM generate_series(1, {N}) i"))
-        .await
-        .unwrap();
+    let (s, src) = setup_media(N, "delete_interval_ms = 100\nreconcile_interval_ms = 0").await;
     let mut producer = Proc::start("producer", &s.config);
     let consumer = Proc::start("consumer", &s.config);
     let tgt = s.dbs.target().await;
@@ -382,16 +374,11 @@ fn field_values(log: &str, marker: &str, field: &str) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn reconciliation_reads_only_the_rows_written_since_its_last_pass() {
     const N: i64 = 20_000;
-    let s = setup(
-        MEDIA,
-        &["media"],
+    let (s, src) = setup_media(
+        N,
         "reconcile_interval_ms = 300\nreconcile_full_interval_ms = 0",
     )
     .await;
-    let src = s.dbs.source().await;
-    src.batch_execute(&format!("INSERT INTO media (s3_path, format, type) SELECT '/p/' || i, 'jpg', 1 FROM generate_series(1, {N}) i"))
-        .await
-        .unwrap();
     let mut producer = Proc::start("producer", &s.config);
     let consumer = Proc::start("consumer", &s.config);
     wait_verified(&s.config, Duration::from_secs(90), &[&producer, &consumer]).await;
