@@ -5,7 +5,16 @@
 
 use std::ops::RangeInclusive;
 
+use std::time::{Duration, Instant};
+
 use roaring::RoaringTreemap;
+use tracing::info;
+use tunnel_shared::catalog::ColumnKind;
+use tunnel_shared::config::Config;
+use tunnel_shared::kafka;
+
+use crate::checkpoint::CheckpointError;
+use crate::worker::WorkerError;
 
 /// Maps an `i64` onto a `u64` in the same order (the sign bit flipped).
 fn to_u64(k: i64) -> u64 {
@@ -76,6 +85,75 @@ impl KeySet {
     pub fn serialized_bytes(&self) -> u64 {
         self.keys.serialized_size() as u64
     }
+}
+
+/// Whether the key is a single integer column.
+pub(crate) fn integer_key(info: &tunnel_shared::catalog::TableInfo) -> Option<ColumnKind> {
+    match info.key[..] {
+        [k] => match info.columns[k].kind {
+            kind @ (ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8) => Some(kind),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A single integer key's value.
+pub(crate) fn key_i64(key: &[apache_avro::types::Value]) -> Option<i64> {
+    match key {
+        [apache_avro::types::Value::Int(k)] => Some(i64::from(*k)),
+        [apache_avro::types::Value::Long(k)] => Some(*k),
+        _ => None,
+    }
+}
+
+/// The keys shipped so far, from the compacted topic: a key whose latest message is a value is
+/// shipped, a key whose latest message is a tombstone is not.
+pub(crate) async fn rebuild(config: &Config, topic: &str) -> Result<KeySet, WorkerError> {
+    let (kafka, topic) = (config.kafka.clone(), topic.to_string());
+    let started = Instant::now();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut keys = KeySet::default();
+        let mut messages = 0u64;
+        let result = kafka::read_to_end(&kafka, &topic, Duration::from_secs(600), |m| {
+            use rdkafka::Message;
+            messages += 1;
+            let key = m
+                .key()
+                .and_then(|k| tunnel_shared::wire::parse(k).ok())
+                .and_then(|(_, body)| tunnel_shared::datum::Reader::new(body).read_long().ok());
+            if let Some(k) = key {
+                if m.payload().is_some() {
+                    keys.insert(k);
+                } else {
+                    keys.remove(k);
+                }
+            }
+        });
+        result
+            .map(|()| (keys, messages))
+            .map_err(|source| (topic, source))
+    })
+    .await;
+    let (keys, messages) = match read {
+        Ok(Ok(v)) => v,
+        Ok(Err((topic, source))) => return Err(CheckpointError::Read { topic, source }.into()),
+        Err(_) => {
+            return Err(CheckpointError::Read {
+                topic: config.kafka.topic_prefix.clone(),
+                source: rdkafka::error::KafkaError::Canceled,
+            }
+            .into())
+        }
+    };
+    info!(
+        keys = keys.len(),
+        messages,
+        bytes = keys.serialized_bytes(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rebuilt the shipped key set from the topic"
+    );
+    Ok(keys)
 }
 
 #[cfg(test)]

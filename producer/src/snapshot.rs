@@ -177,7 +177,7 @@ async fn scan(
         account(&mut next, &rows);
         if let Some(keys) = &mut w.keyset {
             for r in &rows {
-                if let Some(k) = crate::worker::key_i64(&r.key) {
+                if let Some(k) = crate::keyset::key_i64(&r.key) {
                     keys.insert(k);
                 }
             }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
-use tunnel_shared::catalog::ColumnKind;
 use tunnel_shared::config::{Config, TableConfig};
 use tunnel_shared::event::{ChangeEvent, Detection, EventEncoder, Op};
 use tunnel_shared::kafka::{self, TopicError, TABLE_TOPIC_CONFIGS};
@@ -240,9 +239,9 @@ impl Worker {
             }));
         }
         // nothing was ever shipped for a table without a checkpoint: no topic to read back
-        let keyset = match integer_key(&info) {
+        let keyset = match crate::keyset::integer_key(&info) {
             Some(_) if checkpoint.snapshot.started_at_micros == 0 => Some(KeySet::default()),
-            Some(_) => Some(rebuild_keyset(&config, &topic).await?),
+            Some(_) => Some(crate::keyset::rebuild(&config, &topic).await?),
             None => None,
         };
         if keyset.is_some() {
@@ -478,7 +477,7 @@ impl Worker {
         let n_slots = self.slots.len();
         if let Some(keys) = &mut self.keyset {
             for e in &events {
-                if let Some(k) = key_i64(&e.key) {
+                if let Some(k) = crate::keyset::key_i64(&e.key) {
                     if e.op == Op::Delete {
                         keys.remove(k);
                     } else {
@@ -571,73 +570,4 @@ impl Worker {
             ts,
         }
     }
-}
-
-/// Whether the key is a single integer column.
-fn integer_key(info: &tunnel_shared::catalog::TableInfo) -> Option<ColumnKind> {
-    match info.key[..] {
-        [k] => match info.columns[k].kind {
-            kind @ (ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8) => Some(kind),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// A single integer key's value.
-pub(crate) fn key_i64(key: &[apache_avro::types::Value]) -> Option<i64> {
-    match key {
-        [apache_avro::types::Value::Int(k)] => Some(i64::from(*k)),
-        [apache_avro::types::Value::Long(k)] => Some(*k),
-        _ => None,
-    }
-}
-
-/// The keys shipped so far, from the compacted topic: a key whose latest message is a value is
-/// shipped, a key whose latest message is a tombstone is not.
-async fn rebuild_keyset(config: &Config, topic: &str) -> Result<KeySet, WorkerError> {
-    let (kafka, topic) = (config.kafka.clone(), topic.to_string());
-    let started = Instant::now();
-    let read = tokio::task::spawn_blocking(move || {
-        let mut keys = KeySet::default();
-        let mut messages = 0u64;
-        let result = kafka::read_to_end(&kafka, &topic, Duration::from_secs(600), |m| {
-            use rdkafka::Message;
-            messages += 1;
-            let key = m
-                .key()
-                .and_then(|k| tunnel_shared::wire::parse(k).ok())
-                .and_then(|(_, body)| tunnel_shared::datum::Reader::new(body).read_long().ok());
-            if let Some(k) = key {
-                if m.payload().is_some() {
-                    keys.insert(k);
-                } else {
-                    keys.remove(k);
-                }
-            }
-        });
-        result
-            .map(|()| (keys, messages))
-            .map_err(|source| (topic, source))
-    })
-    .await;
-    let (keys, messages) = match read {
-        Ok(Ok(v)) => v,
-        Ok(Err((topic, source))) => return Err(CheckpointError::Read { topic, source }.into()),
-        Err(_) => {
-            return Err(CheckpointError::Read {
-                topic: config.kafka.topic_prefix.clone(),
-                source: rdkafka::error::KafkaError::Canceled,
-            }
-            .into())
-        }
-    };
-    info!(
-        keys = keys.len(),
-        messages,
-        bytes = keys.serialized_bytes(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "rebuilt the shipped key set from the topic"
-    );
-    Ok(keys)
 }
