@@ -290,10 +290,7 @@ impl Run<'_> {
     /// collation on both sides), one aggregate per side per range.
     async fn by_rows(&mut self) -> Result<(), PgError> {
         let t = self.t;
-        let keys_text: Vec<String> = t
-            .key_columns()
-            .map(|c| format!("{}::text", quote_ident(&c.name)))
-            .collect();
+        let keys_text = key_texts(t);
         let mut after: Option<Vec<String>> = None;
         loop {
             let mut params: Vec<String> = Vec::new();
@@ -304,7 +301,7 @@ impl Run<'_> {
             }
             let next_sql = format!(
                 "SELECT {} FROM {} WHERE {cond_after} ORDER BY {} OFFSET {} LIMIT 1",
-                keys_text.join(", "),
+                keys_text,
                 self.source.table,
                 t.key_order(),
                 self.opts.leaf_rows - 1
@@ -370,7 +367,11 @@ impl Run<'_> {
     /// Lists (key, hash) of a range on both sides and records the differences.
     async fn compare_rows(&mut self, cond: &str, params: &[String]) -> Result<(), PgError> {
         let t = self.t;
-        let sql = format!("SELECT {} FROM {{}} WHERE {cond}", listing_select(t));
+        let sql = format!(
+            "SELECT {}, {} FROM {{}} WHERE {cond}",
+            key_texts(t),
+            self.hash
+        );
         let n = t.key.len();
         let (a, b) = query_both(
             &self.source,
@@ -407,12 +408,15 @@ impl Run<'_> {
 
 /// `"id"::text, <row hash>`: what a listing of rows selects, keys first.
 pub fn listing_select(t: &TableInfo) -> String {
-    let mut cols: Vec<String> = t
-        .key_columns()
+    format!("{}, {}", key_texts(t), row_hash_expr(t))
+}
+
+/// `"a"::text, "b"::text`: the key columns in text form.
+fn key_texts(t: &TableInfo) -> String {
+    t.key_columns()
         .map(|c| format!("{}::text", quote_ident(&c.name)))
-        .collect();
-    cols.push(row_hash_expr(t));
-    cols.join(", ")
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Keys per statement when listed rows are looked up in the target.
