@@ -190,7 +190,7 @@ async fn wait_until_visible(
                 source: KafkaError::Global(RDKafkaErrorCode::OperationTimedOut),
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -218,8 +218,11 @@ pub fn reader(
     group: &str,
 ) -> Result<rdkafka::consumer::BaseConsumer<EndIsExpected>, KafkaError> {
     let mut cfg = consumer_config(kafka, group);
-    cfg.set("enable.partition.eof", "true");
-    cfg.create_with_context(EndIsExpected)
+    // the end of a partition shows as an empty fetch, which the broker holds back for up to
+    // fetch.wait.max.ms (500 ms by default) hoping for data: readers want the end at once
+    cfg.set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "10");
+    with_user_properties(cfg, kafka).create_with_context(EndIsExpected)
 }
 
 /// Reads every partition of `topic` from the beginning to its end as a `read_committed`
