@@ -218,11 +218,8 @@ pub fn reader(
     group: &str,
 ) -> Result<rdkafka::consumer::BaseConsumer<EndIsExpected>, KafkaError> {
     let mut cfg = consumer_config(kafka, group);
-    // the end of a partition shows as an empty fetch, which the broker holds back for up to
-    // fetch.wait.max.ms (500 ms by default) hoping for data: readers want the end at once
-    cfg.set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "10");
-    with_user_properties(cfg, kafka).create_with_context(EndIsExpected)
+    cfg.set("enable.partition.eof", "true");
+    cfg.create_with_context(EndIsExpected)
 }
 
 /// Reads every partition of `topic` from the beginning to its end as a `read_committed`
