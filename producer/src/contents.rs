@@ -17,7 +17,7 @@
 //! It reads the target through a read-only session of its own. A target that cannot be read
 //! (down, table not created yet) skips the pass with a warning: capture goes on regardless.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -30,7 +30,7 @@ use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
 use crate::source::{Activity, SourceError};
-use crate::versions::{self, Versions};
+use crate::versions::{self, Versions, Written};
 
 /// Most rows written since the last pass that are looked up one by one in the target; beyond,
 /// the whole table is compared.
@@ -45,6 +45,8 @@ pub struct ContentScan {
     /// Whether passes may look at the rows written since the last pass only: deletes are
     /// then the delete scan's to find (tables with a single integer key).
     by_versions: bool,
+    /// Keys the last pass found different, to be shipped if this pass finds them so again.
+    suspects: HashSet<Vec<String>>,
     target_cfg: TargetConfig,
     target_table: String,
     target: Option<Client>,
@@ -66,6 +68,7 @@ impl ContentScan {
             full_interval,
             last_full: Instant::now(),
             by_versions,
+            suspects: HashSet::new(),
             target_cfg: target_cfg.clone(),
             target_table: qualified(table.target_schema(), table.target_name()),
             target: None,
@@ -90,6 +93,30 @@ impl ContentScan {
         }
     }
 
+    /// Rows written since the last pass may differ from the target only because their events
+    /// are still on their way (shipped by a key or watermark scan moments ago): a difference is
+    /// shipped when the previous pass saw it too. The others are remembered, and the horizon
+    /// is held back to the oldest of them so that the next pass lists them again. Returns the
+    /// keys to ship and the horizon to keep.
+    fn confirm(
+        &mut self,
+        differing: Vec<Vec<String>>,
+        rows: &[Written],
+        horizon: i64,
+    ) -> (Vec<Vec<String>>, i64) {
+        let previous = std::mem::take(&mut self.suspects);
+        let (confirmed, fresh): (Vec<_>, Vec<_>) =
+            differing.into_iter().partition(|k| previous.contains(k));
+        let xid_of: HashMap<&Vec<String>, i64> =
+            rows.iter().map(|w| (&w.listed.0, w.xid)).collect();
+        let held = fresh
+            .iter()
+            .filter_map(|k| xid_of.get(k).copied())
+            .fold(horizon, i64::min);
+        self.suspects = fresh.into_iter().collect();
+        (confirmed, held)
+    }
+
     /// Whether the periodic whole-table comparison is due.
     fn full_due(&self) -> bool {
         !self.full_interval.is_zero() && self.last_full.elapsed() >= self.full_interval
@@ -99,7 +126,7 @@ impl ContentScan {
     async fn written_since(
         &self,
         ctx: &mut PassContext<'_>,
-    ) -> Result<Option<(Vec<(Vec<String>, i64)>, i64)>, SourceError> {
+    ) -> Result<Option<(Vec<Written>, i64)>, SourceError> {
         let since = match ctx.checkpoint.reconciled_xmin {
             Some(s) if self.by_versions && !self.full_due() => s,
             _ => return Ok(None),
@@ -123,8 +150,10 @@ impl ChangeDetector for ContentScan {
         self.interval
     }
     fn wants(&self, before: &Activity, now: &Activity) -> bool {
-        // a whole-table comparison also finds what changed in the target alone
+        // a whole-table comparison also finds what changed in the target alone; differences
+        // seen once are looked at again
         self.full_due()
+            || !self.suspects.is_empty()
             || before.inserted != now.inserted
             || before.updated != now.updated
             || before.deleted != now.deleted
@@ -157,12 +186,17 @@ impl ChangeDetector for ContentScan {
                 client: target,
                 table: target_table,
             };
+            let by_versions = written.as_ref().map(|(rows, _)| rows.clone());
             let (mode, listed, diff) = match written {
-                Some((rows, _)) => (
-                    "written_since_last_pass",
-                    rows.len(),
-                    reconcile::compare_listed(&table, &target_side, &rows).await,
-                ),
+                Some((rows, _)) => {
+                    let listed: Vec<(Vec<String>, i64)> =
+                        rows.into_iter().map(|w| w.listed).collect();
+                    (
+                        "written_since_last_pass",
+                        listed.len(),
+                        reconcile::compare_listed(&table, &target_side, &listed).await,
+                    )
+                }
                 None => (
                     "whole_table",
                     0,
@@ -201,6 +235,11 @@ impl ChangeDetector for ContentScan {
             let mut again: Vec<Vec<String>> = diff.missing;
             again.extend(diff.differing);
             again.retain(|k| !parked.contains(k));
+            if let Some(rows) = by_versions {
+                let (confirmed, held) = self.confirm(again, &rows, horizon);
+                again = confirmed;
+                found.reconciled_xmin = Some(held);
+            }
             found.rows = ctx.source.rows_by_keys(&again).await?;
             for k in diff.extra.into_iter().filter(|k| !parked.contains(k)) {
                 found.gone.push(GoneKey::from_text(&table, k)?);

@@ -37,15 +37,21 @@ pub async fn horizon(client: &Client) -> Result<i64, PgError> {
     Ok(row.get(0))
 }
 
+/// A row written since the horizon.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The key in text form and the row's hash ([`reconcile::listing_select`]).
+    pub listed: (Vec<String>, i64),
+    /// The id of the transaction that wrote it, epoch-extended like the horizon.
+    pub xid: i64,
+}
+
 /// What [`changed_since`] found.
 #[derive(Debug)]
 pub enum Versions {
     /// The rows written since the horizon, key (text form) and hash, and the horizon of the
     /// snapshot they were read in (the next pass starts there).
-    Changed {
-        rows: Vec<(Vec<String>, i64)>,
-        horizon: i64,
-    },
+    Changed { rows: Vec<Written>, horizon: i64 },
     /// The horizon cannot be used (why, for the log): compare the whole table instead.
     Unusable(String),
 }
@@ -98,7 +104,7 @@ pub async fn changed_since(
         )));
     }
     let sql = format!(
-        "SELECT {} FROM {} WHERE age(xmin) BETWEEN 0 AND $1 LIMIT $2",
+        "SELECT {}, age(xmin) FROM {} WHERE age(xmin) BETWEEN 0 AND $1 LIMIT $2",
         reconcile::listing_select(t),
         qualified(&t.schema, &t.name)
     );
@@ -114,9 +120,14 @@ pub async fn changed_since(
         )));
     }
     let n = t.key.len();
+    // `age` counts back from the server's latest id (`next - 1`), in the same transaction
+    let latest = next - 1;
     let rows = found
         .iter()
-        .map(|r| ((0..n).map(|i| r.get(i)).collect(), r.get(n)))
+        .map(|r| Written {
+            listed: ((0..n).map(|i| r.get(i)).collect(), r.get(n)),
+            xid: latest - i64::from(r.get::<_, i32>(n + 1)),
+        })
         .collect();
     Ok(Versions::Changed { rows, horizon })
 }
