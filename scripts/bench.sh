@@ -259,36 +259,25 @@ start_pipeline() { # db tag; sets PRODUCER_PID CONSUMER_PID T_START
 # FIRST_ROW_SECONDS (first poll that saw a row) and SNAPSHOT_SECONDS (producer logged
 # "snapshot done")
 wait_sync() { # db rows tag
-  local db=$1 rows=$2 tag=$3 n=0 last_report=$SECONDS deadline=$((SECONDS + SYNC_TIMEOUT)) el
-  SYNC_SECONDS="" SNAPSHOT_SECONDS="" FIRST_ROW_SECONDS=""
-  while :; do
-    n=$(target_count "$db")
-    el=$(since "$T_START")
-    if [[ -z $FIRST_ROW_SECONDS ]] && ((n > 0)); then
-      FIRST_ROW_SECONDS=$el
-      note "first rows in the target at ${el} s ($n rows)"
-    fi
-    if [[ -z $SNAPSHOT_SECONDS ]] && grep -q 'snapshot done' "$LOG_DIR/$tag-producer.log" 2>/dev/null; then
-      SNAPSHOT_SECONDS=$el
-      note "producer logged 'snapshot done' at ${el} s (target holds $n rows)"
-    fi
-    if ((n >= rows)); then SYNC_SECONDS=$el; break; fi
-    if ! kill -0 "$PRODUCER_PID" 2>/dev/null || ! kill -0 "$CONSUMER_PID" 2>/dev/null; then
-      note "a pipeline process exited during the initial sync (target holds $n rows); log tails:"
-      tail -n 20 "$LOG_DIR/$tag-producer.log" "$LOG_DIR/$tag-consumer.log" | sed 's/^/    /'
-      break
-    fi
-    if ((SECONDS >= deadline)); then
-      note "initial sync not done after ${SYNC_TIMEOUT} s (target holds $n of $rows rows)"
-      break
-    fi
-    if ((SECONDS - last_report >= 15)); then
-      note "$(printf '%7.1f s: %d / %d rows in the target' "$el" "$n" "$rows")"
-      last_report=$SECONDS
-    fi
-    sleep 0.5
-  done
-  SYNC_ROWS=$n
+  local db=$1 rows=$2 tag=$3 what el n
+  SYNC_SECONDS="" SNAPSHOT_SECONDS="" FIRST_ROW_SECONDS="" SYNC_ROWS=0
+  # one connection polling the consumer's bookkeeping (see scripts/bench/sync.py): psql and a
+  # count(*) twice a second took CPU from the pipeline being measured
+  while read -r what el n; do
+    SYNC_ROWS=$n
+    case $what in
+      first) FIRST_ROW_SECONDS=$el; note "first rows in the target at ${el} s ($n rows)" ;;
+      snapshot) SNAPSHOT_SECONDS=$el; note "producer logged 'snapshot done' at ${el} s (target holds $n rows)" ;;
+      progress) note "$(printf '%7.1f s: %d / %d rows in the target' "$el" "$n" "$rows")" ;;
+      done) SYNC_SECONDS=$el ;;
+      exited)
+        note "a pipeline process exited during the initial sync (target holds $n rows); log tails:"
+        tail -n 20 "$LOG_DIR/$tag-producer.log" "$LOG_DIR/$tag-consumer.log" | sed 's/^/    /' ;;
+      timeout) note "initial sync not done after ${SYNC_TIMEOUT} s (target holds $n of $rows rows)" ;;
+    esac
+  done < <("$VENV/bin/python" "$ROOT/scripts/bench/sync.py" --target "$(tgt_url "$db")" \
+    --rows "$rows" --start "$T_START" --timeout "$SYNC_TIMEOUT" \
+    --producer-log "$LOG_DIR/$tag-producer.log" --pids "$PRODUCER_PID" "$CONSUMER_PID" || true)
 }
 
 proc_figures() { # pid name tag section: VmHWM and CPU seconds, read just before stopping
