@@ -104,7 +104,8 @@ pub async fn changed_since(
         )));
     }
     let sql = format!(
-        "SELECT {}, age(xmin) FROM {} WHERE age(xmin) BETWEEN 0 AND $1 LIMIT $2",
+        // the upper bound first: it fails for nearly every row, which then costs one `age` call
+        "SELECT {}, age(xmin) FROM {} WHERE age(xmin) <= $1 AND age(xmin) >= 0 LIMIT $2",
         reconcile::listing_select(t),
         qualified(&t.schema, &t.name)
     );
