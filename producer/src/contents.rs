@@ -161,8 +161,13 @@ impl ChangeDetector for ContentScan {
     fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
         Box::pin(async move {
             let mut ctx = ctx;
-            let started = Instant::now();
             let mut found = Found::default();
+            // connected before the clock starts: the pass logs what the comparison costs
+            if let Err(e) = self.target().await {
+                warn!(error = %e, "reconciliation skipped: the target cannot be read");
+                return Ok(found);
+            }
+            let started = Instant::now();
             let table = ctx.source.table().clone();
             let written = self.written_since(&mut ctx).await?;
             let horizon = match &written {
