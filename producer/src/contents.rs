@@ -32,6 +32,9 @@ use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
 use crate::source::{Activity, SourceError};
 use crate::versions::{self, Versions, Written};
 
+/// A listed row: its key in text form and its hash.
+type Listed = (Vec<String>, i64);
+
 /// Most rows written since the last pass that are looked up one by one in the target; beyond,
 /// the whole table is compared.
 const VERSIONS_CAP: usize = 200_000;
@@ -101,14 +104,15 @@ impl ContentScan {
     fn confirm(
         &mut self,
         differing: Vec<Vec<String>>,
-        rows: &[Written],
+        listed: &[Listed],
+        xids: &[i64],
         horizon: i64,
     ) -> (Vec<Vec<String>>, i64) {
         let previous = std::mem::take(&mut self.suspects);
         let (confirmed, fresh): (Vec<_>, Vec<_>) =
             differing.into_iter().partition(|k| previous.contains(k));
         let xid_of: HashMap<&Vec<String>, i64> =
-            rows.iter().map(|w| (&w.listed.0, w.xid)).collect();
+            listed.iter().zip(xids).map(|((k, _), x)| (k, *x)).collect();
         let held = fresh
             .iter()
             .filter_map(|k| xid_of.get(k).copied())
@@ -191,17 +195,16 @@ impl ChangeDetector for ContentScan {
                 client: target,
                 table: target_table,
             };
-            let by_versions = written.as_ref().map(|(rows, _)| rows.clone());
-            let (mode, listed, diff) = match written {
-                Some((rows, _)) => {
-                    let listed: Vec<(Vec<String>, i64)> =
-                        rows.into_iter().map(|w| w.listed).collect();
-                    (
-                        "written_since_last_pass",
-                        listed.len(),
-                        reconcile::compare_listed(&table, &target_side, &listed).await,
-                    )
-                }
+            // (key, hash) for the target lookup, and each row's transaction id beside it
+            let written = written.map(|(rows, _)| -> (Vec<Listed>, Vec<i64>) {
+                rows.into_iter().map(|w| (w.listed, w.xid)).unzip()
+            });
+            let (mode, listed, diff) = match &written {
+                Some((listed, _)) => (
+                    "written_since_last_pass",
+                    listed.len(),
+                    reconcile::compare_listed(&table, &target_side, listed).await,
+                ),
                 None => (
                     "whole_table",
                     0,
@@ -240,8 +243,8 @@ impl ChangeDetector for ContentScan {
             let mut again: Vec<Vec<String>> = diff.missing;
             again.extend(diff.differing);
             again.retain(|k| !parked.contains(k));
-            if let Some(rows) = by_versions {
-                let (confirmed, held) = self.confirm(again, &rows, horizon);
+            if let Some((listed, xids)) = &written {
+                let (confirmed, held) = self.confirm(again, listed, xids, horizon);
                 again = confirmed;
                 found.reconciled_xmin = Some(held);
             }
@@ -277,7 +280,7 @@ async fn whole_table(
     )
     .await;
     source
-        .batch_execute("RESET DateStyle; RESET IntervalStyle; RESET TimeZone; RESET extra_float_digits; RESET bytea_output; RESET work_mem")
+        .batch_execute(&reconcile::canonical_reset())
         .await
         .map_err(PgError::query("resetting the session after reconciliation"))?;
     Ok(diff)

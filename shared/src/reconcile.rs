@@ -32,6 +32,16 @@ pub fn canonical_set(local: bool) -> String {
         .join(" ")
 }
 
+/// `RESET` statements for the settings of [`canonical_set`], each ending in `;`.
+pub fn canonical_reset() -> String {
+    CANONICAL_TEXT
+        .split("-c ")
+        .filter_map(|kv| kv.trim().split_once('='))
+        .map(|(k, _)| format!("RESET {k};"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// How far to cut.
 #[derive(Debug, Clone, Copy)]
 pub struct DiffOptions {
@@ -480,6 +490,7 @@ mod tests {
         assert!(s.contains("SET TimeZone = 'UTC';"), "{s}");
         assert!(s.contains("SET DateStyle = 'ISO,YMD';"), "{s}");
         assert!(canonical_set(true).starts_with("SET LOCAL DateStyle = 'ISO,YMD';"));
+        assert!(canonical_reset().starts_with("RESET DateStyle; RESET IntervalStyle;"));
     }
 
     #[test]
