@@ -24,9 +24,7 @@ pub const CANONICAL_TEXT: &str =
 /// each ending in `;`.
 pub fn canonical_set(local: bool) -> String {
     let scope = if local { "SET LOCAL" } else { "SET" };
-    CANONICAL_TEXT
-        .split("-c ")
-        .filter_map(|kv| kv.trim().split_once('='))
+    canonical_settings()
         .map(|(k, v)| format!("{scope} {k} = '{v}';"))
         .collect::<Vec<_>>()
         .join(" ")
@@ -34,12 +32,17 @@ pub fn canonical_set(local: bool) -> String {
 
 /// `RESET` statements for the settings of [`canonical_set`], each ending in `;`.
 pub fn canonical_reset() -> String {
-    CANONICAL_TEXT
-        .split("-c ")
-        .filter_map(|kv| kv.trim().split_once('='))
+    canonical_settings()
         .map(|(k, _)| format!("RESET {k};"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The (name, value) pairs of [`CANONICAL_TEXT`].
+fn canonical_settings() -> impl Iterator<Item = (&'static str, &'static str)> {
+    CANONICAL_TEXT
+        .split("-c ")
+        .filter_map(|kv| kv.trim().split_once('='))
 }
 
 /// How far to cut.
