@@ -106,7 +106,10 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
         // bounds what librdkafka prefetches, and so the consumer's memory when it is behind
         .set("queued.max.messages.kbytes", "16384")
         .set("queued.min.messages", "20000")
-        .set("fetch.max.bytes", "16777216");
+        .set("fetch.max.bytes", "16777216")
+        // when the queue is full, fetch again as soon as it has room: librdkafka's default
+        // (1 s) left a consumer that is behind idle for most of a second each time
+        .set("fetch.queue.backoff.ms", "10");
     with_user_properties(c, kafka)
 }
 
