@@ -238,11 +238,18 @@ pub fn read_to_end(
 
     let consumer = reader(kafka, &format!("{topic}.reader"))?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = metadata
+    let mut partitions: Vec<i32> = Vec::new();
+    for p in metadata
         .topics()
         .iter()
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    {
+        // an empty partition has no end to report until a fetch waits out `fetch.wait.max.ms`
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        if high > low {
+            partitions.push(p);
+        }
+    }
     if partitions.is_empty() {
         return Ok(());
     }
