@@ -133,56 +133,18 @@ impl Worker {
         let topic = config.topic(&table);
         let schemas = schema::derive(&info, &config.kafka.topic_prefix)?;
         let registry = Registry::new(&config.registry.url)?;
-        let key_subject = format!("{topic}-key");
-        let value_subject = format!("{topic}-value");
-        let key_id = retry("registering the key schema", SETUP_ATTEMPTS, || {
-            registry.register(&key_subject, &schemas.key_json)
-        })
-        .await?;
-        let value_id = retry("registering the value schema", SETUP_ATTEMPTS, || {
-            registry.register(&value_subject, &schemas.value_json)
-        })
-        .await?;
-        for subject in [&key_subject, &value_subject] {
-            retry("setting schema compatibility", SETUP_ATTEMPTS, || {
-                registry.set_compatibility(subject, &config.registry.compatibility)
-            })
-            .await?;
-        }
         let admin = kafka::admin(&config.kafka)?;
-        let k = &config.kafka;
-        retry("creating the table's topic", SETUP_ATTEMPTS, || {
-            kafka::ensure_topic(
-                &admin,
-                &topic,
-                k.partitions,
-                k.replication_factor,
-                TABLE_TOPIC_CONFIGS,
-            )
-        })
-        .await?;
         let cp_topic = config.checkpoint_topic();
-        retry("creating the checkpoint topic", SETUP_ATTEMPTS, || {
-            kafka::ensure_topic(
-                &admin,
-                &cp_topic,
-                1,
-                k.replication_factor,
-                &[("cleanup.policy", "compact")],
-            )
-        })
-        .await?;
         let repair_topic = config.repair_topic();
-        retry("creating the repair topic", SETUP_ATTEMPTS, || {
-            kafka::ensure_topic(
-                &admin,
-                &repair_topic,
-                1,
-                k.replication_factor,
-                &[("retention.ms", "604800000")],
-            )
-        })
-        .await?;
+        // the schemas and the three topics do not depend on each other: set up at once
+        let ((key_id, value_id), ()) = tokio::try_join!(
+            register_schemas(&registry, &topic, &schemas, &config.registry.compatibility),
+            ensure_topics(&admin, &config.kafka, &topic, &cp_topic, &repair_topic),
+        )?;
+        // the checkpoint is read while the transactional producer fences older ones
+        let kcfg = config.kafka.clone();
+        let (t2, key2) = (cp_topic.clone(), table.qualified());
+        let loading = tokio::task::spawn_blocking(move || checkpoint::load(&kcfg, &t2, &key2));
         let encoder =
             EventEncoder::new(schemas, key_id, value_id, &info).map_err(PublishError::from)?;
         let table_key = table.qualified();
@@ -202,11 +164,7 @@ impl Worker {
             },
         )
         .await?;
-        let kcfg = config.kafka.clone();
-        let (t2, key2) = (cp_topic.clone(), table_key.clone());
-        let loaded = tokio::task::spawn_blocking(move || checkpoint::load(&kcfg, &t2, &key2))
-            .await
-            .unwrap_or(Ok(None))?;
+        let loaded = loading.await.unwrap_or(Ok(None))?;
         let checkpoint = match loaded {
             Some(cp) => {
                 info!(phase = ?cp.snapshot.phase, events = cp.events, "resuming from checkpoint");
@@ -570,4 +528,76 @@ impl Worker {
             ts,
         }
     }
+}
+
+/// Registers the key and value schemas of `topic` (both at once) and sets their compatibility
+/// level. Returns the schema ids.
+async fn register_schemas(
+    registry: &Registry,
+    topic: &str,
+    schemas: &schema::TableSchemas,
+    compatibility: &str,
+) -> Result<(u32, u32), WorkerError> {
+    let key_subject = format!("{topic}-key");
+    let value_subject = format!("{topic}-value");
+    let ids = tokio::try_join!(
+        retry("registering the key schema", SETUP_ATTEMPTS, || {
+            registry.register(&key_subject, &schemas.key_json)
+        }),
+        retry("registering the value schema", SETUP_ATTEMPTS, || {
+            registry.register(&value_subject, &schemas.value_json)
+        }),
+    )?;
+    let compatible = |subject: &str| {
+        let subject = subject.to_string();
+        async move {
+            retry("setting schema compatibility", SETUP_ATTEMPTS, || {
+                registry.set_compatibility(&subject, compatibility)
+            })
+            .await
+        }
+    };
+    tokio::try_join!(compatible(&key_subject), compatible(&value_subject))?;
+    Ok(ids)
+}
+
+/// Creates the table's topic, the checkpoint topic and the repair topic where missing (all at
+/// once).
+async fn ensure_topics(
+    admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    k: &tunnel_shared::config::KafkaConfig,
+    topic: &str,
+    cp_topic: &str,
+    repair_topic: &str,
+) -> Result<(), WorkerError> {
+    tokio::try_join!(
+        retry("creating the table's topic", SETUP_ATTEMPTS, || {
+            kafka::ensure_topic(
+                admin,
+                topic,
+                k.partitions,
+                k.replication_factor,
+                TABLE_TOPIC_CONFIGS,
+            )
+        }),
+        retry("creating the checkpoint topic", SETUP_ATTEMPTS, || {
+            kafka::ensure_topic(
+                admin,
+                cp_topic,
+                1,
+                k.replication_factor,
+                &[("cleanup.policy", "compact")],
+            )
+        }),
+        retry("creating the repair topic", SETUP_ATTEMPTS, || {
+            kafka::ensure_topic(
+                admin,
+                repair_topic,
+                1,
+                k.replication_factor,
+                &[("retention.ms", "604800000")],
+            )
+        }),
+    )?;
+    Ok(())
 }
