@@ -284,7 +284,32 @@ pub(crate) fn date_text(days: i32) -> Result<String, String> {
 fn push_date(out: &mut String, t: &chrono::NaiveDateTime) {
     use chrono::Datelike;
     use std::fmt::Write;
-    let _ = write!(out, "{:04}-{:02}-{:02}", t.year(), t.month(), t.day());
+    match u32::try_from(t.year()) {
+        Ok(year) if year <= 9999 => {
+            push_padded(out, year, 4);
+            out.push('-');
+            push_padded(out, t.month(), 2);
+            out.push('-');
+            push_padded(out, t.day(), 2);
+        }
+        _ => {
+            let _ = write!(out, "{:04}-{:02}-{:02}", t.year(), t.month(), t.day());
+        }
+    }
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits (`write!` is several times slower,
+/// and every timestamp of every row goes through here).
+fn push_padded(out: &mut String, mut n: u32, width: usize) {
+    let mut digits = [b'0'; 10];
+    let mut start = digits.len();
+    while n > 0 {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let start = start.min(digits.len().saturating_sub(width));
+    out.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
 pub(crate) fn time_text(us: i64) -> String {
@@ -310,7 +335,6 @@ pub(crate) fn float_text(v: f64, shortest: String) -> String {
 
 pub(crate) fn timestamp_text(us: i64, zone: &str) -> Result<String, String> {
     use chrono::Timelike;
-    use std::fmt::Write;
     match us {
         i64::MAX => Ok("infinity".into()),
         i64::MIN => Ok("-infinity".into()),
@@ -318,16 +342,17 @@ pub(crate) fn timestamp_text(us: i64, zone: &str) -> Result<String, String> {
             let t = chrono::DateTime::from_timestamp_micros(us)
                 .ok_or_else(|| format!("timestamp {us} µs is out of range"))?
                 .naive_utc();
-            let mut out = String::with_capacity(29);
+            let mut out = String::with_capacity(32);
             push_date(&mut out, &t);
-            let _ = write!(
-                out,
-                " {:02}:{:02}:{:02}.{:06}{zone}",
-                t.hour(),
-                t.minute(),
-                t.second(),
-                t.nanosecond() / 1_000
-            );
+            out.push(' ');
+            push_padded(&mut out, t.hour(), 2);
+            out.push(':');
+            push_padded(&mut out, t.minute(), 2);
+            out.push(':');
+            push_padded(&mut out, t.second(), 2);
+            out.push('.');
+            push_padded(&mut out, t.nanosecond() / 1_000, 6);
+            out.push_str(zone);
             Ok(out)
         }
     }
@@ -371,6 +396,38 @@ mod tests {
         assert!(err.to_string().contains("expected 8 bytes"), "{err}");
         assert!(decode("c", ColumnKind::Uuid, &[0; 15]).is_err());
         assert!(decode("c", ColumnKind::Text, &[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn timestamp_text_matches_formatted_output() {
+        use chrono::{Datelike, Timelike};
+        // from year 1 to 9999, in steps that vary every field
+        let mut us: i64 = -62_135_596_800_000_000;
+        while us < 253_402_300_799_000_000 {
+            let t = chrono::DateTime::from_timestamp_micros(us)
+                .unwrap()
+                .naive_utc();
+            let want = format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.nanosecond() / 1_000
+            );
+            assert_eq!(timestamp_text(us, "+00").unwrap(), want);
+            us += 12_345_678_901_234;
+        }
+        assert_eq!(
+            timestamp_text(-62_135_596_800_000_001, "").unwrap(),
+            "0000-12-31 23:59:59.999999"
+        );
+        let mut out = String::new();
+        push_padded(&mut out, 0, 2);
+        push_padded(&mut out, 12345, 2);
+        assert_eq!(out, "0012345");
     }
 
     #[test]
