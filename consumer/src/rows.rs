@@ -168,7 +168,12 @@ async fn copy_in(
     // in key order: the primary-key index then grows at its right edge, as in a bulk load,
     // instead of splitting pages all over the range the batch's partitions interleave
     let mut ordered: Vec<&&Entry> = entries.iter().collect();
-    ordered.sort_by_cached_key(|e| key_order(&e.message.key));
+    if ordered.iter().all(|e| e.message.key.len() == 1) {
+        // one column: no vector per key
+        ordered.sort_by_cached_key(|e| key_part(e.message.key[0].as_deref()));
+    } else {
+        ordered.sort_by_cached_key(|e| key_order(&e.message.key));
+    }
     for e in ordered {
         let Some((ev, _)) = &e.message.event else {
             continue;
@@ -218,12 +223,14 @@ enum KeyPart<'a> {
 }
 
 fn key_order(key: &[Option<String>]) -> Vec<KeyPart<'_>> {
-    key.iter()
-        .map(|k| match k.as_deref() {
-            None => KeyPart::Null,
-            Some(t) => t.parse().map(KeyPart::Int).unwrap_or(KeyPart::Text(t)),
-        })
-        .collect()
+    key.iter().map(|k| key_part(k.as_deref())).collect()
+}
+
+fn key_part(k: Option<&str>) -> KeyPart<'_> {
+    match k {
+        None => KeyPart::Null,
+        Some(t) => t.parse().map(KeyPart::Int).unwrap_or(KeyPart::Text(t)),
+    }
 }
 
 /// One value in `COPY`'s text format.
@@ -232,6 +239,13 @@ fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
         out.extend_from_slice(b"\\N");
         return;
     };
+    if !s
+        .bytes()
+        .any(|b| matches!(b, b'\\' | b'\n' | b'\r' | b'\t'))
+    {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
     for b in s.bytes() {
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),

@@ -168,6 +168,8 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
                 match applier.apply(&items).await {
                     Ok(applied) => {
                         let _ = done_tx.send(applied);
+                        // freeing a batch's rows takes a while: not on the way to the next one
+                        tokio::task::spawn_blocking(move || drop(items));
                     }
                     Err(e) => {
                         collecting.abort();
