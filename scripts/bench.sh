@@ -35,7 +35,7 @@
 # Knobs (environment): BENCH_ROWS, BENCH_SMALL_ROWS (0 skips the small table), BENCH_RATE,
 # BENCH_LATENCY_SECONDS, BENCH_POLL_MS (target polling of the latency probes, default 25),
 # BENCH_PARTITIONS (default 6), BENCH_SNAPSHOT_CHUNK (default 10000), BENCH_BATCH (consumer
-# batch_max_events, default 20000), BENCH_SYNC_TIMEOUT (seconds, default 3600), BENCH_KEEP=1
+# batch_max_events, default 10000), BENCH_SYNC_TIMEOUT (seconds, default 3600), BENCH_KEEP=1
 # (leave the bench databases and topics in place), BENCH_DIR (logs, default .stack/bench),
 # BENCH_BUILD=0 (no cargo build: bench the binaries already in target/release),
 # BENCH_SECTIONS (default "1 4 5": 1 runs sections 1-3, 4 section 4, 5 section 5), BENCH_DELETE_SIZES,
@@ -55,7 +55,7 @@ LAT_SECONDS=${BENCH_LATENCY_SECONDS:-60}
 POLL_MS=${BENCH_POLL_MS:-25}
 PARTITIONS=${BENCH_PARTITIONS:-6}
 SNAPSHOT_CHUNK=${BENCH_SNAPSHOT_CHUNK:-10000}
-BATCH=${BENCH_BATCH:-20000}
+BATCH=${BENCH_BATCH:-10000}
 SYNC_TIMEOUT=${BENCH_SYNC_TIMEOUT:-3600}
 SECTIONS=" ${BENCH_SECTIONS:-1 4 5} "
 DELETE_SIZES=${BENCH_DELETE_SIZES:-1000000 10000000}

@@ -222,7 +222,7 @@ impl Default for ProducerConfig {
 impl Default for ConsumerConfig {
     fn default() -> Self {
         Self {
-            batch_max_events: 20_000,
+            batch_max_events: 10_000,
             batch_max_wait_ms: 50,
         }
     }
