@@ -50,8 +50,13 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
     let published = w.checkpoint.clone();
     let mut pending: Option<(Checkpoint, Vec<SourceRow>)> = None;
     let scanned = scan(w, chunk, &mut pending, &mut progress).await;
+    let recent_from = w.recent_from();
     let flushed = match pending.take() {
-        Some((cp, rows)) if scanned.is_ok() => ship(&w.publisher, &cp, rows, &mut progress).await,
+        Some((cp, rows)) if scanned.is_ok() => {
+            ship(&w.publisher, &cp, rows, &mut progress, recent_from)
+                .await
+                .map(|recent| w.remember_shipped(recent))
+        }
         _ => Ok(()),
     };
     if let Err(e) = scanned.and(flushed) {
@@ -66,7 +71,7 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
         let mut next = w.checkpoint.clone();
         let Some(upto) = next.snapshot.drained_upto.clone() else {
             next.snapshot.phase = SnapshotPhase::Done;
-            ship(&w.publisher, &next, Vec::new(), &mut progress).await?;
+            ship(&w.publisher, &next, Vec::new(), &mut progress, recent_from).await?;
             w.checkpoint = next;
             break;
         };
@@ -81,7 +86,8 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
             next.snapshot.phase = SnapshotPhase::Done;
         }
         account(&mut next, &rows);
-        ship(&w.publisher, &next, rows, &mut progress).await?;
+        let recent = ship(&w.publisher, &next, rows, &mut progress, recent_from).await?;
+        w.remember_shipped(recent);
         w.checkpoint = next;
     }
     progress.finish();
@@ -142,6 +148,7 @@ async fn scan(
     progress: &mut Progress,
 ) -> Result<(), WorkerError> {
     let max_wait = w.max_wait_micros();
+    let recent_from = w.recent_from();
     while w.checkpoint.snapshot.phase == SnapshotPhase::Scan {
         if w.stopping() {
             return Ok(());
@@ -158,12 +165,12 @@ async fn scan(
         let publisher = &w.publisher;
         let shipping = async {
             match pending.take() {
-                Some((cp, rows)) => ship(publisher, &cp, rows, progress).await,
-                None => Ok(()),
+                Some((cp, rows)) => ship(publisher, &cp, rows, progress, recent_from).await,
+                None => Ok(Vec::new()),
             }
         };
         let (read, shipped) = tokio::join!(read, shipping);
-        shipped?;
+        w.remember_shipped(shipped?);
         let (drained, rows) = read?;
         if drained {
             next.snapshot.drained = true;
@@ -201,28 +208,37 @@ fn account(next: &mut Checkpoint, rows: &[SourceRow]) {
         .max();
 }
 
-/// Ships a chunk as `r` events with the checkpoint that covers it.
+/// Ships a chunk as `r` events with the checkpoint that covers it. Returns the key and hash of
+/// the rows whose watermark is at or after `recent_from`: the first watermark pass reads them
+/// again (see [`Worker::remember_shipped`]).
 async fn ship(
     publisher: &Publisher,
     next: &Checkpoint,
     rows: Vec<SourceRow>,
     progress: &mut Progress,
-) -> Result<(), WorkerError> {
+    recent_from: i64,
+) -> Result<Vec<(Vec<String>, u64)>, WorkerError> {
     let ts_ms = chrono::Utc::now().timestamp_millis();
+    let mut recent = Vec::new();
     let events: Vec<ChangeEvent> = rows
         .into_iter()
-        .map(|r| ChangeEvent {
-            op: Op::Read,
-            key: r.key,
-            after: Some(r.row),
-            detected_by: Detection::Snapshot,
-            updated_at: r.watermark,
-            ts_ms,
+        .map(|r| {
+            if r.watermark.is_some_and(|t| t >= recent_from) {
+                recent.push((r.key_text, r.hash));
+            }
+            ChangeEvent {
+                op: Op::Read,
+                key: r.key,
+                after: Some(r.row),
+                detected_by: Detection::Snapshot,
+                updated_at: r.watermark,
+                ts_ms,
+            }
         })
         .collect();
     publisher.publish(&events, next).await?;
     progress.add(events.len() as u64);
-    Ok(())
+    Ok(recent)
 }
 
 /// Rows, rows/s and ETA: a line redrawn on a terminal, and a log line every 5 s.

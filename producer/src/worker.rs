@@ -59,6 +59,9 @@ impl Retryable for WorkerError {
 /// How many times setup steps are tried before the worker gives up.
 const SETUP_ATTEMPTS: u32 = 20;
 
+/// Most snapshot rows remembered for the first watermark pass (see `remember_shipped`).
+const SNAPSHOT_CACHE_ROWS: usize = 100_000;
+
 struct Slot {
     detector: Box<dyn ChangeDetector>,
     /// This detector's own horizon: the argument in [`crate::horizon`] holds for one sequence
@@ -511,6 +514,38 @@ impl Worker {
 
     /// The horizon's bounds, with the time bound lowered to the highest watermark value shipped
     /// minus the overlap: applications that write their own (older) timestamps are still seen.
+    /// The earliest watermark the first pass after the snapshot may read again: the snapshot's
+    /// start, less the overlap and a second of margin.
+    pub(crate) fn recent_from(&self) -> i64 {
+        let overlap = (self.config.producer.watermark_overlap_ms as i64).saturating_mul(1000);
+        self.checkpoint
+            .snapshot
+            .started_at_micros
+            .saturating_sub(overlap)
+            .saturating_sub(1_000_000)
+    }
+
+    /// Remembers rows the snapshot shipped that changed shortly before it started: the first
+    /// watermark pass reads them again, and without this would ship them a second time (a row
+    /// that breaks a validation rule would then be in the DLQ twice). At most
+    /// `SNAPSHOT_CACHE_ROWS` rows (a table loaded in bulk just before its snapshot): past that,
+    /// they are shipped again, which the consumer applies without effect.
+    pub(crate) fn remember_shipped(&mut self, rows: Vec<(Vec<String>, u64)>) {
+        let n_slots = self.slots.len();
+        for (key, hash) in rows {
+            if self.cache.len() >= SNAPSHOT_CACHE_ROWS {
+                break;
+            }
+            self.cache.insert(
+                key,
+                CacheEntry {
+                    hash,
+                    seen: vec![self.tick; n_slots],
+                },
+            );
+        }
+    }
+
     fn effective_bounds(&self, b: &Bounds) -> Bounds {
         // the horizon's clock bound, less the overlap against clock differences between sessions
         let overlap = (self.config.producer.watermark_overlap_ms as i64).saturating_mul(1000);
