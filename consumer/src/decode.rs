@@ -2,11 +2,11 @@
 //! registry (cached by id), then the Avro body. Every failure is a [`DecodeError`] that names
 //! what was wrong; nothing here panics on bad bytes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
+use rustc_hash::FxHashMap;
 use tunnel_shared::datum;
 use tunnel_shared::event::{self, EnvelopeLayout, EventError, RecordLayout, TextEvent};
 use tunnel_shared::pgbinary::to_pg_text;
@@ -86,21 +86,20 @@ pub struct WriterSchema {
 pub struct DecodedMessage {
     /// The key in PostgreSQL's text form.
     pub key: Vec<Option<String>>,
-    pub key_schema: u32,
     /// `None` for a tombstone.
     pub event: Option<(TextEvent, u32)>,
 }
 
 pub struct Decoder {
     registry: Arc<Registry>,
-    shapes: HashMap<u32, Arc<WriterSchema>>,
+    shapes: FxHashMap<u32, Arc<WriterSchema>>,
 }
 
 impl Decoder {
     pub fn new(registry: Arc<Registry>) -> Self {
         Self {
             registry,
-            shapes: HashMap::new(),
+            shapes: FxHashMap::default(),
         }
     }
 
@@ -169,7 +168,11 @@ impl Decoder {
             .collect()
     }
 
-    pub async fn key(&mut self, bytes: &[u8]) -> Result<(Vec<Option<String>>, u32), DecodeError> {
+    /// A key in text form, with its writer schema.
+    pub async fn key(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<(Vec<Option<String>>, Arc<WriterSchema>), DecodeError> {
         let part = "key";
         let (id, body) = wire::parse(bytes).map_err(|source| DecodeError::Wire { part, source })?;
         let w = self.writer(id, part).await?;
@@ -191,10 +194,14 @@ impl Decoder {
                 Self::texts(&w, &values, part)?
             }
         };
-        Ok((key, id))
+        Ok((key, w))
     }
 
-    pub async fn value(&mut self, bytes: &[u8]) -> Result<(TextEvent, u32), DecodeError> {
+    /// An event with its row in text form, with its writer schema.
+    pub async fn value(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<(TextEvent, Arc<WriterSchema>), DecodeError> {
         let part = "value";
         let (id, body) = wire::parse(bytes).map_err(|source| DecodeError::Wire { part, source })?;
         let w = self.writer(id, part).await?;
@@ -210,6 +217,6 @@ impl Decoder {
                 TextEvent { op: ev.op, after }
             }
         };
-        Ok((event, id))
+        Ok((event, w))
     }
 }

@@ -12,7 +12,7 @@ use tunnel_shared::retry::{Backoff, Retryable};
 use tunnel_shared::rules::{self, CompiledRule, Rule};
 
 use crate::apply::{Entry, Item, KeyText};
-use crate::decode::{DecodeError, DecodedMessage, Decoder};
+use crate::decode::{DecodeError, DecodedMessage, Decoder, WriterSchema};
 use crate::dlq::{class, Rejected};
 
 /// A message as consumed.
@@ -23,6 +23,9 @@ pub struct Raw {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
 }
+
+/// A decoded message with its key's and value's writer schemas.
+type Decoded = (DecodedMessage, Arc<WriterSchema>, Option<Arc<WriterSchema>>);
 
 /// A table's rules compiled against one value schema, or why they do not fit it.
 type Compiled = Result<Arc<Vec<CompiledRule>>, String>;
@@ -60,32 +63,7 @@ impl Intake {
     async fn decode(&mut self, raw: Raw) -> Item {
         let mut backoff = Backoff::default();
         loop {
-            let mut key: Option<KeyText> = None;
-            let result = async {
-                let message = match raw.key.as_deref() {
-                    None => Err(DecodeError::NoKey),
-                    Some(k) => {
-                        let (k, id) = self.decoder.key(k).await?;
-                        key = Some(k.clone());
-                        let event = match raw.value.as_deref() {
-                            None => None,
-                            Some(v) => Some(self.decoder.value(v).await?),
-                        };
-                        Ok(DecodedMessage {
-                            key: k,
-                            key_schema: id,
-                            event,
-                        })
-                    }
-                }?;
-                let key_schema = self.decoder.writer(message.key_schema, "key").await?;
-                let value_schema = match &message.event {
-                    Some((_, id)) => Some(self.decoder.writer(*id, "value").await?),
-                    None => None,
-                };
-                Ok::<_, DecodeError>((message, key_schema, value_schema))
-            }
-            .await;
+            let result = self.decode_parts(&raw).await;
             match result {
                 Ok((message, key_schema, value_schema)) => {
                     return Item::Event(Entry {
@@ -99,19 +77,22 @@ impl Intake {
                         value_bytes: raw.value,
                     })
                 }
-                Err(e) if e.is_retryable() => {
+                Err((_, e)) if e.is_retryable() => {
                     let delay = backoff.next_delay();
                     warn!(error = %e, delay_ms = delay.as_millis() as u64, "decoding needs the registry, retrying");
                     tokio::time::sleep(delay).await;
                 }
-                Err(DecodeError::Registry {
-                    source: RegistryError::UnknownId(id),
-                    ..
-                }) if self.unknown_ids.insert(id) => {
+                Err((
+                    _,
+                    DecodeError::Registry {
+                        source: RegistryError::UnknownId(id),
+                        ..
+                    },
+                )) if self.unknown_ids.insert(id) => {
                     // a schema registered a moment ago may not be visible everywhere yet
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Err(e) => {
+                Err((key, e)) => {
                     warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, class = e.class(), error = %e, "message cannot be decoded, it goes to the DLQ");
                     return Item::Rejected(Rejected {
                         topic: raw.topic,
@@ -128,6 +109,24 @@ impl Intake {
                 }
             }
         }
+    }
+
+    /// The key, the event and their writer schemas; on failure, the key when it could be
+    /// decoded (the DLQ entry names it).
+    async fn decode_parts(&mut self, raw: &Raw) -> Result<Decoded, (Option<KeyText>, DecodeError)> {
+        let Some(key_bytes) = raw.key.as_deref() else {
+            return Err((None, DecodeError::NoKey));
+        };
+        let (key, key_schema) = self.decoder.key(key_bytes).await.map_err(|e| (None, e))?;
+        let (event, value_schema) = match raw.value.as_deref() {
+            None => (None, None),
+            Some(v) => match self.decoder.value(v).await {
+                Ok((event, w)) => (Some((event, w.id)), Some(w)),
+                Err(e) => return Err((Some(key), e)),
+            },
+        };
+        let message = DecodedMessage { key, event };
+        Ok((message, key_schema, value_schema))
     }
 
     /// Checks an event's row against its table's rules.
