@@ -10,6 +10,7 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
@@ -122,15 +123,19 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
         pg::connect(&config.target.url, &session)
     })
     .await?;
+    // applied batches come back to be freed where they were allocated: mimalloc frees from
+    // another thread lazily, and the pages of a batch freed elsewhere are not reused at once
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<(apply::Applied, Vec<Item>)>();
     let mut collector = Collector {
         consumer,
         intake: Intake::new(decoder, rules_of),
         lookup,
         bk: bk.clone(),
         topics: targets.keys().cloned().collect(),
-        known: HashMap::new(),
+        known: FxHashMap::default(),
         max: config.consumer.batch_max_events,
         wait: Duration::from_millis(config.consumer.batch_max_wait_ms),
+        done: done_rx,
     };
     let mut applier = Applier {
         client,
@@ -145,12 +150,9 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
     // the collector runs on a task of its own, one batch ahead: decoding the next batch uses
     // the other core while this one is applied (within one task they would only take turns)
     let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<Item>>(1);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<apply::Applied>();
     let mut collecting = tokio::spawn(async move {
         loop {
-            while let Ok(applied) = done_rx.try_recv() {
-                collector.applied(&applied);
-            }
+            collector.settle();
             match collector.next_batch(&mut stop).await? {
                 Some(items) => {
                     if batch_tx.send(items).await.is_err() {
@@ -167,9 +169,7 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
                 let Some(items) = items else { break };
                 match applier.apply(&items).await {
                     Ok(applied) => {
-                        let _ = done_tx.send(applied);
-                        // freeing a batch's rows takes a while: not on the way to the next one
-                        tokio::task::spawn_blocking(move || drop(items));
+                        let _ = done_tx.send((applied, items));
                     }
                     Err(e) => {
                         collecting.abort();
@@ -234,9 +234,11 @@ struct Collector {
     bk: String,
     topics: Vec<Arc<str>>,
     /// The next offset the target needs, per partition, as far as this process knows.
-    known: HashMap<(Arc<str>, i32), i64>,
+    known: FxHashMap<(Arc<str>, i32), i64>,
     max: usize,
     wait: Duration,
+    /// Batches the applier has committed, with what it made of them.
+    done: mpsc::UnboundedReceiver<(apply::Applied, Vec<Item>)>,
 }
 
 impl Collector {
@@ -271,7 +273,12 @@ impl Collector {
                 tokio::select! {
                     biased;
                     m = self.consumer.recv() => match m {
-                        Ok(m) => batch.push(self.owned(&m)),
+                        Ok(m) => {
+                            batch.push(self.owned(&m));
+                            if batch.len().is_multiple_of(1024) {
+                                self.settle();
+                            }
+                        }
                         Err(e) => warn!(error = %e, "kafka consumer error"),
                     },
                     _ = &mut deadline => break,
@@ -305,28 +312,40 @@ impl Collector {
         let mut entries = Vec::with_capacity(batch.len());
         for raw in batch {
             let tp = (raw.topic.clone(), raw.partition);
-            if !self.known.contains_key(&tp) {
-                let stored =
-                    stored_offset(&self.lookup, &self.bk, &raw.topic, raw.partition).await?;
-                self.known.insert(tp.clone(), stored);
-                if raw.offset + 1 < stored {
-                    info!(topic = %raw.topic, partition = raw.partition, offset = stored, "seeking to the offset stored in the target");
-                    if let Err(e) = self.consumer.seek(
-                        &raw.topic,
-                        raw.partition,
-                        Offset::Offset(stored),
-                        Duration::from_secs(5),
-                    ) {
-                        debug!(error = %e, "seek failed; already-applied events are skipped instead");
+            let known = match self.known.get(&tp) {
+                Some(&next) => next,
+                None => {
+                    let stored =
+                        stored_offset(&self.lookup, &self.bk, &raw.topic, raw.partition).await?;
+                    self.known.insert(tp, stored);
+                    if raw.offset + 1 < stored {
+                        info!(topic = %raw.topic, partition = raw.partition, offset = stored, "seeking to the offset stored in the target");
+                        if let Err(e) = self.consumer.seek(
+                            &raw.topic,
+                            raw.partition,
+                            Offset::Offset(stored),
+                            Duration::from_secs(5),
+                        ) {
+                            debug!(error = %e, "seek failed; already-applied events are skipped instead");
+                        }
                     }
+                    stored
                 }
-            }
-            if raw.offset < self.known[&tp] {
+            };
+            if raw.offset < known {
                 continue;
             }
             entries.push(self.intake.take(raw).await);
         }
         Ok(entries)
+    }
+
+    /// Takes in the batches the applier has committed since last asked, and frees them.
+    fn settle(&mut self) {
+        while let Ok((applied, items)) = self.done.try_recv() {
+            self.applied(&applied);
+            drop(items);
+        }
     }
 
     /// After a batch committed in the target: remember its offsets, and tell Kafka too, so
