@@ -78,7 +78,10 @@ pub fn transactional_producer_config(kafka: &KafkaConfig, transactional_id: &str
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("transaction.timeout.ms", "60000")
-        .set("message.timeout.ms", "55000");
+        .set("message.timeout.ms", "55000")
+        // the publisher only keeps failures (a commit fails anyway if a message was not
+        // delivered): a report per delivered row was work for nothing
+        .set("delivery.report.only.error", "true");
     with_user_properties(c, kafka)
 }
 
