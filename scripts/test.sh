@@ -59,3 +59,15 @@ cargo build --workspace --bins
 
 step "cargo test"
 cargo test --workspace "${cargo_args[@]}"
+
+# each test works in databases of its own (t_ and 8 letters or digits); once every test has
+# passed they are dropped, so that repeated runs on a kept stack do not fill its disk
+# (those of a failed run stay, to be looked at)
+step "dropping the tests' databases"
+for url in "$TUNNEL_SOURCE_ADMIN_URL" "$TUNNEL_TARGET_URL"; do
+  dbs=$(psql -X -At "$url" -c "SELECT datname FROM pg_database WHERE datname ~ '^t_[a-z0-9]{8}$'")
+  for db in $dbs; do
+    psql -X -q "$url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  done
+  echo "  dropped $(wc -w <<<"$dbs") database(s) on ${url##*@}"
+done
