@@ -95,6 +95,8 @@ pub struct Worker {
     tick: u64,
     /// The keys shipped so far, for tables with a single integer key (delete scans).
     pub(crate) keyset: Option<KeySet>,
+    /// Whether rows of the snapshot are remembered for the first watermark pass after it.
+    snapshot_rows_remembered: bool,
     /// When a checkpoint was last shipped; checkpoints without events wait for
     /// `checkpoint_interval_ms` (older bounds are always safe to restart from).
     last_shipped: Instant,
@@ -246,6 +248,7 @@ impl Worker {
             cache: HashMap::new(),
             tick: 0,
             last_shipped: Instant::now(),
+            snapshot_rows_remembered: false,
             keyset,
         })
     }
@@ -417,12 +420,25 @@ impl Worker {
                 .max();
         }
         next.events += events.len() as u64;
+        // the first watermark pass after a snapshot skips the rows the snapshot remembered: its
+        // bounds are kept at once, or a restart would read those rows again and, its memory
+        // gone, ship them again
+        let after_snapshot = detection == Detection::Watermark && self.snapshot_rows_remembered;
         let checkpoint_due = next != self.checkpoint
-            && self.last_shipped.elapsed()
-                >= Duration::from_millis(self.config.producer.checkpoint_interval_ms);
+            && (after_snapshot
+                || self.last_shipped.elapsed()
+                    >= Duration::from_millis(self.config.producer.checkpoint_interval_ms));
         if !events.is_empty() || checkpoint_due {
             self.publisher.publish(&events, &next).await?;
             self.last_shipped = Instant::now();
+        }
+        if after_snapshot {
+            self.snapshot_rows_remembered = false;
+            info!(
+                read_rows = found.rows.len(),
+                shipped = events.len(),
+                "first watermark pass after the snapshot done"
+            );
         }
         // shipped: remember what was shipped and seen
         self.tick += 1;
@@ -532,6 +548,7 @@ impl Worker {
     /// they are shipped again, which the consumer applies without effect.
     pub(crate) fn remember_shipped(&mut self, rows: Vec<(Vec<String>, u64)>) {
         let n_slots = self.slots.len();
+        self.snapshot_rows_remembered |= !rows.is_empty();
         for (key, hash) in rows {
             if self.cache.len() >= SNAPSHOT_CACHE_ROWS {
                 break;
