@@ -9,6 +9,7 @@ mod horizon;
 mod keyset;
 mod publish;
 mod repair;
+mod setup;
 mod snapshot;
 mod source;
 mod versions;

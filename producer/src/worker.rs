@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use tunnel_shared::config::{Config, TableConfig};
 use tunnel_shared::event::{ChangeEvent, Detection, EventEncoder, Op};
-use tunnel_shared::kafka::{self, TopicError, TABLE_TOPIC_CONFIGS};
+use tunnel_shared::kafka::{self, TopicError};
 use tunnel_shared::registry::{Registry, RegistryError};
 use tunnel_shared::retry::{retry, Backoff, Retryable};
 use tunnel_shared::rules::RuleError;
@@ -23,6 +23,7 @@ use crate::horizon::{Bounds, Horizon};
 use crate::keyset::KeySet;
 use crate::publish::{PublishError, Publisher};
 use crate::repair::RepairScan;
+use crate::setup;
 use crate::snapshot;
 use crate::source::{Activity, Source, SourceError};
 
@@ -57,7 +58,7 @@ impl Retryable for WorkerError {
 }
 
 /// How many times setup steps are tried before the worker gives up.
-const SETUP_ATTEMPTS: u32 = 20;
+pub(crate) const SETUP_ATTEMPTS: u32 = 20;
 
 /// Most snapshot rows remembered for the first watermark pass (see `remember_shipped`).
 const SNAPSHOT_CACHE_ROWS: usize = 100_000;
@@ -143,8 +144,8 @@ impl Worker {
         let repair_topic = config.repair_topic();
         // the schemas and the three topics do not depend on each other: set up at once
         let ((key_id, value_id), ()) = tokio::try_join!(
-            register_schemas(&registry, &topic, &schemas, &config.registry.compatibility),
-            ensure_topics(&admin, &config.kafka, &topic, &cp_topic, &repair_topic),
+            setup::register_schemas(&registry, &topic, &schemas, &config.registry.compatibility),
+            setup::ensure_topics(&admin, &config.kafka, &topic, &cp_topic, &repair_topic),
         )?;
         // the checkpoint is read while the transactional producer fences older ones
         let kcfg = config.kafka.clone();
@@ -580,76 +581,4 @@ impl Worker {
             ts,
         }
     }
-}
-
-/// Registers the key and value schemas of `topic` (both at once) and sets their compatibility
-/// level. Returns the schema ids.
-async fn register_schemas(
-    registry: &Registry,
-    topic: &str,
-    schemas: &schema::TableSchemas,
-    compatibility: &str,
-) -> Result<(u32, u32), WorkerError> {
-    let key_subject = format!("{topic}-key");
-    let value_subject = format!("{topic}-value");
-    let ids = tokio::try_join!(
-        retry("registering the key schema", SETUP_ATTEMPTS, || {
-            registry.register(&key_subject, &schemas.key_json)
-        }),
-        retry("registering the value schema", SETUP_ATTEMPTS, || {
-            registry.register(&value_subject, &schemas.value_json)
-        }),
-    )?;
-    let compatible = |subject: &str| {
-        let subject = subject.to_string();
-        async move {
-            retry("setting schema compatibility", SETUP_ATTEMPTS, || {
-                registry.set_compatibility(&subject, compatibility)
-            })
-            .await
-        }
-    };
-    tokio::try_join!(compatible(&key_subject), compatible(&value_subject))?;
-    Ok(ids)
-}
-
-/// Creates the table's topic, the checkpoint topic and the repair topic where missing (all at
-/// once).
-async fn ensure_topics(
-    admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
-    k: &tunnel_shared::config::KafkaConfig,
-    topic: &str,
-    cp_topic: &str,
-    repair_topic: &str,
-) -> Result<(), WorkerError> {
-    tokio::try_join!(
-        retry("creating the table's topic", SETUP_ATTEMPTS, || {
-            kafka::ensure_topic(
-                admin,
-                topic,
-                k.partitions,
-                k.replication_factor,
-                TABLE_TOPIC_CONFIGS,
-            )
-        }),
-        retry("creating the checkpoint topic", SETUP_ATTEMPTS, || {
-            kafka::ensure_topic(
-                admin,
-                cp_topic,
-                1,
-                k.replication_factor,
-                &[("cleanup.policy", "compact")],
-            )
-        }),
-        retry("creating the repair topic", SETUP_ATTEMPTS, || {
-            kafka::ensure_topic(
-                admin,
-                repair_topic,
-                1,
-                k.replication_factor,
-                &[("retention.ms", "604800000")],
-            )
-        }),
-    )?;
-    Ok(())
 }
