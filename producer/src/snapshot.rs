@@ -49,8 +49,9 @@ pub async fn run(w: &mut Worker) -> Result<(), WorkerError> {
     // the next chunk is read while the previous one is being committed to Kafka
     let published = w.checkpoint.clone();
     let mut pending: Option<(Checkpoint, Vec<SourceRow>)> = None;
-    let scanned = scan(w, chunk, &mut pending, &mut progress).await;
+    // the snapshot's start is fixed by now: the rows the first watermark pass reads again
     let recent_from = w.recent_from();
+    let scanned = scan(w, chunk, recent_from, &mut pending, &mut progress).await;
     let flushed = match pending.take() {
         Some((cp, rows)) if scanned.is_ok() => {
             ship(&w.publisher, &cp, rows, &mut progress, recent_from)
@@ -140,15 +141,16 @@ async fn finish_scan(w: &mut Worker, next: &mut Checkpoint) -> Result<(), Worker
 }
 
 /// Reads the table chunk by chunk; each chunk is left in `pending` and shipped while the next
-/// one is read. `w.checkpoint` runs one chunk ahead of what Kafka has.
+/// one is read. `w.checkpoint` runs one chunk ahead of what Kafka has. Shipped rows with a
+/// watermark from `recent_from` on are remembered (see `ship`).
 async fn scan(
     w: &mut Worker,
     chunk: i64,
+    recent_from: i64,
     pending: &mut Option<(Checkpoint, Vec<SourceRow>)>,
     progress: &mut Progress,
 ) -> Result<(), WorkerError> {
     let max_wait = w.max_wait_micros();
-    let recent_from = w.recent_from();
     while w.checkpoint.snapshot.phase == SnapshotPhase::Scan {
         if w.stopping() {
             return Ok(());
