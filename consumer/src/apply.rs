@@ -12,8 +12,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
 
 use tokio_postgres::Client;
+use tunnel_shared::fault::{Classify, ErrorClass};
 use tunnel_shared::pg::PgError;
-use tunnel_shared::retry::Retryable;
 
 use crate::ddl;
 use crate::decode::{DecodedMessage, WriterSchema};
@@ -29,17 +29,16 @@ pub enum ApplyError {
     Dlq(#[from] dlq::writer::DlqError),
 }
 
-impl Retryable for ApplyError {
-    fn is_retryable(&self) -> bool {
+impl Classify for ApplyError {
+    fn class(&self) -> ErrorClass {
         match self {
-            ApplyError::Pg(e) => e.is_retryable(),
-            ApplyError::Dlq(e) => e.is_retryable(),
+            ApplyError::Pg(e) => e.class(),
+            ApplyError::Dlq(e) => e.class(),
         }
     }
 }
 
-/// A key's column values in PostgreSQL's text form.
-pub type KeyText = Vec<Option<String>>;
+pub use tunnel_shared::key::KeyText;
 
 /// One consumed message, decoded, with the schemas it was written with and its original bytes
 /// (for the DLQ).

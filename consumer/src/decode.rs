@@ -9,9 +9,9 @@ use apache_avro::Schema;
 use rustc_hash::FxHashMap;
 use tunnel_shared::datum;
 use tunnel_shared::event::{self, EnvelopeLayout, EventError, RecordLayout, TextEvent};
+use tunnel_shared::fault::{Classify, ErrorClass};
 use tunnel_shared::pgbinary::to_pg_text;
 use tunnel_shared::registry::{Registry, RegistryError};
-use tunnel_shared::retry::Retryable;
 use tunnel_shared::schema::{self, FieldShape, SchemaError};
 use tunnel_shared::wire::{self, WireError};
 
@@ -49,9 +49,14 @@ pub enum DecodeError {
     NoKey,
 }
 
-impl Retryable for DecodeError {
-    fn is_retryable(&self) -> bool {
-        matches!(self, DecodeError::Registry { source, .. } if source.is_retryable())
+impl Classify for DecodeError {
+    fn class(&self) -> ErrorClass {
+        // a registry that is down holds the message back; anything else is this message's
+        // fault: it goes to the DLQ
+        match self {
+            DecodeError::Registry { source, .. } if source.is_transient() => ErrorClass::Transient,
+            _ => ErrorClass::Definite,
+        }
     }
 }
 

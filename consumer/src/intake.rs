@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, warn};
+use tunnel_shared::fault::Classify;
 use tunnel_shared::registry::RegistryError;
-use tunnel_shared::retry::{Backoff, Retryable};
+use tunnel_shared::retry::Backoff;
 use tunnel_shared::rules::{self, CompiledRule, Rule};
 
 use crate::apply::{Entry, Item, KeyText};
@@ -77,7 +78,7 @@ impl Intake {
                         value_bytes: raw.value,
                     })
                 }
-                Err((_, e)) if e.is_retryable() => {
+                Err((_, e)) if e.is_transient() => {
                     let delay = backoff.next_delay();
                     warn!(error = %e, delay_ms = delay.as_millis() as u64, "decoding needs the registry, retrying");
                     tokio::time::sleep(delay).await;

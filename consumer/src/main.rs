@@ -135,25 +135,13 @@ impl Select {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tunnel_shared::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match cli.command {
-        Command::Run { config } => match runtime.block_on(run(config)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+    tunnel_shared::startup::run(command(cli.command))
+}
+
+async fn command(command: Command) -> ExitCode {
+    use tunnel_shared::startup::exit_code;
+    match command {
+        Command::Run { config } => exit_code(run(config).await, 1),
         Command::Verify {
             config,
             table,
@@ -165,26 +153,18 @@ fn main() -> ExitCode {
                 show,
                 repair,
             };
-            let result = runtime.block_on(async {
+            let result = async {
                 let config = Config::load(&config)?;
                 Ok::<_, anyhow::Error>(verify::run(&config, &opts).await?)
-            });
+            }
+            .await;
             match result {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(2)
-                }
+                Err(e) => exit_code(Err(e), 2),
             }
         }
-        Command::Dlq { command } => match runtime.block_on(dlq_command(command)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Dlq { command } => exit_code(dlq_command(command).await, 1),
     }
 }
 

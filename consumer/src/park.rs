@@ -13,7 +13,7 @@ use tokio_postgres::Transaction;
 use tunnel_shared::pg::{qualified, PgError};
 
 use crate::apply::KeyText;
-use crate::dlq::key_json;
+use tunnel_shared::key::{from_json, to_json};
 
 pub fn table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "parked_keys")
@@ -84,7 +84,7 @@ impl ParkedCache {
         for r in rows {
             let p: i32 = r.get(0);
             let key: String = r.get(1);
-            if let (Some(c), Some(k)) = (self.parts.get_mut(&(topic.clone(), p)), key_of(&key)) {
+            if let (Some(c), Some(k)) = (self.parts.get_mut(&(topic.clone(), p)), from_json(&key)) {
                 c.keys.insert(k);
             }
         }
@@ -131,7 +131,7 @@ pub async fn park(
         return Ok(());
     }
     let partitions: Vec<i32> = keys.iter().map(|k| k.0).collect();
-    let texts: Vec<String> = keys.iter().map(|k| key_json(&k.1)).collect();
+    let texts: Vec<String> = keys.iter().map(|k| to_json(&k.1)).collect();
     let counts: Vec<i32> = keys.iter().map(|k| k.2).collect();
     tx.execute(
         &format!(
@@ -147,11 +147,6 @@ pub async fn park(
     Ok(())
 }
 
-/// A stored key back as its columns' text values.
-fn key_of(stored: &str) -> Option<KeyText> {
-    serde_json::from_str(stored).ok()
-}
-
 /// One of the key's DLQ entries was replayed: one fewer pending; free the key at zero.
 pub async fn release_one(
     tx: &Transaction<'_>,
@@ -160,7 +155,7 @@ pub async fn release_one(
     key: &KeyText,
 ) -> Result<(), PgError> {
     let t = table(bk);
-    let key = key_json(key);
+    let key = to_json(key);
     tx.execute(
         &format!("UPDATE {t} SET pending = pending - 1 WHERE topic = $1 AND key = $2"),
         &[&topic, &key],

@@ -15,10 +15,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 use tunnel_shared::config::Config;
+use tunnel_shared::fault::Classify;
 use tunnel_shared::kafka::{self, TopicError, TABLE_TOPIC_CONFIGS};
 use tunnel_shared::pg::{self, PgError, Session};
 use tunnel_shared::registry::{Registry, RegistryError};
-use tunnel_shared::retry::{retry, Backoff, Retryable};
+use tunnel_shared::retry::{retry, Backoff};
 
 use tunnel_shared::rules::{self, Rule};
 use tunnel_shared::schema;
@@ -425,7 +426,7 @@ impl Applier {
             .await
             {
                 Ok(a) => return Ok(a),
-                Err(e) if e.is_retryable() => {
+                Err(e) if e.is_transient() => {
                     let delay = backoff.next_delay();
                     warn!(error = %e, delay_ms = delay.as_millis() as u64, "apply failed, retrying the batch");
                     tokio::time::sleep(delay).await;

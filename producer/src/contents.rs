@@ -266,7 +266,7 @@ async fn whole_table(
     target: Side<'_>,
 ) -> Result<Result<Differences, PgError>, SourceError> {
     source
-        .batch_execute(&reconcile::canonical_set(false))
+        .batch_execute(&tunnel_shared::pg::canonical_set(false))
         .await
         .map_err(PgError::query("preparing the session for reconciliation"))?;
     let diff = reconcile::diff(
@@ -280,7 +280,7 @@ async fn whole_table(
     )
     .await;
     source
-        .batch_execute(&reconcile::canonical_reset())
+        .batch_execute(&tunnel_shared::pg::canonical_reset())
         .await
         .map_err(PgError::query("resetting the session after reconciliation"))?;
     Ok(diff)
@@ -297,7 +297,7 @@ async fn parked_keys(target: &Client, bookkeeping: &str, topic: &str) -> HashSet
         Ok(rows) => rows
             .iter()
             .filter_map(|r| r.try_get::<_, String>(0).ok())
-            .filter_map(|k| serde_json::from_str::<Vec<Option<String>>>(&k).ok())
+            .filter_map(|k| tunnel_shared::key::from_json(&k))
             .map(|k| k.into_iter().map(Option::unwrap_or_default).collect())
             .collect(),
         Err(e) => {

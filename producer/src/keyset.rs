@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use roaring::RoaringTreemap;
 use tracing::info;
-use tunnel_shared::catalog::ColumnKind;
 use tunnel_shared::config::Config;
 use tunnel_shared::kafka;
 
@@ -84,17 +83,6 @@ impl KeySet {
     /// Serialized size, for logs.
     pub fn serialized_bytes(&self) -> u64 {
         self.keys.serialized_size() as u64
-    }
-}
-
-/// Whether the key is a single integer column.
-pub(crate) fn integer_key(info: &tunnel_shared::catalog::TableInfo) -> Option<ColumnKind> {
-    match info.key[..] {
-        [k] => match info.columns[k].kind {
-            kind @ (ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8) => Some(kind),
-            _ => None,
-        },
-        _ => None,
     }
 }
 

@@ -12,8 +12,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::event::{ChangeEvent, EventEncoder, EventError, Op};
+use tunnel_shared::fault::{Classify, ErrorClass};
 use tunnel_shared::kafka;
-use tunnel_shared::retry::Retryable;
 
 use crate::checkpoint::Checkpoint;
 
@@ -27,14 +27,19 @@ pub enum PublishError {
     Encode(#[from] EventError),
 }
 
-impl Retryable for PublishError {
-    fn is_retryable(&self) -> bool {
-        match self {
+impl Classify for PublishError {
+    fn class(&self) -> ErrorClass {
+        let transient = match self {
             PublishError::Kafka { source, .. } => match source {
                 KafkaError::Transaction(e) => !e.is_fatal(),
                 other => kafka::is_transient(other) || matches!(other, KafkaError::Canceled),
             },
-            PublishError::Encode(_) => false,
+            PublishError::Encode(e) => return e.class(),
+        };
+        if transient {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Fatal
         }
     }
 }

@@ -10,9 +10,9 @@ use tokio_postgres::{Client, Row as PgRow, Statement};
 use tunnel_shared::catalog::{self, CatalogError, ColumnKind, TableInfo};
 use tunnel_shared::config::{SourceConfig, TableConfig};
 use tunnel_shared::event::Row;
+use tunnel_shared::fault::{Classify, ErrorClass};
 use tunnel_shared::pg::{self, qualified, quote_ident, PgError, Session};
 use tunnel_shared::pgbinary::{self, Raw, ValueError};
-use tunnel_shared::retry::Retryable;
 
 use crate::horizon::Probe;
 
@@ -26,12 +26,12 @@ pub enum SourceError {
     Value { table: String, source: ValueError },
 }
 
-impl Retryable for SourceError {
-    fn is_retryable(&self) -> bool {
+impl Classify for SourceError {
+    fn class(&self) -> ErrorClass {
         match self {
-            SourceError::Pg(e) => e.is_retryable(),
-            SourceError::Catalog(e) => e.is_retryable(),
-            SourceError::Value { .. } => false,
+            SourceError::Pg(e) => e.class(),
+            SourceError::Catalog(e) => e.class(),
+            SourceError::Value { source, .. } => source.class(),
         }
     }
 }
@@ -119,16 +119,7 @@ impl Source {
 
     /// The single integer key column's quoted name.
     fn integer_key(&self) -> Option<String> {
-        match self.table.key[..] {
-            [k] if matches!(
-                self.table.columns[k].kind,
-                ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8
-            ) =>
-            {
-                Some(quote_ident(&self.table.columns[k].name))
-            }
-            _ => None,
-        }
+        self.table.integer_key().map(|c| quote_ident(&c.name))
     }
 
     /// Per bucket of `width` key values in `[lo, hi]`: (bucket, count, sum, xor) of the keys,
@@ -278,17 +269,9 @@ impl Source {
     /// so that scans can cut key ranges by value, without a query to find each range's end.
     /// `None` for other keys, sparse keys (under 5% of the span in use) or an empty table.
     pub async fn integer_key_span(&self) -> Result<Option<(i64, i64)>, SourceError> {
-        let [k] = self.table.key[..] else {
+        let Some(name) = self.integer_key() else {
             return Ok(None);
         };
-        let col = &self.table.columns[k];
-        if !matches!(
-            col.kind,
-            ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8
-        ) {
-            return Ok(None);
-        }
-        let name = quote_ident(&col.name);
         let row = self
             .client
             .query_one(

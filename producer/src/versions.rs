@@ -77,7 +77,7 @@ pub async fn changed_since(
     // than it saves on one filter
     tx.batch_execute(&format!(
         "{} SET LOCAL jit = off",
-        reconcile::canonical_set(true)
+        tunnel_shared::pg::canonical_set(true)
     ))
     .await
     .map_err(PgError::query(what))?;

@@ -9,9 +9,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use tunnel_shared::config::{Config, TableConfig};
 use tunnel_shared::event::{ChangeEvent, Detection, EventEncoder, Op};
+use tunnel_shared::fault::{Classify, ErrorClass};
 use tunnel_shared::kafka::{self, TopicError};
 use tunnel_shared::registry::{Registry, RegistryError};
-use tunnel_shared::retry::{retry, Backoff, Retryable};
+use tunnel_shared::retry::{retry, Backoff};
 use tunnel_shared::rules::RuleError;
 use tunnel_shared::schema::{self, SchemaError};
 
@@ -45,14 +46,16 @@ pub enum WorkerError {
     Rule { table: String, source: RuleError },
 }
 
-impl Retryable for WorkerError {
-    fn is_retryable(&self) -> bool {
+impl Classify for WorkerError {
+    fn class(&self) -> ErrorClass {
         match self {
-            WorkerError::Source(e) => e.is_retryable(),
-            WorkerError::Registry(e) => e.is_retryable(),
-            WorkerError::Topic(e) => e.is_retryable(),
-            WorkerError::Publish(e) => e.is_retryable(),
-            WorkerError::Schema(_) | WorkerError::Checkpoint(_) | WorkerError::Rule { .. } => false,
+            WorkerError::Source(e) => e.class(),
+            WorkerError::Registry(e) => e.class(),
+            WorkerError::Topic(e) => e.class(),
+            WorkerError::Publish(e) => e.class(),
+            WorkerError::Schema(_) | WorkerError::Checkpoint(_) | WorkerError::Rule { .. } => {
+                ErrorClass::Fatal
+            }
         }
     }
 }
@@ -203,7 +206,7 @@ impl Worker {
             }));
         }
         // nothing was ever shipped for a table without a checkpoint: no topic to read back
-        let keyset = match crate::keyset::integer_key(&info) {
+        let keyset = match info.integer_key() {
             Some(_) if checkpoint.snapshot.started_at_micros == 0 => Some(KeySet::default()),
             Some(_) => Some(crate::keyset::rebuild(&config, &topic).await?),
             None => None,
@@ -265,7 +268,7 @@ impl Worker {
             match snapshot::run(&mut self).await {
                 Ok(()) if self.stopping() => return Ok(()),
                 Ok(()) => {}
-                Err(e) if e.is_retryable() => {
+                Err(e) if e.is_transient() => {
                     let delay = backoff.next_delay();
                     warn!(error = %e, delay_ms = delay.as_millis() as u64, "snapshot chunk failed, resuming from the last shipped key");
                     tokio::time::sleep(delay).await;
@@ -296,7 +299,7 @@ impl Worker {
             }
             match self.tick().await {
                 Ok(()) => backoff.reset(),
-                Err(e) if e.is_retryable() => {
+                Err(e) if e.is_transient() => {
                     let delay = backoff.next_delay();
                     warn!(error = %e, delay_ms = delay.as_millis() as u64, "pass failed, retrying");
                     tokio::time::sleep(delay).await;

@@ -5,7 +5,6 @@
 use tokio_postgres::Client;
 
 use crate::pg::{quote_ident, PgError};
-use crate::retry::Retryable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -25,12 +24,6 @@ pub enum CatalogError {
     },
     #[error(transparent)]
     Pg(#[from] PgError),
-}
-
-impl Retryable for CatalogError {
-    fn is_retryable(&self) -> bool {
-        matches!(self, CatalogError::Pg(e) if e.is_retryable())
-    }
 }
 
 /// How a column's values travel; see docs/design.md for the whole mapping.
@@ -66,6 +59,11 @@ pub enum ColumnKind {
 }
 
 impl ColumnKind {
+    /// `smallint`, `integer` or `bigint`.
+    pub fn is_integer(self) -> bool {
+        matches!(self, ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8)
+    }
+
     fn from_catalog(typname: &str, typmod: i32) -> ColumnKind {
         match typname {
             "int2" => ColumnKind::Int2,
@@ -132,6 +130,15 @@ impl TableInfo {
 
     pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
         self.key.iter().map(|&i| &self.columns[i])
+    }
+
+    /// The key's column when the key is one integer column (`smallint`, `integer`, `bigint`):
+    /// such keys are compared by value ranges and kept in the shipped key set.
+    pub fn integer_key(&self) -> Option<&Column> {
+        match self.key[..] {
+            [k] => Some(&self.columns[k]).filter(|c| c.kind.is_integer()),
+            _ => None,
+        }
     }
 
     /// `"a", "b"::text, ...`: the SELECT list that reads every column in the form

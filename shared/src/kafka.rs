@@ -8,7 +8,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::KafkaConfig;
-use crate::retry::Retryable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
@@ -18,18 +17,14 @@ pub enum TopicError {
     Client { brokers: String, source: KafkaError },
 }
 
-impl Retryable for TopicError {
-    fn is_retryable(&self) -> bool {
-        match self {
-            TopicError::Client { .. } => true,
-            TopicError::Create { source, .. } => is_transient(source),
-        }
-    }
-}
-
 /// Whether a Kafka error may go away by itself (broker restarting, leader moving, timeouts).
 pub fn is_transient(e: &KafkaError) -> bool {
-    match e.rdkafka_error_code() {
+    // an admin operation's result carries its code, which `rdkafka_error_code` does not report
+    let code = match e {
+        KafkaError::AdminOp(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    };
+    match code {
         Some(code) => matches!(
             code,
             RDKafkaErrorCode::BrokerTransportFailure

@@ -6,7 +6,9 @@ pub mod catalog;
 pub mod config;
 pub mod datum;
 pub mod event;
+pub mod fault;
 pub mod kafka;
+pub mod key;
 pub mod logging;
 pub mod pg;
 pub mod pgbinary;
@@ -17,6 +19,7 @@ pub mod rules;
 mod rules_value;
 pub mod schema;
 pub mod shutdown;
+pub mod startup;
 pub mod wire;
 
 #[cfg(feature = "testkit")]

@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::redact_url;
-use crate::retry::Retryable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -42,35 +41,34 @@ impl PgError {
     }
 }
 
-impl Retryable for PgError {
-    fn is_retryable(&self) -> bool {
-        match self {
-            PgError::BadUrl { .. } => false,
-            PgError::Connect { source, .. } => is_transient(source),
-            PgError::Query { source, .. } => is_transient(source),
-        }
-    }
+/// Settings that make `::text` render the same on both servers, for the columns hashed as text.
+/// (`work_mem` too: the per-bucket aggregates are sorted to disk under the default 4 MB.)
+pub const CANONICAL_TEXT: &str =
+    "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=1 -c bytea_output=hex -c work_mem=64MB";
+
+/// [`CANONICAL_TEXT`] as `SET` statements (`SET LOCAL`: for the current transaction only),
+/// each ending in `;`.
+pub fn canonical_set(local: bool) -> String {
+    let scope = if local { "SET LOCAL" } else { "SET" };
+    canonical_settings()
+        .map(|(k, v)| format!("{scope} {k} = '{v}';"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-/// Connection failures, server shutdowns, timeouts, lock waits and serialization failures can
-/// succeed later; anything else (syntax, permissions, constraint violations) cannot.
-fn is_transient(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        // no SQLSTATE: transient only if the connection broke (I/O), not for a client-side
-        // error such as a parameter that cannot be bound
-        None => {
-            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
-        }
-        Some(code) => {
-            let c = code.code();
-            c.starts_with("08") // connection exception
-                || c.starts_with("53") // insufficient resources
-                || c.starts_with("57") // operator intervention: shutdown, statement_timeout
-                || c == "40001" // serialization failure
-                || c == "40P01" // deadlock
-                || c == "55P03" // lock_not_available (lock_timeout)
-        }
-    }
+/// `RESET` statements for the settings of [`canonical_set`], each ending in `;`.
+pub fn canonical_reset() -> String {
+    canonical_settings()
+        .map(|(k, _)| format!("RESET {k};"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The (name, value) pairs of [`CANONICAL_TEXT`].
+fn canonical_settings() -> impl Iterator<Item = (&'static str, &'static str)> {
+    CANONICAL_TEXT
+        .split("-c ")
+        .filter_map(|kv| kv.trim().split_once('='))
 }
 
 /// How a connection behaves on the server.
@@ -82,7 +80,7 @@ pub struct Session {
     pub lock_timeout: Duration,
     /// Every transaction read-only (`default_transaction_read_only`).
     pub read_only: bool,
-    /// Render `::text` the same way on every server ([`crate::reconcile::CANONICAL_TEXT`]).
+    /// Render `::text` the same way on every server ([`CANONICAL_TEXT`]).
     pub canonical_text: bool,
 }
 
@@ -110,7 +108,7 @@ pub async fn connect(url: &str, session: &Session) -> Result<Client, PgError> {
     }
     if session.canonical_text {
         options.push(' ');
-        options.push_str(crate::reconcile::CANONICAL_TEXT);
+        options.push_str(CANONICAL_TEXT);
     }
     config.options(&options);
     let (client, connection) = config
@@ -147,5 +145,14 @@ mod tests {
         assert_eq!(quote_ident("media"), "\"media\"");
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(qualified("public", "media"), "\"public\".\"media\"");
+    }
+
+    #[test]
+    fn canonical_settings_become_set_statements() {
+        let s = canonical_set(false);
+        assert!(s.contains("SET TimeZone = 'UTC';"), "{s}");
+        assert!(s.contains("SET DateStyle = 'ISO,YMD';"), "{s}");
+        assert!(canonical_set(true).starts_with("SET LOCAL DateStyle = 'ISO,YMD';"));
+        assert!(canonical_reset().starts_with("RESET DateStyle; RESET IntervalStyle;"));
     }
 }

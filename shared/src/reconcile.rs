@@ -15,36 +15,6 @@ use tokio_postgres::Client;
 use crate::catalog::{ColumnKind, TableInfo};
 use crate::pg::{quote_ident, PgError};
 
-/// Settings that make `::text` render the same on both servers, for the columns hashed as text.
-/// (`work_mem` too: the per-bucket aggregates are sorted to disk under the default 4 MB.)
-pub const CANONICAL_TEXT: &str =
-    "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC -c extra_float_digits=1 -c bytea_output=hex -c work_mem=64MB";
-
-/// [`CANONICAL_TEXT`] as `SET` statements (`SET LOCAL`: for the current transaction only),
-/// each ending in `;`.
-pub fn canonical_set(local: bool) -> String {
-    let scope = if local { "SET LOCAL" } else { "SET" };
-    canonical_settings()
-        .map(|(k, v)| format!("{scope} {k} = '{v}';"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `RESET` statements for the settings of [`canonical_set`], each ending in `;`.
-pub fn canonical_reset() -> String {
-    canonical_settings()
-        .map(|(k, _)| format!("RESET {k};"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The (name, value) pairs of [`CANONICAL_TEXT`].
-fn canonical_settings() -> impl Iterator<Item = (&'static str, &'static str)> {
-    CANONICAL_TEXT
-        .split("-c ")
-        .filter_map(|kv| kv.trim().split_once('='))
-}
-
 /// How far to cut.
 #[derive(Debug, Clone, Copy)]
 pub struct DiffOptions {
@@ -96,18 +66,9 @@ pub struct Side<'a> {
 /// function (as text where there is none), seeded with a hash of the row's key and the column's
 /// position, and the columns XORed. A value moved to another row or column changes the hash.
 pub fn row_hash_expr(t: &TableInfo) -> String {
-    let seed = match &t.key[..] {
-        [k] if matches!(
-            t.columns[*k].kind,
-            ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8
-        ) =>
-        {
-            format!(
-                "hashint8extended({}::int8, 0)",
-                quote_ident(&t.columns[*k].name)
-            )
-        }
-        _ => format!("hashtextextended(ROW({})::text, 0)", t.key_order()),
+    let seed = match t.integer_key() {
+        Some(k) => format!("hashint8extended({}::int8, 0)", quote_ident(&k.name)),
+        None => format!("hashtextextended(ROW({})::text, 0)", t.key_order()),
     };
     let cells: Vec<String> = t
         .columns
@@ -140,20 +101,6 @@ pub fn row_hash_expr(t: &TableInfo) -> String {
     format!("({})", cells.join(" # "))
 }
 
-/// Whether the key is one integer column (compared by value ranges).
-fn integer_key(t: &TableInfo) -> Option<String> {
-    match &t.key[..] {
-        [k] if matches!(
-            t.columns[*k].kind,
-            ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8
-        ) =>
-        {
-            Some(quote_ident(&t.columns[*k].name))
-        }
-        _ => None,
-    }
-}
-
 struct Run<'a> {
     t: &'a TableInfo,
     hash: String,
@@ -179,7 +126,7 @@ pub async fn diff(
         opts,
         out: Differences::default(),
     };
-    match integer_key(t) {
+    match t.integer_key().map(|c| quote_ident(&c.name)) {
         Some(k) => run.by_value(&k).await?,
         None => run.by_rows().await?,
     }
@@ -436,7 +383,7 @@ fn key_texts(t: &TableInfo) -> String {
 const LOOKUP_CHUNK: usize = 5_000;
 
 /// Compares rows listed from the source (key in text form and the row's hash, selected with
-/// [`listing_select`] in a session with [`CANONICAL_TEXT`]) with the rows of the same keys in
+/// [`listing_select`] in a session with [`crate::pg::CANONICAL_TEXT`]) with the rows of the same keys in
 /// the target, looked up by key: those the target lacks are `missing`, those whose hash
 /// differs `differing`. Nothing else of the target is read.
 pub async fn compare_listed(
@@ -486,15 +433,6 @@ pub async fn compare_listed(
 mod tests {
     use super::*;
     use crate::catalog::Column;
-
-    #[test]
-    fn canonical_settings_become_set_statements() {
-        let s = canonical_set(false);
-        assert!(s.contains("SET TimeZone = 'UTC';"), "{s}");
-        assert!(s.contains("SET DateStyle = 'ISO,YMD';"), "{s}");
-        assert!(canonical_set(true).starts_with("SET LOCAL DateStyle = 'ISO,YMD';"));
-        assert!(canonical_reset().starts_with("RESET DateStyle; RESET IntervalStyle;"));
-    }
 
     #[test]
     fn hash_expression_seeds_every_cell_with_the_key() {

@@ -7,12 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::Schema;
-use schema_registry_converter::async_impl::schema_registry::{post_schema, SrSettings};
-use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use tokio::sync::RwLock;
 
 use crate::config::redact_url;
-use crate::retry::Retryable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -30,19 +27,8 @@ pub enum RegistryError {
     BadSchema { id: u32, message: String },
 }
 
-impl Retryable for RegistryError {
-    fn is_retryable(&self) -> bool {
-        match self {
-            RegistryError::Unreachable { .. } => true,
-            RegistryError::Refused { retryable, .. } => *retryable,
-            RegistryError::UnknownId(_) | RegistryError::BadSchema { .. } => false,
-        }
-    }
-}
-
 pub struct Registry {
     base: String,
-    settings: SrSettings,
     http: reqwest::Client,
     cache: RwLock<HashMap<u32, Arc<Schema>>>,
 }
@@ -54,80 +40,76 @@ impl Registry {
             url: redact_url(&base),
             message,
         };
-        let settings = SrSettings::new_builder(base.clone())
-            .set_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| unreachable(e.to_string()))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Self {
             base,
-            settings,
             http,
             cache: RwLock::new(HashMap::new()),
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.base
-    }
-
-    /// Registers an Avro schema under a subject (or finds it there) and returns its id.
+    /// Registers an Avro schema under a subject (or finds it there) and returns its id
+    /// (`POST /subjects/{subject}/versions`).
     pub async fn register(&self, subject: &str, schema_json: &str) -> Result<u32, RegistryError> {
-        let supplied = SuppliedSchema {
-            name: None,
-            schema_type: SchemaType::Avro,
-            schema: schema_json.to_string(),
-            references: vec![],
-            properties: None,
-            tags: None,
-        };
-        let registered = post_schema(&self.settings, subject.to_string(), supplied)
-            .await
-            .map_err(|e| {
-                let message = match &e.cause {
-                    Some(cause) => format!("{} ({cause})", e.error),
-                    None => e.error.clone(),
-                };
-                if e.retriable && message.contains("error sending request") {
-                    RegistryError::Unreachable {
-                        url: redact_url(&self.base),
-                        message,
-                    }
-                } else {
-                    RegistryError::Refused {
-                        what: format!("the schema for subject {subject}"),
-                        message,
-                        retryable: e.retriable,
-                    }
-                }
-            })?;
-        Ok(registered.id)
+        let url = format!("{}/subjects/{}/versions", self.base, subject);
+        let body = serde_json::json!({ "schemaType": "AVRO", "schema": schema_json });
+        let answer = self
+            .send_json(reqwest::Method::POST, &url, &body, || {
+                format!("the schema for subject {subject}")
+            })
+            .await?;
+        answer
+            .get("id")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|id| u32::try_from(id).ok())
+            .ok_or_else(|| RegistryError::Refused {
+                what: format!("the schema for subject {subject}"),
+                message: format!("the answer has no schema id: {answer}"),
+                retryable: false,
+            })
     }
 
     /// Sets a subject's compatibility level (`PUT /config/{subject}`).
     pub async fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), RegistryError> {
         let url = format!("{}/config/{}", self.base, subject);
+        let body = serde_json::json!({ "compatibility": level });
+        self.send_json(reqwest::Method::PUT, &url, &body, || {
+            format!("compatibility {level} for subject {subject}")
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sends a JSON body and returns the JSON answer (`null` when it has none); an error naming
+    /// `what` on any failure.
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &serde_json::Value,
+        what: impl FnOnce() -> String,
+    ) -> Result<serde_json::Value, RegistryError> {
         let response = self
             .http
-            .put(&url)
+            .request(method, url)
             .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-            .json(&serde_json::json!({ "compatibility": level }))
+            .json(body)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
         let status = response.status();
+        let text = response.text().await.map_err(|e| self.unreachable(e))?;
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
             return Err(RegistryError::Refused {
-                what: format!("compatibility {level} for subject {subject}"),
-                message: format!("HTTP {status}: {body}"),
+                what: what(),
+                message: format!("HTTP {status}: {text}"),
                 retryable: status.is_server_error(),
             });
         }
-        Ok(())
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
 
     /// The compatibility level set on a subject, if any.

@@ -3,12 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-/// Every error of the library knows whether trying again can help.
-pub trait Retryable {
-    /// True when the same operation may succeed later (a connection refused, a broker or
-    /// database restarting); false when it will fail the same way again (bad config, bad data).
-    fn is_retryable(&self) -> bool;
-}
+use crate::fault::Classify;
 
 /// Exponential back-off from `initial` up to `max`, doubled after every failure.
 #[derive(Debug, Clone)]
@@ -45,11 +40,11 @@ impl Default for Backoff {
     }
 }
 
-/// Runs `op` until it succeeds or fails with an error that is not retryable, or until
+/// Runs `op` until it succeeds or fails with an error that is not transient, or until
 /// `attempts` tries have failed. Every retry is logged with `what`.
 pub async fn retry<T, E, F, Fut>(what: &str, attempts: u32, mut op: F) -> Result<T, E>
 where
-    E: Retryable + std::fmt::Display,
+    E: Classify + std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
@@ -58,7 +53,7 @@ where
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() && tried + 1 < attempts => {
+            Err(e) if e.is_transient() && tried + 1 < attempts => {
                 tried += 1;
                 let delay = backoff.next_delay();
                 tracing::warn!(what, error = %e, attempt = tried, delay_ms = delay.as_millis() as u64, "transient failure, retrying");
@@ -91,9 +86,13 @@ mod tests {
             write!(f, "e{}", self.0)
         }
     }
-    impl Retryable for E {
-        fn is_retryable(&self) -> bool {
-            self.0
+    impl Classify for E {
+        fn class(&self) -> crate::fault::ErrorClass {
+            if self.0 {
+                crate::fault::ErrorClass::Transient
+            } else {
+                crate::fault::ErrorClass::Definite
+            }
         }
     }
 

@@ -151,17 +151,3 @@ pub struct Rejected {
     /// Set when a replay sends an entry back: the DLQ entry it replaces.
     pub replay_of: Option<String>,
 }
-
-/// A key's text values as the JSON array shown in the `tunnel.key` header and taken by
-/// `dlq replay --key`.
-pub fn key_json(key: &KeyText) -> String {
-    serde_json::Value::Array(
-        key.iter()
-            .map(|v| match v {
-                Some(s) => serde_json::Value::String(s.clone()),
-                None => serde_json::Value::Null,
-            })
-            .collect(),
-    )
-    .to_string()
-}

@@ -36,15 +36,7 @@ impl DlqEntry {
     }
     /// The decoded key recorded by the consumer, if it could decode it.
     pub fn key_text(&self) -> Option<KeyText> {
-        let json: serde_json::Value = serde_json::from_str(self.header(header::KEY)?).ok()?;
-        json.as_array()?
-            .iter()
-            .map(|v| match v {
-                serde_json::Value::Null => Some(None),
-                serde_json::Value::String(s) => Some(Some(s.clone())),
-                _ => None,
-            })
-            .collect()
+        tunnel_shared::key::from_json(self.header(header::KEY)?)
     }
     pub fn source_partition(&self) -> Option<i32> {
         self.header(header::SOURCE_PARTITION)?.parse().ok()

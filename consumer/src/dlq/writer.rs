@@ -10,10 +10,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tunnel_shared::config::KafkaConfig;
+use tunnel_shared::fault::{Classify, ErrorClass};
 use tunnel_shared::kafka::{self, TopicError};
-use tunnel_shared::retry::Retryable;
 
-use super::{header, key_json, topic_of, Rejected};
+use super::{header, topic_of, Rejected};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -23,10 +23,10 @@ pub enum DlqError {
     Topic(#[from] TopicError),
 }
 
-impl Retryable for DlqError {
-    fn is_retryable(&self) -> bool {
+impl Classify for DlqError {
+    fn class(&self) -> ErrorClass {
         // a DLQ that cannot be written holds the batch back; it is never skipped
-        true
+        ErrorClass::Transient
     }
 }
 
@@ -117,7 +117,7 @@ impl DlqWriter {
             let topic = topic_of(&e.topic);
             let count = self.counts.get(&topic).copied().unwrap_or(1).max(1);
             let (partition, offset) = (e.partition.to_string(), e.offset.to_string());
-            let key = e.key.as_ref().map(key_json);
+            let key = e.key.as_deref().map(tunnel_shared::key::to_json);
             let mut headers = OwnedHeaders::new()
                 .insert(Header {
                     key: header::SOURCE_TOPIC,

@@ -1,0 +1,36 @@
+//! How both binaries start: logging first, then the multi-threaded runtime their command runs
+//! on. A runtime that cannot start is reported on stderr and ends the process with status 1.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Sets up logging ([`crate::logging::init`]) and runs `command` to completion on a new
+/// runtime; its exit code is the process's.
+pub fn run<F>(command: F) -> ExitCode
+where
+    F: Future<Output = ExitCode>,
+{
+    crate::logging::init();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code of a command's result: 0, or `failure` after printing the error (in its
+/// alternate form: an `anyhow` error with its chain of causes).
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>, failure: u8) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(failure)
+        }
+    }
+}
