@@ -32,6 +32,14 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.next = self.initial;
     }
+
+    /// After a transient failure of `what`: logs it with the delay, then waits that delay.
+    /// For loops that must do more than call one operation again (reconnect, keep state).
+    pub async fn wait_after(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        let delay = self.next_delay();
+        tracing::warn!(what, error = %error, delay_ms = delay.as_millis() as u64, "transient failure, retrying");
+        tokio::time::sleep(delay).await;
+    }
 }
 
 impl Default for Backoff {
@@ -55,9 +63,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() && tried + 1 < attempts => {
                 tried += 1;
-                let delay = backoff.next_delay();
-                tracing::warn!(what, error = %e, attempt = tried, delay_ms = delay.as_millis() as u64, "transient failure, retrying");
-                tokio::time::sleep(delay).await;
+                backoff.wait_after(what, &e).await;
             }
             Err(e) => return Err(e),
         }
