@@ -161,6 +161,23 @@ impl TableInfo {
         }
     }
 
+    /// `"a"::text, "b"::text`: the key columns in PostgreSQL's text form; with an alias
+    /// prefix `p`, each named `"p0"`, `"p1"`, ...
+    pub fn key_as_text(&self, alias: Option<&str>) -> String {
+        self.key_columns()
+            .enumerate()
+            .map(|(i, c)| match alias {
+                Some(p) => format!(
+                    "{}::text AS {}",
+                    quote_ident(&c.name),
+                    quote_ident(&format!("{p}{i}"))
+                ),
+                None => format!("{}::text", quote_ident(&c.name)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// `"a", "b"`: the primary key columns, for ORDER BY.
     pub fn key_order(&self) -> String {
         self.key_columns()
@@ -375,7 +392,14 @@ mod tests {
         assert_eq!(t.key_tuple(), "\"a\"");
         assert_eq!(t.key_params(1), "$1::text::integer");
         assert_eq!(t.select_list(), "\"a\", \"b\", \"n\"::text");
+        assert_eq!(t.integer_key().map(|c| c.name.as_str()), Some("a"));
         t.key = vec![1, 0];
+        assert!(t.integer_key().is_none());
+        assert_eq!(t.key_as_text(None), "\"b\"::text, \"a\"::text");
+        assert_eq!(
+            t.key_as_text(Some("k")),
+            "\"b\"::text AS \"k0\", \"a\"::text AS \"k1\""
+        );
         assert_eq!(t.key_tuple(), "(\"b\", \"a\")");
         assert_eq!(t.key_order(), "\"b\", \"a\"");
         assert_eq!(t.key_params(3), "($3::text::text, $4::text::integer)");

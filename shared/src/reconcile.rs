@@ -250,7 +250,7 @@ impl Run<'_> {
     /// collation on both sides), one aggregate per side per range.
     async fn by_rows(&mut self) -> Result<(), PgError> {
         let t = self.t;
-        let keys_text = key_texts(t);
+        let keys_text = t.key_as_text(None);
         let mut after: Option<Vec<String>> = None;
         loop {
             let mut params: Vec<String> = Vec::new();
@@ -329,7 +329,7 @@ impl Run<'_> {
         let t = self.t;
         let sql = format!(
             "SELECT {}, {} FROM {{}} WHERE {cond}",
-            key_texts(t),
+            t.key_as_text(None),
             self.hash
         );
         let n = t.key.len();
@@ -368,17 +368,10 @@ impl Run<'_> {
 
 /// `"id"::text, <row hash>`: what a listing of rows selects, keys first.
 pub fn listing_select(t: &TableInfo) -> String {
-    format!("{}, {}", key_texts(t), row_hash_expr(t))
+    format!("{}, {}", t.key_as_text(None), row_hash_expr(t))
 }
 
 /// `"a"::text, "b"::text`: the key columns in text form.
-fn key_texts(t: &TableInfo) -> String {
-    t.key_columns()
-        .map(|c| format!("{}::text", quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Keys per statement when listed rows are looked up in the target.
 const LOOKUP_CHUNK: usize = 5_000;
 
