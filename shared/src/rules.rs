@@ -94,94 +94,26 @@ impl Rule {
     /// Parses `check`; `name` defaults to the check's text.
     pub fn parse(name: Option<&str>, check: &str) -> Result<Rule, RuleError> {
         let name = name.map_or_else(|| check.trim().to_string(), str::to_string);
-        let bad = |problem: &str| RuleError::Malformed {
+        let parsed = tokenize(check).and_then(|tokens| {
+            let mut t = tokens.iter().map(String::as_str).peekable();
+            let first = t.next().ok_or("the rule is empty")?;
+            let (column, test) = if first.eq_ignore_ascii_case("length") {
+                parse_length(&mut t)?
+            } else {
+                let column = ident(Some(first))?;
+                let word = t.next().ok_or("expected an operator after the column")?;
+                (column, parse_test(word, &mut t)?)
+            };
+            match t.next() {
+                Some(extra) => Err(format!("unexpected '{extra}' after the rule")),
+                None => Ok((column, test)),
+            }
+        });
+        let (column, test) = parsed.map_err(|problem| RuleError::Malformed {
             rule: name.clone(),
             check: check.to_string(),
-            problem: problem.to_string(),
-        };
-        let tokens = tokenize(check).map_err(|p| bad(&p))?;
-        let mut t = tokens.iter().map(String::as_str).peekable();
-        let first = t.next().ok_or_else(|| bad("the rule is empty"))?;
-        let (column, test) = if first.eq_ignore_ascii_case("length") {
-            if t.next() != Some("(") {
-                return Err(bad("expected '(' after LENGTH"));
-            }
-            let column = ident(t.next()).map_err(|p| bad(&p))?;
-            if t.next() != Some(")") {
-                return Err(bad("expected ')' after the column"));
-            }
-            let op = cmp_op(t.next()).map_err(|p| bad(&p))?;
-            let n = t
-                .next()
-                .and_then(|s| s.parse::<usize>().ok())
-                .ok_or_else(|| bad("LENGTH compares with a non-negative integer"))?;
-            (column, Test::Length(op, n))
-        } else {
-            let column = ident(Some(first)).map_err(|p| bad(&p))?;
-            let word = t
-                .next()
-                .ok_or_else(|| bad("expected an operator after the column"))?;
-            let upper = word.to_ascii_uppercase();
-            match upper.as_str() {
-                "IS" => {
-                    let (a, b) = (t.next().map(str::to_ascii_uppercase), t.next());
-                    if a.as_deref() != Some("NOT")
-                        || !b.is_some_and(|b| b.eq_ignore_ascii_case("null"))
-                    {
-                        return Err(bad("the only IS test is IS NOT NULL"));
-                    }
-                    (column, Test::NotNull)
-                }
-                "IN" | "NOT" => {
-                    let negated = upper == "NOT";
-                    if negated && !t.next().is_some_and(|w| w.eq_ignore_ascii_case("in")) {
-                        return Err(bad("expected IN after NOT"));
-                    }
-                    if t.next() != Some("(") {
-                        return Err(bad("expected '(' after IN"));
-                    }
-                    let mut values = Vec::new();
-                    loop {
-                        let v = t.next().ok_or_else(|| bad("unclosed IN list"))?;
-                        if v == ")" && values.is_empty() {
-                            return Err(bad("the IN list is empty"));
-                        }
-                        values.push(constant(v).map_err(|p| bad(&p))?);
-                        match t.next() {
-                            Some(",") => {}
-                            Some(")") => break,
-                            _ => return Err(bad("expected ',' or ')' in the IN list")),
-                        }
-                    }
-                    (column, Test::In { negated, values })
-                }
-                "~" | "!~" => {
-                    let pattern = t
-                        .next()
-                        .and_then(|s| s.strip_prefix('\''))
-                        .ok_or_else(|| bad("a regular expression is a quoted string"))?;
-                    regex::Regex::new(pattern)
-                        .map_err(|e| bad(&format!("bad regular expression: {e}")))?;
-                    (
-                        column,
-                        Test::Matches {
-                            negated: upper == "!~",
-                            pattern: pattern.to_string(),
-                        },
-                    )
-                }
-                _ => {
-                    let op = cmp_op(Some(word)).map_err(|p| bad(&p))?;
-                    let v = t
-                        .next()
-                        .ok_or_else(|| bad("expected a constant after the operator"))?;
-                    (column, Test::Compare(op, constant(v).map_err(|p| bad(&p))?))
-                }
-            }
-        };
-        if let Some(extra) = t.next() {
-            return Err(bad(&format!("unexpected '{extra}' after the rule")));
-        }
+            problem,
+        })?;
         Ok(Rule {
             name,
             check: check.trim().to_string(),
@@ -193,6 +125,83 @@ impl Rule {
     /// The column the rule tests.
     pub fn column(&self) -> &str {
         &self.column
+    }
+}
+
+/// `LENGTH ( column ) op n`, after the word `LENGTH`.
+fn parse_length<'a>(t: &mut impl Iterator<Item = &'a str>) -> Result<(String, Test), String> {
+    if t.next() != Some("(") {
+        return Err("expected '(' after LENGTH".into());
+    }
+    let column = ident(t.next())?;
+    if t.next() != Some(")") {
+        return Err("expected ')' after the column".into());
+    }
+    let op = cmp_op(t.next())?;
+    let n = t
+        .next()
+        .and_then(|s| s.parse::<usize>().ok())
+        .ok_or("LENGTH compares with a non-negative integer")?;
+    Ok((column, Test::Length(op, n)))
+}
+
+/// The test after a column: `word` is its first token.
+fn parse_test<'a>(word: &str, t: &mut impl Iterator<Item = &'a str>) -> Result<Test, String> {
+    let upper = word.to_ascii_uppercase();
+    match upper.as_str() {
+        "IS" => {
+            let (a, b) = (t.next().map(str::to_ascii_uppercase), t.next());
+            if a.as_deref() != Some("NOT") || !b.is_some_and(|b| b.eq_ignore_ascii_case("null")) {
+                return Err("the only IS test is IS NOT NULL".into());
+            }
+            Ok(Test::NotNull)
+        }
+        "IN" | "NOT" => {
+            let negated = upper == "NOT";
+            if negated && !t.next().is_some_and(|w| w.eq_ignore_ascii_case("in")) {
+                return Err("expected IN after NOT".into());
+            }
+            Ok(Test::In {
+                negated,
+                values: parse_in_list(t)?,
+            })
+        }
+        "~" | "!~" => {
+            let pattern = t
+                .next()
+                .and_then(|s| s.strip_prefix('\''))
+                .ok_or("a regular expression is a quoted string")?;
+            regex::Regex::new(pattern).map_err(|e| format!("bad regular expression: {e}"))?;
+            Ok(Test::Matches {
+                negated: upper == "!~",
+                pattern: pattern.to_string(),
+            })
+        }
+        _ => {
+            let op = cmp_op(Some(word))?;
+            let v = t.next().ok_or("expected a constant after the operator")?;
+            Ok(Test::Compare(op, constant(v)?))
+        }
+    }
+}
+
+/// `( v1, v2, ... )`, after `IN`.
+fn parse_in_list<'a>(t: &mut impl Iterator<Item = &'a str>) -> Result<Vec<String>, String> {
+    if t.next() != Some("(") {
+        return Err("expected '(' after IN".into());
+    }
+    let mut values = Vec::new();
+    loop {
+        let v = t.next().ok_or("unclosed IN list")?;
+        if v == ")" && values.is_empty() {
+            return Err("the IN list is empty".into());
+        }
+        values.push(constant(v)?);
+        match t.next() {
+            Some(",") => {}
+            Some(")") => return Ok(values),
+            _ => return Err("expected ',' or ')' in the IN list".into()),
+        }
     }
 }
 
