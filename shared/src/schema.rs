@@ -222,7 +222,13 @@ pub fn row_fields(schema: &Schema, what: &str) -> Result<Vec<FieldShape>, Schema
                 _ => None,
             };
             let pg_type = match attr("pg.type") {
-                Some(t) => t,
+                Some(t) if is_type_name(&t) => t,
+                Some(t) => {
+                    return Err(bad(&format!(
+                        "field {}: pg.type '{t}' is not a PostgreSQL type name",
+                        f.name
+                    )))
+                }
                 None => default_pg_type(inner).ok_or_else(|| {
                     bad(&format!(
                         "field {} has no pg.type and no default type",
@@ -239,6 +245,29 @@ pub fn row_fields(schema: &Schema, what: &str) -> Result<Vec<FieldShape>, Schema
             })
         })
         .collect()
+}
+
+/// Whether `t` has the shape of a type name as `format_type` writes it: one identifier (plain or
+/// double-quoted, optionally schema-qualified) with an optional modifier (`(12,3)`), one of
+/// PostgreSQL's names of several words, each optionally an array (`[]`). `pg.type` is pasted
+/// into the target's DDL and casts, and anyone who can register a schema writes it: anything
+/// else (a clause, a second statement, a comment) is refused.
+pub fn is_type_name(t: &str) -> bool {
+    static TYPE_NAME: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        let ident = r#"(?:[a-z_][a-z0-9_$]*|"(?:[^"\x00]|"")+")"#;
+        let p = r"(?:\(\d+\))?";
+        let words = [
+            "double precision".to_string(),
+            format!("(?:character|bit) varying{p}"),
+            format!("(?:timestamp|time){p} with(?:out)? time zone"),
+            format!(
+                "interval(?: (?:year|month|day|hour|minute|second)(?: to (?:month|hour|minute|second))?)?{p}"
+            ),
+            format!(r"{ident}(?:\.{ident})?(?:\(\d+(?:, ?\d+)?\))?"),
+        ];
+        regex::Regex::new(&format!(r"^(?:{})(?:\[\d*\])*$", words.join("|"))).ok()
+    });
+    TYPE_NAME.as_ref().is_some_and(|re| re.is_match(t))
 }
 
 fn non_null_variant(u: &UnionSchema) -> Option<&Schema> {
@@ -270,6 +299,48 @@ fn default_pg_type(s: &Schema) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn type_names_are_checked() {
+        for ok in [
+            "integer",
+            "character varying(1024)",
+            "character varying",
+            "numeric(12,3)",
+            "numeric",
+            "timestamp without time zone",
+            "timestamp(3) with time zone",
+            "time(6) without time zone",
+            "double precision",
+            "interval day to second(3)",
+            "interval",
+            "bit varying(5)",
+            "text[]",
+            "integer[][]",
+            "\"char\"",
+            "public.mood",
+            "\"My Schema\".\"We\"\"ird; type\"",
+            "character(1)",
+        ] {
+            assert!(super::is_type_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "integer); DROP TABLE t; --",
+            "integer NOT NULL",
+            "integer references secret",
+            "text DEFAULT 'x'",
+            "int4 /* c */",
+            "text\n",
+            "\"unclosed",
+            "\"a\"\"",
+            "numeric(1,2,3)",
+            "Integer",
+            "x;y",
+        ] {
+            assert!(!super::is_type_name(bad), "{bad}");
+        }
+    }
+
     use super::*;
     use crate::catalog::Column;
 
