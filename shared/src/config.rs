@@ -297,6 +297,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.validate_tables()?;
+        self.validate_endpoints()?;
+        self.validate_kafka()?;
+        self.validate_settings()
+    }
+
+    /// At least one table, none twice, each with rules that parse and have distinct names.
+    fn validate_tables(&self) -> Result<(), String> {
         if self.tables.is_empty() {
             return Err("no [[tables]] entry: name at least one table to replicate".into());
         }
@@ -322,6 +330,11 @@ impl Config {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The databases' and the registry's URLs.
+    fn validate_endpoints(&self) -> Result<(), String> {
         for (name, url) in [
             ("source.url", &self.source.url),
             ("target.url", &self.target.url),
@@ -333,28 +346,12 @@ impl Config {
                 ));
             }
         }
-        if self.kafka.brokers.trim().is_empty() {
-            return Err("kafka.brokers is empty".into());
-        }
         if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://"))
         {
             return Err(format!(
                 "registry.url must be an http(s) URL, got '{}'",
                 redact_url(&self.registry.url)
             ));
-        }
-        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
-            return Err("kafka.partitions and kafka.replication_factor must be at least 1".into());
-        }
-        let p = &self.producer;
-        if p.snapshot_chunk_rows < 1 || p.scan_chunk_rows < 1 {
-            return Err("producer chunk sizes must be at least 1".into());
-        }
-        if p.insert_interval_ms == 0 || p.update_interval_ms == 0 {
-            return Err("producer intervals must be at least 1 ms".into());
-        }
-        if self.consumer.batch_max_events == 0 {
-            return Err("consumer.batch_max_events must be at least 1".into());
         }
         match self.registry.compatibility.as_str() {
             "BACKWARD"
@@ -363,12 +360,54 @@ impl Config {
             | "FORWARD_TRANSITIVE"
             | "FULL"
             | "FULL_TRANSITIVE"
-            | "NONE" => {}
-            other => {
-                return Err(format!(
-                    "registry.compatibility '{other}' is not a known level"
-                ))
+            | "NONE" => Ok(()),
+            other => Err(format!(
+                "registry.compatibility '{other}' is not a known level"
+            )),
+        }
+    }
+
+    /// The brokers, the topics' sizes, and no `[kafka.properties]` that would undo what the
+    /// pipeline's guarantees rest on.
+    fn validate_kafka(&self) -> Result<(), String> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err("kafka.brokers is empty".into());
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
+            return Err("kafka.partitions and kafka.replication_factor must be at least 1".into());
+        }
+        if let Some((key, why)) = self.kafka.properties.keys().find_map(|k| {
+            RESERVED_KAFKA_PROPERTIES
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(name, why)| (*name, *why))
+        }) {
+            return Err(format!(
+                "[kafka.properties] may not set '{key}': {why}; remove it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Chunk sizes and intervals that the loops can work with.
+    fn validate_settings(&self) -> Result<(), String> {
+        let p = &self.producer;
+        if p.snapshot_chunk_rows < 1 || p.scan_chunk_rows < 1 {
+            return Err("producer chunk sizes must be at least 1".into());
+        }
+        // 0 would run a pass back to back; reconcile_interval_ms = 0 switches reconciliation off
+        for (name, ms) in [
+            ("insert_interval_ms", p.insert_interval_ms),
+            ("update_interval_ms", p.update_interval_ms),
+            ("delete_interval_ms", p.delete_interval_ms),
+            ("repair_interval_ms", p.repair_interval_ms),
+        ] {
+            if ms == 0 {
+                return Err(format!("producer.{name} must be at least 1 ms"));
             }
+        }
+        if self.consumer.batch_max_events == 0 {
+            return Err("consumer.batch_max_events must be at least 1".into());
         }
         Ok(())
     }
@@ -410,6 +449,31 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// librdkafka properties the pipeline sets itself, and what a different value would break.
+const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "isolation.level",
+        "the consumer reads only committed transactions (read_committed)",
+    ),
+    (
+        "enable.auto.commit",
+        "the consumer's offsets are stored in the target, in the transaction that applies them",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the consumer's offsets are stored in the target, in the transaction that applies them",
+    ),
+    (
+        "enable.idempotence",
+        "the producer's transactions need an idempotent producer",
+    ),
+    (
+        "transactional.id",
+        "each table's producer has its own transactional id, derived from the topic prefix",
+    ),
+    ("group.id", "the group is kafka.consumer_group"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -492,6 +556,46 @@ name = "media"
         let text = MINIMAL.replace("[[tables]]\nname = \"media\"", "");
         let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
         assert!(err.contains("[[tables]]"), "{err}");
+    }
+
+    #[test]
+    fn properties_that_would_break_exactly_once_are_refused() {
+        for key in [
+            "isolation.level",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "enable.idempotence",
+            "transactional.id",
+            "group.id",
+        ] {
+            let text = MINIMAL.replace(
+                "[[tables]]",
+                &format!("[kafka.properties]\n\"{key}\" = \"x\"\n[[tables]]"),
+            );
+            let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("remove it"), "{err}");
+        }
+        let ok = MINIMAL.replace(
+            "[[tables]]",
+            "[kafka.properties]\n\"security.protocol\" = \"SSL\"\n[[tables]]",
+        );
+        let c = Config::parse(&ok, "t.toml", &[]).unwrap();
+        assert_eq!(c.kafka.properties["security.protocol"], "SSL");
+    }
+
+    #[test]
+    fn zero_intervals_are_refused_but_reconciliation_may_be_off() {
+        for name in [
+            "delete_interval_ms",
+            "repair_interval_ms",
+            "insert_interval_ms",
+        ] {
+            let text = format!("{MINIMAL}[producer]\n{name} = 0\n");
+            let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+        let text = format!("{MINIMAL}[producer]\nreconcile_interval_ms = 0\n");
+        assert!(Config::parse(&text, "t.toml", &[]).is_ok());
     }
 
     #[test]
