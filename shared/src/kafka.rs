@@ -164,10 +164,11 @@ async fn wait_until_visible(
 ) -> Result<(), TopicError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let ready = match admin
-            .inner()
-            .fetch_metadata(Some(name), Duration::from_secs(5))
-        {
+        let ready = match without_blocking_the_runtime(|| {
+            admin
+                .inner()
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+        }) {
             Ok(md) => md.topics().iter().any(|t| {
                 t.name() == name
                     && t.error().is_none()
@@ -192,6 +193,17 @@ async fn wait_until_visible(
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a synchronous librdkafka call that may wait for the broker (a metadata request, up to
+/// its timeout) without holding up the other tasks of the runtime's worker thread: on a
+/// multi-threaded runtime the thread hands its tasks over first. (Calls that need no borrowed
+/// client go through `spawn_blocking` instead.)
+pub fn without_blocking_the_runtime<T>(call: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+        _ => call(),
     }
 }
 
