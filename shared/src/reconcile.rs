@@ -184,22 +184,31 @@ impl Run<'_> {
         }
         let mut stack = vec![(lo, hi)];
         while let Some((lo, hi)) = stack.pop() {
-            let span = (i128::from(hi) - i128::from(lo) + 1).min(i128::from(i64::MAX)) as i64;
-            if span <= self.opts.leaf_rows {
-                let cond = format!("{k} BETWEEN {lo} AND {hi}");
-                self.compare_rows(&cond, &[]).await?;
+            // keys may span more than i64 holds (random 63-bit ids of both signs): widths are
+            // worked out in i128, and the bucket of a key in numeric when `k - lo` could overflow
+            let span = i128::from(hi) - i128::from(lo) + 1;
+            let range = format!("{k} BETWEEN '{lo}'::int8 AND '{hi}'::int8");
+            if span <= i128::from(self.opts.leaf_rows) {
+                self.compare_rows(&range, &[]).await?;
                 continue;
             }
-            let width = (span + self.opts.fanout - 1) / self.opts.fanout;
+            let fanout = i128::from(self.opts.fanout);
+            let width = i64::try_from((span + fanout - 1) / fanout).unwrap_or(i64::MAX);
+            let bucket = if span <= i128::from(i64::MAX) {
+                format!("(({k}::int8 - '{lo}'::int8) / {width})::int8")
+            } else {
+                format!("div({k}::numeric - '{lo}'::int8, {width})::int8")
+            };
             let sql = format!(
-                "SELECT (({k}::int8 - {lo}) / {width})::int8, count(*)::int8, bit_xor({h}) FROM {{}} WHERE {k} BETWEEN {lo} AND {hi} GROUP BY 1",
+                "SELECT {bucket}, count(*)::int8, bit_xor({h}) FROM {{}} WHERE {range} GROUP BY 1",
                 h = self.hash
             );
             let (a, b) = self.buckets(&sql).await?;
             let mut differing = Vec::new();
             for i in 0..self.opts.fanout {
                 if a.get(&i) != b.get(&i) {
-                    let from = lo.saturating_add(i.saturating_mul(width));
+                    let from = i128::from(lo) + i128::from(i) * i128::from(width);
+                    let Ok(from) = i64::try_from(from) else { break };
                     if from > hi {
                         break;
                     }
@@ -211,7 +220,7 @@ impl Run<'_> {
             let dense = differing.len() * 2 > self.opts.fanout as usize && width <= DENSE_LIST_MAX;
             for (from, to) in differing {
                 if dense {
-                    self.compare_rows(&format!("{k} BETWEEN {from} AND {to}"), &[])
+                    self.compare_rows(&format!("{k} BETWEEN '{from}'::int8 AND '{to}'::int8"), &[])
                         .await?;
                 } else {
                     stack.push((from, to));

@@ -130,3 +130,35 @@ async fn composite_text_keys_are_compared_by_row_ranges() {
     assert_eq!(keys(&d.differing), vec!["eu,2999"]);
     assert_eq!(keys(&d.missing), vec!["zz,1"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_spanning_the_whole_bigint_range_are_compared() {
+    let dbs = Databases::create().await;
+    // 64-bit ids scattered over both signs (the same on both sides), and the two ends of bigint: `max - min` overflows int8
+    both(
+        &dbs,
+        "CREATE TABLE ids (id int8 PRIMARY KEY, v text);
+         INSERT INTO ids VALUES (-9223372036854775808, 'min'), (9223372036854775807, 'max');
+         INSERT INTO ids SELECT hashint8extended(i, 42), 'v' || i
+           FROM generate_series(1, 3000) i ON CONFLICT DO NOTHING;",
+    )
+    .await;
+    let opts = DiffOptions {
+        fanout: 16,
+        leaf_rows: 100,
+    };
+    assert!(run_diff(&dbs, "ids", opts).await.is_empty());
+    dbs.source()
+        .await
+        .batch_execute(
+            "UPDATE ids SET v = 'changed' WHERE id = 9223372036854775807;
+             DELETE FROM ids WHERE id = -9223372036854775808;
+             INSERT INTO ids VALUES (4611686018427387904, 'new')",
+        )
+        .await
+        .unwrap();
+    let d = run_diff(&dbs, "ids", opts).await;
+    assert_eq!(keys(&d.extra), vec!["-9223372036854775808"]);
+    assert_eq!(keys(&d.differing), vec!["9223372036854775807"]);
+    assert_eq!(keys(&d.missing), vec!["4611686018427387904"]);
+}
