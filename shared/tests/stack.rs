@@ -496,3 +496,41 @@ async fn delete_subject(subject: &str) {
         }
     }
 }
+
+/// The fault tests' broker: what was committed before a SIGKILL is there after the restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_broker_keeps_its_data_across_a_sigkill() {
+    let mut broker = tokio::task::spawn_blocking(testkit::PrivateBroker::start)
+        .await
+        .unwrap();
+    let kafka = KafkaConfig {
+        brokers: broker.brokers(),
+        ..kafka_config()
+    };
+    let admin = kafka::admin(&kafka).unwrap();
+    kafka::ensure_topic(&admin, "t", 1, 1, TABLE_TOPIC_CONFIGS)
+        .await
+        .unwrap();
+    let producer: FutureProducer = kafka::producer_config(&kafka).create().unwrap();
+    producer
+        .send(FutureRecord::to("t").key("k").payload("v"), WAIT)
+        .await
+        .unwrap();
+    drop(producer);
+    broker.kill9();
+    let mut broker = tokio::task::spawn_blocking(move || {
+        broker.restart();
+        broker
+    })
+    .await
+    .unwrap();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut n = 0;
+        kafka::read_to_end(&kafka, "t", Duration::from_secs(60), |_| n += 1).map(|()| n)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(read, 1);
+    broker.kill9();
+}

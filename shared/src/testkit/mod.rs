@@ -2,6 +2,10 @@
 //! connection settings, a fresh source and target database per test, unique topic prefixes and
 //! groups, and a config file that points at them.
 
+mod broker;
+
+pub use broker::PrivateBroker;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
