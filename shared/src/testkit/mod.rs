@@ -199,6 +199,42 @@ pub fn add_producer_settings(config: &std::path::Path, settings: &str) {
     std::fs::write(config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
 }
 
+/// Points a config written by [`write_config`] at other brokers (a [`PrivateBroker`]).
+pub fn use_brokers(config: &std::path::Path, brokers: &str) {
+    let text = std::fs::read_to_string(config)
+        .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+    let text = text.replacen(
+        &format!("brokers = \"{}\"", self::brokers()),
+        &format!("brokers = \"{brokers}\""),
+        1,
+    );
+    std::fs::write(config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+}
+
+/// Waits until `table` holds the same rows in the target as in the source, or panics after
+/// `timeout` with both sides' sizes and the processes' logs.
+pub async fn wait_identical(dbs: &Databases, table: &str, timeout: Duration, procs: &[&Proc]) {
+    let (src, tgt) = (dbs.source().await, dbs.target().await);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let a = try_table_text(&src, table).await;
+        let b = try_table_text(&tgt, table).await;
+        if a.is_some() && a == b {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+            panic!(
+                "{table}: the target did not match the source within {timeout:?} (source {} rows, target {} rows)\nlogs:\n{}",
+                a.map_or(0, |r| r.len()),
+                b.map_or(0, |r| r.len()),
+                logs.join("\n----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs `tunnel-consumer verify` on a config; its exit code and what it printed.
 pub fn verify(config: &std::path::Path, extra: &[&str]) -> (i32, String) {
     let (code, out, err) = consumer_cli(&["verify"], config, extra);

@@ -1,0 +1,181 @@
+//! Fault injection: the pipeline under a steady load of inserts, updates and deletes while a
+//! piece of its infrastructure fails, each case ending with the target identical to the source
+//! within a stated bound, every event applied exactly once, and `verify` clean. The broker is a
+//! private one ([`PrivateBroker`]), so killing it disturbs no other test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure is a panic
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use tunnel_shared::testkit::{self as tk, Databases, PrivateBroker, Proc};
+
+const MEDIA: &str = "CREATE TABLE media (
+    id serial PRIMARY KEY,
+    s3_path varchar(1024),
+    format varchar(5),
+    type smallint,
+    updated_at timestamp DEFAULT now())";
+
+/// How long the pipeline may take to be identical again once the fault is over.
+const RECOVERY: Duration = Duration::from_secs(90);
+
+/// Inserts, updates and deletes at about 20 a second until `stop`; returns how many it made.
+async fn steady_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> usize {
+    let client = tk::connect(&url).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let id: i32 = rng.gen_range(1..=500);
+        let sql = match rng.gen_range(0..10) {
+            0..=4 => "INSERT INTO media (s3_path, format, type) VALUES ('/load', 'jpg', 1)",
+            5..=8 => "UPDATE media SET s3_path = '/u' || id, updated_at = now() WHERE id = (SELECT id FROM media ORDER BY abs(id - $1) LIMIT 1)",
+            _ => "DELETE FROM media WHERE id = (SELECT id FROM media ORDER BY abs(id - $1) LIMIT 1)",
+        };
+        let result = if sql.contains("$1") {
+            client.execute(sql, &[&id]).await
+        } else {
+            client.execute(sql, &[]).await
+        };
+        result.unwrap();
+        n += 1;
+        // the load's own pace, not a wait for a condition
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    n
+}
+
+/// A table under load, replicated through a private broker.
+struct Case {
+    dbs: Databases,
+    broker: Option<PrivateBroker>,
+    config: std::path::PathBuf,
+    prefix: String,
+    group: String,
+}
+
+impl Case {
+    async fn new() -> Case {
+        let broker = tokio::task::spawn_blocking(PrivateBroker::start)
+            .await
+            .unwrap();
+        let dbs = Databases::create().await;
+        dbs.source()
+            .await
+            .batch_execute(&format!(
+                "{MEDIA}; INSERT INTO media (s3_path, format, type) SELECT '/seed/' || i, 'jpg', 1 FROM generate_series(1, 500) i"
+            ))
+            .await
+            .unwrap();
+        let (prefix, group) = (tk::unique("f"), tk::unique("g"));
+        let config = tk::write_config(&dbs, &prefix, &group, &["media"], "");
+        tk::use_brokers(&config, &broker.brokers());
+        Case {
+            dbs,
+            broker: Some(broker),
+            config,
+            prefix,
+            group,
+        }
+    }
+
+    fn broker(&mut self) -> &mut PrivateBroker {
+        self.broker.as_mut().expect("the broker")
+    }
+
+    async fn restart_broker(&mut self) {
+        let mut broker = self.broker.take().expect("the broker");
+        let broker = tokio::task::spawn_blocking(move || {
+            broker.restart();
+            broker
+        })
+        .await
+        .unwrap();
+        self.broker = Some(broker);
+    }
+
+    /// Identical within [`RECOVERY`], every committed event applied exactly once, `verify`
+    /// clean.
+    async fn assert_recovered(&mut self, procs: &[&Proc]) {
+        tk::wait_identical(&self.dbs, "media", RECOVERY, procs).await;
+        let topic = format!("{}.public.media", self.prefix);
+        let book = tk::bookkeeping(&self.dbs.target().await, &topic).await;
+        let mut kafka = tk::kafka_config(&self.prefix, &self.group, 3);
+        kafka.brokers = self.broker().brokers();
+        let (t, upto) = (topic.clone(), book.clone());
+        let counts = tokio::task::spawn_blocking(move || tk::count_messages(&kafka, &t, &upto))
+            .await
+            .unwrap();
+        for (partition, (_, applied)) in &book {
+            assert_eq!(
+                counts.get(partition).copied().unwrap_or(0),
+                *applied,
+                "partition {partition}: events in the topic vs events applied"
+            );
+        }
+        let (code, out) = tk::verify(&self.config, &[]);
+        assert_eq!(code, 0, "verify after recovery: {out}");
+    }
+}
+
+/// The broker is SIGKILLed while the pipeline streams, and started again 5 s later.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_sigkill_in_steady_state() {
+    let mut case = Case::new().await;
+    let producer = Proc::start("producer", &case.config);
+    let consumer = Proc::start("consumer", &case.config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(
+        case.dbs.source_admin_url.clone(),
+        stop.clone(),
+        1,
+    ));
+    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    case.broker().kill9();
+    // the outage itself: 5 s without a broker, the load going on
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    case.restart_broker().await;
+    // the load goes on for a while after the restart
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(load.await.unwrap() > 100, "the load made too few changes");
+    case.assert_recovered(&[&producer, &consumer]).await;
+}
+
+/// The broker is SIGKILLed while the consumer joins its group (right after it starts).
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_sigkill_while_the_consumer_joins() {
+    let mut case = Case::new().await;
+    let producer = Proc::start("producer", &case.config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(
+        case.dbs.source_admin_url.clone(),
+        stop.clone(),
+        2,
+    ));
+    let target = case.dbs.target().await;
+    let consumer = Proc::start("consumer", &case.config);
+    // the consumer has connected once (its bookkeeping exists), not yet applied anything
+    tk::wait_for("the consumer's bookkeeping", RECOVERY, || async {
+        target
+            .query_opt(
+                "SELECT 1 FROM pg_tables WHERE schemaname = 'tunnel' AND tablename = 'offsets'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|_| ())
+    })
+    .await;
+    case.broker().kill9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    case.restart_broker().await;
+    // the load goes on for a while after the restart
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    case.assert_recovered(&[&producer, &consumer]).await;
+}
