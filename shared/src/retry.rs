@@ -33,12 +33,17 @@ impl Backoff {
         self.next = self.initial;
     }
 
-    /// After a transient failure of `what`: logs it with the delay, then waits that delay.
-    /// For loops that must do more than call one operation again (reconnect, keep state).
-    pub async fn wait_after(&mut self, what: &str, error: &dyn std::fmt::Display) {
+    /// After a transient failure of `what`: logs it with the delay, and returns the wait
+    /// (await it). For loops that must do more than call one operation again (reconnect, keep
+    /// state). The error is only borrowed while it is logged, so the wait is `Send`.
+    pub fn wait_after(
+        &mut self,
+        what: &str,
+        error: &dyn std::fmt::Display,
+    ) -> tokio::time::Sleep {
         let delay = self.next_delay();
         tracing::warn!(what, error = %error, delay_ms = delay.as_millis() as u64, "transient failure, retrying");
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(delay)
     }
 }
 
