@@ -29,7 +29,8 @@ use tunnel_shared::pg::{self, qualified, PgError, Session};
 use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
-use crate::source::{Activity, SourceError};
+use crate::error::SourceError;
+use crate::source::Activity;
 use crate::versions::{self, Versions, Written};
 
 /// A listed row: its key in text form and its hash.

@@ -1,0 +1,150 @@
+//! Streaming: the detectors' passes, each shipped on its own, until asked to stop. The I/O of
+//! a pass (probe, read, ship) is here; what it decides is [`CaptureState`]'s.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use tunnel_shared::config::{Config, TableConfig};
+use tunnel_shared::fault::Classify;
+use tunnel_shared::retry::Backoff;
+
+use crate::capture::{CaptureState, ChangeDetector, PassContext};
+use crate::error::WorkerError;
+use crate::publish::Publisher;
+use crate::setup;
+use crate::source::{Activity, Source};
+
+pub struct Stream {
+    config: Arc<Config>,
+    table: TableConfig,
+    source: Source,
+    publisher: Publisher,
+    shutdown: watch::Receiver<bool>,
+    /// By slot, as in `state`.
+    detectors: Vec<Box<dyn ChangeDetector>>,
+    state: CaptureState,
+}
+
+impl Stream {
+    pub fn new(
+        config: Arc<Config>,
+        table: TableConfig,
+        source: Source,
+        publisher: Publisher,
+        shutdown: watch::Receiver<bool>,
+        detectors: Vec<Box<dyn ChangeDetector>>,
+        state: CaptureState,
+    ) -> Self {
+        Self {
+            config,
+            table,
+            source,
+            publisher,
+            shutdown,
+            detectors,
+            state,
+        }
+    }
+
+    /// Runs the detectors as they fall due until shutdown; a pass that fails transiently is
+    /// tried again after a back-off (its state did not move).
+    pub async fn run(mut self) -> Result<(), WorkerError> {
+        let mut backoff = Backoff::default();
+        info!("streaming changes");
+        while !*self.shutdown.borrow() {
+            let next_due = self.state.next_due().unwrap_or_else(Instant::now);
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_due.into()) => {}
+                _ = shutdown.changed() => continue,
+            }
+            match self.tick().await {
+                Ok(()) => backoff.reset(),
+                Err(e) if e.is_transient() => {
+                    backoff.wait_after("a pass", &e).await;
+                    setup::reconnect_if_closed(&mut self.source, &self.config, &self.table).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    /// Runs the detectors that are due and may find something, each pass shipped on its own so
+    /// that a slow pass (the watermark scan of a large table) never delays a fast one.
+    async fn tick(&mut self) -> Result<(), WorkerError> {
+        let activity = self.source.activity().await?;
+        let detectors = &self.detectors;
+        let run = self.state.due(Instant::now(), &activity, |i, before, now| {
+            detectors[i].wants(before, now)
+        });
+        for i in run {
+            self.pass(i, &activity).await?;
+        }
+        Ok(())
+    }
+
+    /// One pass of detector `i`: probe, read, ship what changed with the checkpoint, and only
+    /// then move its horizon.
+    async fn pass(&mut self, i: usize, activity: &Activity) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let probe = self.source.probe().await?;
+        let plan = self.state.plan(i, probe);
+        if !plan.gave_up_on().is_empty() {
+            warn!(transactions = ?plan.gave_up_on(), "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
+        }
+        let detection = self.detectors[i].detection();
+        let read_before = self.source.read_rows();
+        let ctx = PassContext {
+            source: &mut self.source,
+            bounds: plan.bounds(),
+            shipped: self.state.keyset(),
+            checkpoint: self.state.checkpoint(),
+        };
+        let found = self.detectors[i].pass(ctx).await?;
+        let read = self.source.read_rows() - read_before;
+        let ts_ms = chrono::Utc::now().timestamp_millis();
+        let outcome = self.state.outcome(&plan, &found, ts_ms, Instant::now());
+        if outcome.must_ship() {
+            self.publisher
+                .publish(outcome.events(), outcome.checkpoint())
+                .await?;
+        }
+        let (events, deletes, scanned) = (outcome.events().len(), found.gone.len(), found.scanned);
+        if outcome.after_snapshot() {
+            info!(
+                read_rows = found.rows.len(),
+                shipped = events,
+                "first watermark pass after the snapshot done"
+            );
+        }
+        // shipped: remember what was shipped and seen
+        let now = Instant::now();
+        self.state
+            .shipped(plan, found, outcome, activity, now, now - started);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if events > 0 {
+            info!(
+                detector = detection.as_str(),
+                events,
+                deletes,
+                scanned,
+                read_rows = read,
+                elapsed_ms,
+                "shipped changes"
+            );
+        } else {
+            debug!(
+                detector = detection.as_str(),
+                read_rows = read,
+                scanned,
+                elapsed_ms,
+                "pass found no change"
+            );
+        }
+        Ok(())
+    }
+}
