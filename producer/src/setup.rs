@@ -4,6 +4,9 @@
 //! table), its checkpoint and the keys shipped so far. Each step is retried; the steps that do
 //! not depend on each other run at once.
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
 use tracing::info;
 use tunnel_shared::catalog::TableInfo;
 use tunnel_shared::config::{Config, KafkaConfig, TableConfig};
@@ -21,17 +24,71 @@ use crate::source::Source;
 
 /// What a table's worker starts with.
 pub struct Prepared {
-    pub source: Source,
-    pub publisher: Publisher,
+    pub link: Link,
     pub checkpoint: Checkpoint,
     /// The keys shipped so far, for tables with a single integer key.
     pub keyset: Option<KeySet>,
 }
 
+/// A table's ends: the source it reads and the publisher it ships with, what reconnecting to
+/// the source needs, and the shutdown signal.
+pub struct Link {
+    config: Arc<Config>,
+    table: TableConfig,
+    source: Source,
+    publisher: Publisher,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Link {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    pub fn source_mut(&mut self) -> &mut Source {
+        &mut self.source
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// The source to read, the publisher and the shutdown signal at once (the snapshot's).
+    pub fn ends(&mut self) -> (&mut Source, &Publisher, &watch::Receiver<bool>) {
+        (&mut self.source, &self.publisher, &self.shutdown)
+    }
+
+    /// A receiver to wait on for the shutdown.
+    pub fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Connects again if the source connection broke.
+    pub async fn reconnect_if_closed(&mut self) -> Result<(), WorkerError> {
+        if self.source.is_closed() {
+            self.source = connect(&self.config, &self.table, "reconnecting to the source").await?;
+            info!("reconnected to the source");
+        }
+        Ok(())
+    }
+}
+
 /// Connects, checks the rules, registers schemas, creates topics, fences older producers of
 /// this table and loads its checkpoint and shipped keys.
-pub async fn prepare(config: &Config, table: &TableConfig) -> Result<Prepared, WorkerError> {
-    let source = connect(config, table, "connecting to the source").await?;
+pub async fn prepare(
+    config: Arc<Config>,
+    table: TableConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Prepared, WorkerError> {
+    let source = connect(&config, &table, "connecting to the source").await?;
     let info = source.table().clone();
     info!(
         columns = info.columns.len(),
@@ -39,17 +96,23 @@ pub async fn prepare(config: &Config, table: &TableConfig) -> Result<Prepared, W
         watermark = info.watermark.map(|i| info.columns[i].name.as_str()).unwrap_or("none"),
         "read the source catalog"
     );
-    check_rules(table, &info)?;
-    let (publisher, checkpoint) = publisher_and_checkpoint(config, table, &info).await?;
+    check_rules(&table, &info)?;
+    let (publisher, checkpoint) = publisher_and_checkpoint(&config, &table, &info).await?;
     // nothing was ever shipped for a table without a checkpoint: no topic to read back
     let keyset = match info.integer_key() {
         Some(_) if checkpoint.snapshot.started_at_micros == 0 => Some(KeySet::default()),
-        Some(_) => Some(keyset::rebuild(config, &config.topic(table)).await?),
+        Some(_) => Some(keyset::rebuild(&config, &config.topic(&table)).await?),
         None => None,
     };
-    Ok(Prepared {
+    let link = Link {
+        config,
+        table,
         source,
         publisher,
+        shutdown,
+    };
+    Ok(Prepared {
+        link,
         checkpoint,
         keyset,
     })
@@ -57,29 +120,12 @@ pub async fn prepare(config: &Config, table: &TableConfig) -> Result<Prepared, W
 
 /// A read-only connection to the source, with the table's catalog (`what`: for the log of a
 /// retry).
-pub async fn connect(
-    config: &Config,
-    table: &TableConfig,
-    what: &str,
-) -> Result<Source, WorkerError> {
+async fn connect(config: &Config, table: &TableConfig, what: &str) -> Result<Source, WorkerError> {
     let p = &config.producer;
     Ok(retry(what, SETUP_ATTEMPTS, || {
         Source::connect(&config.source, table, p.max_rows_per_second)
     })
     .await?)
-}
-
-/// Connects again if the connection broke.
-pub async fn reconnect_if_closed(
-    source: &mut Source,
-    config: &Config,
-    table: &TableConfig,
-) -> Result<(), WorkerError> {
-    if source.is_closed() {
-        *source = connect(config, table, "reconnecting to the source").await?;
-        info!("reconnected to the source");
-    }
-    Ok(())
 }
 
 /// The consumer applies the rules; a rule on a column the table lacks is refused here

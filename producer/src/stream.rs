@@ -1,48 +1,28 @@
 //! Streaming: the detectors' passes, each shipped on its own, until asked to stop. The I/O of
 //! a pass (probe, read, ship) is here; what it decides is [`CaptureState`]'s.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use tunnel_shared::config::{Config, TableConfig};
 use tunnel_shared::fault::Classify;
 use tunnel_shared::retry::Backoff;
 
 use crate::capture::{CaptureState, ChangeDetector, PassContext};
 use crate::error::WorkerError;
-use crate::publish::Publisher;
-use crate::setup;
-use crate::source::{Activity, Source};
+use crate::setup::Link;
+use crate::source::Activity;
 
 pub struct Stream {
-    config: Arc<Config>,
-    table: TableConfig,
-    source: Source,
-    publisher: Publisher,
-    shutdown: watch::Receiver<bool>,
+    link: Link,
     /// By slot, as in `state`.
     detectors: Vec<Box<dyn ChangeDetector>>,
     state: CaptureState,
 }
 
 impl Stream {
-    pub fn new(
-        config: Arc<Config>,
-        table: TableConfig,
-        source: Source,
-        publisher: Publisher,
-        shutdown: watch::Receiver<bool>,
-        detectors: Vec<Box<dyn ChangeDetector>>,
-        state: CaptureState,
-    ) -> Self {
+    pub fn new(link: Link, detectors: Vec<Box<dyn ChangeDetector>>, state: CaptureState) -> Self {
         Self {
-            config,
-            table,
-            source,
-            publisher,
-            shutdown,
+            link,
             detectors,
             state,
         }
@@ -53,9 +33,9 @@ impl Stream {
     pub async fn run(mut self) -> Result<(), WorkerError> {
         let mut backoff = Backoff::default();
         info!("streaming changes");
-        while !*self.shutdown.borrow() {
+        while !self.link.stopping() {
             let next_due = self.state.next_due().unwrap_or_else(Instant::now);
-            let mut shutdown = self.shutdown.clone();
+            let mut shutdown = self.link.shutdown();
             tokio::select! {
                 _ = tokio::time::sleep_until(next_due.into()) => {}
                 _ = shutdown.changed() => continue,
@@ -64,7 +44,7 @@ impl Stream {
                 Ok(()) => backoff.reset(),
                 Err(e) if e.is_transient() => {
                     backoff.wait_after("a pass", &e).await;
-                    setup::reconnect_if_closed(&mut self.source, &self.config, &self.table).await?;
+                    self.link.reconnect_if_closed().await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -76,7 +56,7 @@ impl Stream {
     /// Runs the detectors that are due and may find something, each pass shipped on its own so
     /// that a slow pass (the watermark scan of a large table) never delays a fast one.
     async fn tick(&mut self) -> Result<(), WorkerError> {
-        let activity = self.source.activity().await?;
+        let activity = self.link.source().activity().await?;
         let detectors = &self.detectors;
         let run = self.state.due(Instant::now(), &activity, |i, before, now| {
             detectors[i].wants(before, now)
@@ -91,25 +71,26 @@ impl Stream {
     /// then move its horizon.
     async fn pass(&mut self, i: usize, activity: &Activity) -> Result<(), WorkerError> {
         let started = Instant::now();
-        let probe = self.source.probe().await?;
+        let probe = self.link.source().probe().await?;
         let plan = self.state.plan(i, probe);
         if !plan.gave_up_on().is_empty() {
             warn!(transactions = ?plan.gave_up_on(), "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
         }
         let detection = self.detectors[i].detection();
-        let read_before = self.source.read_rows();
+        let read_before = self.link.source().read_rows();
         let ctx = PassContext {
-            source: &mut self.source,
+            source: self.link.source_mut(),
             bounds: plan.bounds(),
             shipped: self.state.keyset(),
             checkpoint: self.state.checkpoint(),
         };
         let found = self.detectors[i].pass(ctx).await?;
-        let read = self.source.read_rows() - read_before;
+        let read = self.link.source().read_rows() - read_before;
         let ts_ms = chrono::Utc::now().timestamp_millis();
         let outcome = self.state.outcome(&plan, &found, ts_ms, Instant::now());
         if outcome.must_ship() {
-            self.publisher
+            self.link
+                .publisher()
                 .publish(outcome.events(), outcome.checkpoint())
                 .await?;
         }

@@ -18,11 +18,8 @@ use crate::snapshot::{Snapshot, Snapshotted};
 use crate::stream::Stream;
 
 pub struct Worker {
-    config: Arc<Config>,
-    table: TableConfig,
     prepared: Prepared,
     detectors: Vec<Box<dyn ChangeDetector>>,
-    shutdown: watch::Receiver<bool>,
     /// When the worker started: detectors are first due from then.
     started: Instant,
 }
@@ -35,47 +32,38 @@ impl Worker {
         table: TableConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, WorkerError> {
-        let prepared = setup::prepare(&config, &table).await?;
-        let detectors = detectors::for_table(&config, &table, prepared.source.table());
+        let prepared = setup::prepare(config, table.clone(), shutdown).await?;
+        let link = &prepared.link;
+        let detectors = detectors::for_table(link.config(), &table, link.source().table());
         Ok(Self {
-            config,
-            table,
             prepared,
             detectors,
-            shutdown,
             started: Instant::now(),
         })
     }
 
     /// Snapshot (if not done), then stream until shutdown.
     pub async fn run(self) -> Result<(), WorkerError> {
-        let Worker {
-            config,
-            table,
-            prepared,
-            detectors,
-            shutdown,
-            started,
-        } = self;
         let Prepared {
-            mut source,
-            publisher,
+            mut link,
             checkpoint,
             keyset,
-        } = prepared;
-        let p = &config.producer;
-        let margins = Margins::from_config(p);
-        let mut snapshot = Snapshot::new(p.snapshot_chunk_rows, margins, checkpoint, keyset);
+        } = self.prepared;
+        let p = &link.config().producer;
+        let (margins, chunk_rows) = (Margins::from_config(p), p.snapshot_chunk_rows);
+        let checkpoint_interval = Duration::from_millis(p.checkpoint_interval_ms);
+        let mut snapshot = Snapshot::new(chunk_rows, margins, checkpoint, keyset);
         let mut backoff = Backoff::default();
         while !snapshot.done() {
-            match snapshot.run(&mut source, &publisher, &shutdown).await {
-                Ok(()) if *shutdown.borrow() => return Ok(()),
+            let (source, publisher, stop) = link.ends();
+            match snapshot.run(source, publisher, stop).await {
+                Ok(()) if link.stopping() => return Ok(()),
                 Ok(()) => {}
                 Err(e) if e.is_transient() => {
                     backoff
                         .wait_after("a snapshot chunk (resuming from the last shipped key)", &e)
                         .await;
-                    setup::reconnect_if_closed(&mut source, &config, &table).await?;
+                    link.reconnect_if_closed().await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -87,24 +75,14 @@ impl Worker {
             remembered,
         } = snapshot.finish();
         let state = CaptureState::new(
-            &detectors::specs(&detectors),
+            &detectors::specs(&self.detectors),
             margins,
-            Duration::from_millis(p.checkpoint_interval_ms),
+            checkpoint_interval,
             checkpoint,
             keyset,
             remembered,
-            started,
+            self.started,
         );
-        Stream::new(
-            config.clone(),
-            table,
-            source,
-            publisher,
-            shutdown,
-            detectors,
-            state,
-        )
-        .run()
-        .await
+        Stream::new(link, self.detectors, state).run().await
     }
 }

@@ -99,19 +99,23 @@ impl Snapshot {
             self.begin(source, shipper).await?;
         }
         let total = source.estimated_rows().await.unwrap_or(0);
-        let mut progress = Progress::new(total, self.checkpoint.events);
         info!(estimated_rows = total, phase = ?self.checkpoint.snapshot.phase, "snapshot started");
-        // the snapshot's start is fixed by now: the rows the first watermark pass reads again
-        let recent_from = self.recent_from();
-        self.scan(source, shipper, stop, recent_from, &mut progress)
-            .await?;
-        let stopped = self
-            .catch_up(source, shipper, stop, recent_from, &mut progress)
-            .await?;
-        if stopped {
+        let mut run = Run {
+            source,
+            stop,
+            out: Outlet {
+                shipper,
+                progress: Progress::new(total, self.checkpoint.events),
+                // the snapshot's start is fixed by now: the rows the first watermark pass reads
+                // again
+                recent_from: self.recent_from(),
+            },
+        };
+        self.scan(&mut run).await?;
+        if self.catch_up(&mut run).await? {
             return Ok(());
         }
-        progress.finish();
+        run.out.progress.finish();
         info!(events = self.checkpoint.events, "snapshot done");
         Ok(())
     }
@@ -155,19 +159,15 @@ impl Snapshot {
     /// from what Kafka has, not from what was only read.
     async fn scan<R: SourceReader, S: Shipper>(
         &mut self,
-        source: &mut R,
-        shipper: &S,
-        stop: &watch::Receiver<bool>,
-        recent_from: i64,
-        progress: &mut Progress,
+        run: &mut Run<'_, R, S>,
     ) -> Result<(), WorkerError> {
         let published = self.checkpoint.clone();
         let mut pending: Pending = None;
-        let scanned = self
-            .scan_chunks(source, shipper, stop, recent_from, &mut pending, progress)
-            .await;
+        let scanned = self.scan_chunks(run, &mut pending).await;
         let flushed = match pending.take() {
-            Some((cp, rows)) if scanned.is_ok() => ship(shipper, &cp, rows, progress, recent_from)
+            Some((cp, rows)) if scanned.is_ok() => run
+                .out
+                .ship(&cp, rows)
                 .await
                 .map(|shipped| self.record(shipped)),
             _ => Ok(()),
@@ -183,14 +183,11 @@ impl Snapshot {
     /// `self.checkpoint` runs one chunk ahead of what Kafka has.
     async fn scan_chunks<R: SourceReader, S: Shipper>(
         &mut self,
-        source: &mut R,
-        shipper: &S,
-        stop: &watch::Receiver<bool>,
-        recent_from: i64,
+        run: &mut Run<'_, R, S>,
         pending: &mut Pending,
-        progress: &mut Progress,
     ) -> Result<(), WorkerError> {
         let (chunk, max_wait) = (self.chunk_rows, self.margins.max_wait_micros);
+        let Run { source, stop, out } = run;
         while self.checkpoint.snapshot.phase == SnapshotPhase::Scan {
             if *stop.borrow() {
                 return Ok(());
@@ -198,7 +195,7 @@ impl Snapshot {
             let mut next = self.checkpoint.clone();
             let read = async {
                 let drained =
-                    !next.snapshot.drained && start_drained(&*source, &next, max_wait).await?;
+                    !next.snapshot.drained && start_drained(&**source, &next, max_wait).await?;
                 let rows = source
                     .rows_after(next.snapshot.after_key.as_deref(), chunk)
                     .await?;
@@ -206,9 +203,7 @@ impl Snapshot {
             };
             let shipping = async {
                 match pending.take() {
-                    Some((cp, rows)) => ship(shipper, &cp, rows, progress, recent_from)
-                        .await
-                        .map(Some),
+                    Some((cp, rows)) => out.ship(&cp, rows).await.map(Some),
                     None => Ok(None),
                 }
             };
@@ -228,7 +223,7 @@ impl Snapshot {
             }
             account(&mut next, &rows);
             if done {
-                finish_scan(&*source, &mut next, max_wait).await?;
+                finish_scan(&**source, &mut next, max_wait).await?;
             }
             self.checkpoint = next.clone();
             *pending = Some((next, rows));
@@ -240,14 +235,10 @@ impl Snapshot {
     /// marks the snapshot done. Returns whether it stopped because `stop` was set.
     async fn catch_up<R: SourceReader, S: Shipper>(
         &mut self,
-        source: &mut R,
-        shipper: &S,
-        stop: &watch::Receiver<bool>,
-        recent_from: i64,
-        progress: &mut Progress,
+        run: &mut Run<'_, R, S>,
     ) -> Result<bool, WorkerError> {
         while self.checkpoint.snapshot.phase == SnapshotPhase::CatchUp {
-            if *stop.borrow() {
+            if *run.stop.borrow() {
                 return Ok(true);
             }
             let mut next = self.checkpoint.clone();
@@ -257,7 +248,8 @@ impl Snapshot {
                     Vec::new()
                 }
                 Some(upto) => {
-                    let rows = source
+                    let rows = run
+                        .source
                         .rows_between(next.snapshot.after_key.as_deref(), &upto, self.chunk_rows)
                         .await?;
                     if let Some(last) = rows.last() {
@@ -270,7 +262,7 @@ impl Snapshot {
                     rows
                 }
             };
-            let shipped = ship(shipper, &next, rows, progress, recent_from).await?;
+            let shipped = run.out.ship(&next, rows).await?;
             self.record(shipped);
             self.checkpoint = next;
         }
@@ -353,36 +345,51 @@ fn account(next: &mut Checkpoint, rows: &[SourceRow]) {
         .max();
 }
 
-/// Ships a chunk as `r` events with the checkpoint that covers it. The rows whose watermark is
-/// at or after `recent_from` are the ones the first watermark pass reads again.
-async fn ship<S: Shipper>(
-    shipper: &S,
-    next: &Checkpoint,
-    rows: Vec<SourceRow>,
-    progress: &mut Progress,
+/// What one run of the snapshot works with.
+struct Run<'a, R, S> {
+    source: &'a mut R,
+    stop: &'a watch::Receiver<bool>,
+    out: Outlet<'a, S>,
+}
+
+/// Where a run ships its chunks.
+struct Outlet<'a, S> {
+    shipper: &'a S,
+    progress: Progress,
+    /// Shipped rows with a watermark from here on are the ones the first watermark pass reads
+    /// again.
     recent_from: i64,
-) -> Result<Shipped, WorkerError> {
-    let ts_ms = chrono::Utc::now().timestamp_millis();
-    let mut recent = Vec::new();
-    let events: Vec<ChangeEvent> = rows
-        .into_iter()
-        .map(|r| {
-            if r.watermark.is_some_and(|t| t >= recent_from) {
-                recent.push((r.key_text, r.hash));
-            }
-            ChangeEvent {
-                op: Op::Read,
-                key: r.key,
-                after: Some(r.row),
-                detected_by: Detection::Snapshot,
-                updated_at: r.watermark,
-                ts_ms,
-            }
-        })
-        .collect();
-    shipper.publish(&events, next).await?;
-    progress.add(events.len() as u64);
-    Ok(Shipped { events, recent })
+}
+
+impl<S: Shipper> Outlet<'_, S> {
+    /// Ships a chunk as `r` events with the checkpoint that covers it.
+    async fn ship(
+        &mut self,
+        next: &Checkpoint,
+        rows: Vec<SourceRow>,
+    ) -> Result<Shipped, WorkerError> {
+        let ts_ms = chrono::Utc::now().timestamp_millis();
+        let mut recent = Vec::new();
+        let events: Vec<ChangeEvent> = rows
+            .into_iter()
+            .map(|r| {
+                if r.watermark.is_some_and(|t| t >= self.recent_from) {
+                    recent.push((r.key_text, r.hash));
+                }
+                ChangeEvent {
+                    op: Op::Read,
+                    key: r.key,
+                    after: Some(r.row),
+                    detected_by: Detection::Snapshot,
+                    updated_at: r.watermark,
+                    ts_ms,
+                }
+            })
+            .collect();
+        self.shipper.publish(&events, next).await?;
+        self.progress.add(events.len() as u64);
+        Ok(Shipped { events, recent })
+    }
 }
 
 #[cfg(test)]

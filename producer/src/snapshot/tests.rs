@@ -156,13 +156,19 @@ fn never() -> watch::Receiver<bool> {
     watch::channel(false).1
 }
 
+/// A snapshot of `table` run to its end in one go, and what it shipped.
+async fn complete(table: &mut Table) -> (Snapshot, Recorder) {
+    let shipper = Recorder::default();
+    let mut s = snapshot();
+    s.run(table, &shipper, &never()).await.unwrap();
+    assert!(s.done());
+    (s, shipper)
+}
+
 #[tokio::test]
 async fn chunks_are_shipped_with_their_checkpoints_and_the_result_handed_to_streaming() {
     let mut table = Table::new(5, &[2, 5]);
-    let shipper = Recorder::default();
-    let mut s = snapshot();
-    s.run(&mut table, &shipper, &never()).await.unwrap();
-    assert!(s.done());
+    let (s, shipper) = complete(&mut table).await;
     // the start first, then the chunks
     assert_eq!(
         shipper.keys(),
@@ -197,10 +203,7 @@ async fn keys_read_while_older_transactions_were_open_are_read_again() {
     let mut table = Table::new(5, &[]);
     // open at the start, still at the first chunk's probe, gone at the second's
     table.running = Mutex::new(VecDeque::from([vec!["3/7"], vec!["3/7"]]));
-    let shipper = Recorder::default();
-    let mut s = snapshot();
-    s.run(&mut table, &shipper, &never()).await.unwrap();
-    assert!(s.done());
+    let (s, shipper) = complete(&mut table).await;
     // they ended after the first chunk: keys up to 2 are read again
     assert_eq!(
         shipper.keys(),
