@@ -38,15 +38,15 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    pub fn insert(&mut self, k: i64) {
+    fn insert(&mut self, k: i64) {
         self.keys.insert(to_u64(k));
     }
 
-    pub fn remove(&mut self, k: i64) {
+    fn remove(&mut self, k: i64) {
         self.keys.remove(to_u64(k));
     }
 
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         self.keys.len()
     }
 
