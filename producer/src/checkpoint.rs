@@ -5,25 +5,13 @@
 
 use std::time::Duration;
 
-use rdkafka::error::KafkaError;
 use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::kafka;
 
+use crate::error::CheckpointError;
 use crate::horizon::Bounds;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("cannot read checkpoints from topic {topic}: {source}")]
-    Read { topic: String, source: KafkaError },
-    #[error("checkpoint of {table} in topic {topic} is not valid: {message}")]
-    Corrupt {
-        table: String,
-        topic: String,
-        message: String,
-    },
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -29,7 +29,8 @@ use tunnel_shared::pg::{self, qualified, PgError, Session};
 use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
-use crate::source::{Activity, SourceError};
+use crate::error::SourceError;
+use crate::source::Activity;
 use crate::versions::{self, Versions, Written};
 
 /// A listed row: its key in text form and its hash.
@@ -165,95 +166,141 @@ impl ChangeDetector for ContentScan {
     fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
         Box::pin(async move {
             let mut ctx = ctx;
-            let mut found = Found::default();
             // connected before the clock starts: the pass logs what the comparison costs
             if let Err(e) = self.target().await {
                 warn!(error = %e, "reconciliation skipped: the target cannot be read");
-                return Ok(found);
+                return Ok(Found::default());
             }
-            let started = Instant::now();
-            let table = ctx.source.table().clone();
-            let written = self.written_since(&mut ctx).await?;
-            let horizon = match &written {
-                Some((_, h)) => *h,
-                // rows written after it are seen by the next pass, whatever this one reads
-                None => versions::horizon(ctx.source.client()).await?,
-            };
-            let target_table = self.target_table.clone();
-            let (bookkeeping, topic) = (
-                self.target_cfg.bookkeeping_schema.clone(),
-                self.topic.clone(),
-            );
-            let target = match self.target().await {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(error = %e, "reconciliation skipped: the target cannot be read");
-                    return Ok(found);
-                }
-            };
-            let target_side = Side {
-                client: target,
-                table: target_table,
-            };
-            // (key, hash) for the target lookup, and each row's transaction id beside it
-            let written = written.map(|(rows, _)| -> (Vec<Listed>, Vec<i64>) {
-                rows.into_iter().map(|w| (w.listed, w.xid)).unzip()
-            });
-            let (mode, listed, diff) = match &written {
-                Some((listed, _)) => (
-                    "written_since_last_pass",
-                    listed.len(),
-                    reconcile::compare_listed(&table, &target_side, listed).await,
-                ),
-                None => (
-                    "whole_table",
-                    0,
-                    whole_table(ctx.source.client(), &table, target_side).await?,
-                ),
-            };
-            let diff = match diff {
-                Ok(d) => d,
-                Err(e) if ctx.source.is_closed() => return Err(e.into()),
-                Err(e) => {
-                    // not created yet (42P01), or the target went away: try again next time
-                    if e.sqlstate() != Some("42P01") {
-                        warn!(error = %e, "reconciliation skipped");
-                    }
-                    return Ok(found);
-                }
-            };
-            info!(
-                mode,
-                listed,
-                rows_compared = diff.rows_compared,
-                missing = diff.missing.len(),
-                differing = diff.differing.len(),
-                extra = diff.extra.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "reconciliation pass"
-            );
-            found.scanned = diff.rows_compared;
-            found.reconciled_xmin = Some(horizon);
-            // keys parked by the consumer differ on purpose: their events wait in the DLQ for a
-            // replay, and shipping them again would only add to it
-            let parked = parked_keys(target, &bookkeeping, &topic).await;
-            if mode == "whole_table" {
-                self.last_full = Instant::now();
+            match self.compare(&mut ctx).await? {
+                Some(compared) => self.found(&mut ctx, compared).await,
+                None => Ok(Found::default()),
             }
-            let mut again: Vec<Vec<String>> = diff.missing;
-            again.extend(diff.differing);
-            again.retain(|k| !parked.contains(k));
-            if let Some((listed, xids)) = &written {
-                let (confirmed, held) = self.confirm(again, listed, xids, horizon);
-                again = confirmed;
-                found.reconciled_xmin = Some(held);
-            }
-            found.rows = ctx.source.rows_by_keys(&again).await?;
-            for k in diff.extra.into_iter().filter(|k| !parked.contains(k)) {
-                found.gone.push(GoneKey::from_text(&table, k)?);
-            }
-            Ok(found)
         })
+    }
+}
+
+/// A comparison of the source with the target.
+struct Compared {
+    /// Whether the whole table was compared (else the rows written since the last pass).
+    whole_table: bool,
+    diff: Differences,
+    /// The transaction horizon the next pass starts from.
+    horizon: i64,
+    /// The rows written since the last pass, (key, hash) and transaction id, when compared.
+    written: Option<(Vec<Listed>, Vec<i64>)>,
+    /// Keys parked by the consumer.
+    parked: HashSet<Vec<String>>,
+}
+
+impl ContentScan {
+    /// Compares the source with the target, and logs what that found; `None` when the target
+    /// cannot be compared now.
+    async fn compare(
+        &mut self,
+        ctx: &mut PassContext<'_>,
+    ) -> Result<Option<Compared>, SourceError> {
+        let started = Instant::now();
+        let table = ctx.source.table().clone();
+        let written = self.written_since(ctx).await?;
+        let horizon = match &written {
+            Some((_, h)) => *h,
+            // rows written after it are seen by the next pass, whatever this one reads
+            None => versions::horizon(ctx.source.client()).await?,
+        };
+        let target_table = self.target_table.clone();
+        let (bookkeeping, topic) = (
+            self.target_cfg.bookkeeping_schema.clone(),
+            self.topic.clone(),
+        );
+        let target = match self.target().await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "reconciliation skipped: the target cannot be read");
+                return Ok(None);
+            }
+        };
+        let target_side = Side {
+            client: target,
+            table: target_table,
+        };
+        // (key, hash) for the target lookup, and each row's transaction id beside it
+        let written = written.map(|(rows, _)| -> (Vec<Listed>, Vec<i64>) {
+            rows.into_iter().map(|w| (w.listed, w.xid)).unzip()
+        });
+        let (mode, listed, diff) = match &written {
+            Some((listed, _)) => (
+                "written_since_last_pass",
+                listed.len(),
+                reconcile::compare_listed(&table, &target_side, listed).await,
+            ),
+            None => (
+                "whole_table",
+                0,
+                whole_table(ctx.source.client(), &table, target_side).await?,
+            ),
+        };
+        let diff = match diff {
+            Ok(d) => d,
+            Err(e) if ctx.source.is_closed() => return Err(e.into()),
+            Err(e) => {
+                // not created yet (42P01), or the target went away: try again next time
+                if e.sqlstate() != Some("42P01") {
+                    warn!(error = %e, "reconciliation skipped");
+                }
+                return Ok(None);
+            }
+        };
+        info!(
+            mode,
+            listed,
+            rows_compared = diff.rows_compared,
+            missing = diff.missing.len(),
+            differing = diff.differing.len(),
+            extra = diff.extra.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "reconciliation pass"
+        );
+        // keys parked by the consumer differ on purpose: their events wait in the DLQ for a
+        // replay, and shipping them again would only add to it
+        let parked = parked_keys(target, &bookkeeping, &topic).await;
+        Ok(Some(Compared {
+            whole_table: written.is_none(),
+            diff,
+            horizon,
+            written,
+            parked,
+        }))
+    }
+
+    /// What a comparison makes of the pass: the rows to ship again, read from the source, and
+    /// the keys gone from it.
+    async fn found(
+        &mut self,
+        ctx: &mut PassContext<'_>,
+        c: Compared,
+    ) -> Result<Found, SourceError> {
+        let mut found = Found {
+            scanned: c.diff.rows_compared,
+            reconciled_xmin: Some(c.horizon),
+            ..Default::default()
+        };
+        if c.whole_table {
+            self.last_full = Instant::now();
+        }
+        let mut again: Vec<Vec<String>> = c.diff.missing;
+        again.extend(c.diff.differing);
+        again.retain(|k| !c.parked.contains(k));
+        if let Some((listed, xids)) = &c.written {
+            let (confirmed, held) = self.confirm(again, listed, xids, c.horizon);
+            again = confirmed;
+            found.reconciled_xmin = Some(held);
+        }
+        found.rows = ctx.source.rows_by_keys(&again).await?;
+        let table = ctx.source.table().clone();
+        for k in c.diff.extra.into_iter().filter(|k| !c.parked.contains(k)) {
+            found.gone.push(GoneKey::from_text(&table, k)?);
+        }
+        Ok(found)
     }
 }
 

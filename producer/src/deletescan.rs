@@ -12,8 +12,9 @@ use futures::future::BoxFuture;
 use tunnel_shared::event::Detection;
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
+use crate::error::SourceError;
 use crate::keyset::KeyAggregate;
-use crate::source::{Activity, SourceError};
+use crate::source::Activity;
 
 pub struct DeleteScan {
     pub interval: Duration,

@@ -13,6 +13,8 @@
 
 use std::collections::HashSet;
 
+use tunnel_shared::config::ProducerConfig;
+
 /// One probe of the source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
@@ -36,6 +38,25 @@ struct Entry {
 pub struct Bounds {
     pub key: Option<Vec<String>>,
     pub ts: Option<i64>,
+}
+
+/// The time margins of the bounds, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Margins {
+    /// Subtracted from the clock bound, against clock differences between sessions
+    /// (`watermark_overlap_ms`).
+    pub overlap_micros: i64,
+    /// How long a horizon waits for a transaction before moving on (`horizon_max_wait_s`).
+    pub max_wait_micros: i64,
+}
+
+impl Margins {
+    pub fn from_config(p: &ProducerConfig) -> Self {
+        Self {
+            overlap_micros: (p.watermark_overlap_ms as i64).saturating_mul(1000),
+            max_wait_micros: (p.horizon_max_wait_s as i64).saturating_mul(1_000_000),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

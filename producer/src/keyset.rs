@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use roaring::RoaringTreemap;
 use tracing::info;
 use tunnel_shared::config::Config;
+use tunnel_shared::event::{ChangeEvent, Op};
 use tunnel_shared::kafka;
 
-use crate::checkpoint::CheckpointError;
-use crate::worker::WorkerError;
+use crate::error::CheckpointError;
 
 /// Maps an `i64` onto a `u64` in the same order (the sign bit flipped).
 fn to_u64(k: i64) -> u64 {
@@ -38,15 +38,15 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    pub fn insert(&mut self, k: i64) {
+    fn insert(&mut self, k: i64) {
         self.keys.insert(to_u64(k));
     }
 
-    pub fn remove(&mut self, k: i64) {
+    fn remove(&mut self, k: i64) {
         self.keys.remove(to_u64(k));
     }
 
-    pub fn len(&self) -> u64 {
+    fn len(&self) -> u64 {
         self.keys.len()
     }
 
@@ -80,6 +80,20 @@ impl KeySet {
         self.range(&r).collect()
     }
 
+    /// Keeps the set current with events just shipped: a delete removes its key, any other
+    /// event adds it. The one place shipped events reach the set (snapshot and passes alike).
+    pub fn apply(&mut self, events: &[ChangeEvent]) {
+        for e in events {
+            if let Some(k) = key_i64(&e.key) {
+                if e.op == Op::Delete {
+                    self.remove(k);
+                } else {
+                    self.insert(k);
+                }
+            }
+        }
+    }
+
     /// Serialized size, for logs.
     pub fn serialized_bytes(&self) -> u64 {
         self.keys.serialized_size() as u64
@@ -87,7 +101,7 @@ impl KeySet {
 }
 
 /// A single integer key's value.
-pub(crate) fn key_i64(key: &[apache_avro::types::Value]) -> Option<i64> {
+fn key_i64(key: &[apache_avro::types::Value]) -> Option<i64> {
     match key {
         [apache_avro::types::Value::Int(k)] => Some(i64::from(*k)),
         [apache_avro::types::Value::Long(k)] => Some(*k),
@@ -97,7 +111,7 @@ pub(crate) fn key_i64(key: &[apache_avro::types::Value]) -> Option<i64> {
 
 /// The keys shipped so far, from the compacted topic: a key whose latest message is a value is
 /// shipped, a key whose latest message is a tombstone is not.
-pub(crate) async fn rebuild(config: &Config, topic: &str) -> Result<KeySet, WorkerError> {
+pub async fn rebuild(config: &Config, topic: &str) -> Result<KeySet, CheckpointError> {
     let (kafka, topic) = (config.kafka.clone(), topic.to_string());
     let started = Instant::now();
     let read = tokio::task::spawn_blocking(move || {
@@ -125,13 +139,12 @@ pub(crate) async fn rebuild(config: &Config, topic: &str) -> Result<KeySet, Work
     .await;
     let (keys, messages) = match read {
         Ok(Ok(v)) => v,
-        Ok(Err((topic, source))) => return Err(CheckpointError::Read { topic, source }.into()),
+        Ok(Err((topic, source))) => return Err(CheckpointError::Read { topic, source }),
         Err(_) => {
             return Err(CheckpointError::Read {
                 topic: config.kafka.topic_prefix.clone(),
                 source: rdkafka::error::KafkaError::Canceled,
-            }
-            .into())
+            })
         }
     };
     info!(
@@ -147,6 +160,8 @@ pub(crate) async fn rebuild(config: &Config, topic: &str) -> Result<KeySet, Work
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apache_avro::types::Value;
+    use tunnel_shared::event::Detection;
 
     #[test]
     fn order_is_kept_across_the_sign() {
@@ -162,5 +177,31 @@ mod tests {
         s.remove(0);
         assert_eq!(s.aggregate(0..=0).count, 0);
         assert_eq!(s.len(), 4);
+    }
+
+    fn event(op: Op, key: Value) -> ChangeEvent {
+        ChangeEvent {
+            op,
+            key: vec![key],
+            after: None,
+            detected_by: Detection::KeyScan,
+            updated_at: None,
+            ts_ms: 0,
+        }
+    }
+
+    #[test]
+    fn shipped_events_add_and_remove_keys() {
+        let mut s = KeySet::default();
+        s.apply(&[
+            event(Op::Read, Value::Long(7)),
+            event(Op::Create, Value::Int(8)),
+            event(Op::Update, Value::Long(9)),
+            // not a single integer key: not the set's
+            event(Op::Create, Value::String("x".into())),
+        ]);
+        assert_eq!(s.keys(0..=100), vec![7, 8, 9]);
+        s.apply(&[event(Op::Delete, Value::Int(8))]);
+        assert_eq!(s.keys(0..=100), vec![7, 9]);
     }
 }

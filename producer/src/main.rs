@@ -5,6 +5,8 @@ mod capture;
 mod checkpoint;
 mod contents;
 mod deletescan;
+mod detectors;
+mod error;
 mod horizon;
 mod keyset;
 mod publish;
@@ -12,6 +14,7 @@ mod repair;
 mod setup;
 mod snapshot;
 mod source;
+mod stream;
 mod versions;
 mod worker;
 

@@ -3,6 +3,7 @@
 //! a restarted producer fences its predecessor and a crash never leaves half a batch visible to
 //! `read_committed` consumers.
 
+use std::future::Future;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -11,38 +12,13 @@ use std::sync::{Arc, Mutex};
 use rdkafka::client::ClientContext;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tunnel_shared::config::KafkaConfig;
-use tunnel_shared::event::{ChangeEvent, EventEncoder, EventError, Op};
-use tunnel_shared::fault::{Classify, ErrorClass};
+use tunnel_shared::event::{ChangeEvent, EventEncoder, Op};
 use tunnel_shared::kafka;
 
 use crate::checkpoint::Checkpoint;
+use crate::error::PublishError;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("kafka: {context}: {source}")]
-    Kafka { context: String, source: KafkaError },
-    #[error(transparent)]
-    Encode(#[from] EventError),
-}
-
-impl Classify for PublishError {
-    fn class(&self) -> ErrorClass {
-        let transient = match self {
-            PublishError::Kafka { source, .. } => match source {
-                KafkaError::Transaction(e) => !e.is_fatal(),
-                other => kafka::is_transient(other) || matches!(other, KafkaError::Canceled),
-            },
-            PublishError::Encode(e) => return e.class(),
-        };
-        if transient {
-            ErrorClass::Transient
-        } else {
-            ErrorClass::Fatal
-        }
-    }
-}
 
 /// Records the first failed delivery of a transaction. With transactions, `commit_transaction`
 /// flushes every message and fails if any could not be delivered; this only keeps the reason.
@@ -67,6 +43,28 @@ impl ProducerContext for Deliveries {
 }
 
 type KafkaProducer = ThreadedProducer<Deliveries>;
+
+/// Ships a batch of events with the checkpoint that covers them, all or nothing: what the
+/// worker and the snapshot need of [`Publisher`].
+pub trait Shipper: Sync {
+    /// Ships `events` and `checkpoint` in one transaction; on failure nothing of it is visible
+    /// and the same batch may be shipped again.
+    fn publish(
+        &self,
+        events: &[ChangeEvent],
+        checkpoint: &Checkpoint,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+}
+
+impl Shipper for Publisher {
+    async fn publish(
+        &self,
+        events: &[ChangeEvent],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), PublishError> {
+        Publisher::publish(self, events, checkpoint).await
+    }
+}
 
 pub struct Publisher {
     producer: Arc<KafkaProducer>,

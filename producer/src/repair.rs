@@ -17,7 +17,8 @@ use tunnel_shared::event::Detection;
 use tunnel_shared::kafka;
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
-use crate::source::{Activity, SourceError};
+use crate::error::SourceError;
+use crate::source::Activity;
 
 /// One repair request.
 #[derive(Debug, Serialize, Deserialize)]

@@ -1,18 +1,212 @@
-//! A table's setup in the registry and in Kafka: its schemas registered with their
-//! compatibility level, and its topics created where missing. Each step is retried; the steps
-//! that do not depend on each other run at once.
+//! A table's setup before anything is read: the source connection and catalog, the rules
+//! checked against it, its schemas registered with their compatibility level, its topics
+//! created where missing, the transactional publisher (which fences older producers of the
+//! table), its checkpoint and the keys shipped so far. Each step is retried; the steps that do
+//! not depend on each other run at once.
 
-use tunnel_shared::config::KafkaConfig;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::info;
+use tunnel_shared::catalog::TableInfo;
+use tunnel_shared::config::{Config, KafkaConfig, TableConfig};
+use tunnel_shared::event::EventEncoder;
 use tunnel_shared::kafka::{self, TABLE_TOPIC_CONFIGS};
 use tunnel_shared::registry::Registry;
 use tunnel_shared::retry::retry;
 use tunnel_shared::schema;
 
-use crate::worker::{WorkerError, SETUP_ATTEMPTS};
+use crate::checkpoint::{self, Checkpoint};
+use crate::error::{PublishError, WorkerError, SETUP_ATTEMPTS};
+use crate::keyset::{self, KeySet};
+use crate::publish::Publisher;
+use crate::source::Source;
+
+/// What a table's worker starts with.
+pub struct Prepared {
+    pub link: Link,
+    pub checkpoint: Checkpoint,
+    /// The keys shipped so far, for tables with a single integer key.
+    pub keyset: Option<KeySet>,
+}
+
+/// A table's ends: the source it reads and the publisher it ships with, what reconnecting to
+/// the source needs, and the shutdown signal.
+pub struct Link {
+    config: Arc<Config>,
+    table: TableConfig,
+    source: Source,
+    publisher: Publisher,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Link {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    pub fn source_mut(&mut self) -> &mut Source {
+        &mut self.source
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    /// The source to read, the publisher and the shutdown signal at once (the snapshot's).
+    pub fn ends(&mut self) -> (&mut Source, &Publisher, &watch::Receiver<bool>) {
+        (&mut self.source, &self.publisher, &self.shutdown)
+    }
+
+    /// A receiver to wait on for the shutdown.
+    pub fn shutdown(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Connects again if the source connection broke.
+    pub async fn reconnect_if_closed(&mut self) -> Result<(), WorkerError> {
+        if self.source.is_closed() {
+            self.source = connect(&self.config, &self.table, "reconnecting to the source").await?;
+            info!("reconnected to the source");
+        }
+        Ok(())
+    }
+}
+
+/// Connects, checks the rules, registers schemas, creates topics, fences older producers of
+/// this table and loads its checkpoint and shipped keys.
+pub async fn prepare(
+    config: Arc<Config>,
+    table: TableConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Prepared, WorkerError> {
+    let source = connect(&config, &table, "connecting to the source").await?;
+    let info = source.table().clone();
+    info!(
+        columns = info.columns.len(),
+        key = %info.key_order(),
+        watermark = info.watermark.map(|i| info.columns[i].name.as_str()).unwrap_or("none"),
+        "read the source catalog"
+    );
+    check_rules(&table, &info)?;
+    let (publisher, checkpoint) = publisher_and_checkpoint(&config, &table, &info).await?;
+    // nothing was ever shipped for a table without a checkpoint: no topic to read back
+    let keyset = match info.integer_key() {
+        Some(_) if checkpoint.snapshot.started_at_micros == 0 => Some(KeySet::default()),
+        Some(_) => Some(keyset::rebuild(&config, &config.topic(&table)).await?),
+        None => None,
+    };
+    let link = Link {
+        config,
+        table,
+        source,
+        publisher,
+        shutdown,
+    };
+    Ok(Prepared {
+        link,
+        checkpoint,
+        keyset,
+    })
+}
+
+/// A read-only connection to the source, with the table's catalog (`what`: for the log of a
+/// retry).
+async fn connect(config: &Config, table: &TableConfig, what: &str) -> Result<Source, WorkerError> {
+    let p = &config.producer;
+    Ok(retry(what, SETUP_ATTEMPTS, || {
+        Source::connect(&config.source, table, p.max_rows_per_second)
+    })
+    .await?)
+}
+
+/// The consumer applies the rules; a rule on a column the table lacks is refused here
+/// already, before anything is shipped.
+fn check_rules(table: &TableConfig, info: &TableInfo) -> Result<(), WorkerError> {
+    let columns: Vec<(&str, &str)> = info
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_name.as_str()))
+        .collect();
+    let rule_error = |source| WorkerError::Rule {
+        table: table.qualified(),
+        source,
+    };
+    let rules = table.parsed_rules().map_err(rule_error)?;
+    tunnel_shared::rules::compile(&rules, &columns).map_err(rule_error)?;
+    Ok(())
+}
+
+/// Schemas and topics, then the transactional publisher; the checkpoint is read meanwhile.
+async fn publisher_and_checkpoint(
+    config: &Config,
+    table: &TableConfig,
+    info: &TableInfo,
+) -> Result<(Publisher, Checkpoint), WorkerError> {
+    let topic = config.topic(table);
+    let cp_topic = config.checkpoint_topic();
+    let encoder = schemas_and_topics(config, info, &topic, &cp_topic).await?;
+    // the checkpoint is read while the transactional producer fences older ones
+    let kcfg = config.kafka.clone();
+    let (t2, key2) = (cp_topic.clone(), table.qualified());
+    let loading = tokio::task::spawn_blocking(move || checkpoint::load(&kcfg, &t2, &key2));
+    let table_key = table.qualified();
+    let txn_id = format!("{}.producer.{}", config.kafka.topic_prefix, table_key);
+    let publisher = retry(
+        "starting the transactional producer",
+        SETUP_ATTEMPTS,
+        || {
+            Publisher::new(
+                &config.kafka,
+                &txn_id,
+                topic.clone(),
+                cp_topic.clone(),
+                table_key.clone(),
+                encoder.clone(),
+            )
+        },
+    )
+    .await?;
+    let checkpoint = match loading.await.unwrap_or(Ok(None))? {
+        Some(cp) => {
+            info!(phase = ?cp.snapshot.phase, events = cp.events, "resuming from checkpoint");
+            cp
+        }
+        None => Checkpoint::new(&table_key),
+    };
+    Ok((publisher, checkpoint))
+}
+
+/// Registers the table's schemas and creates its topics (at once: they do not depend on each
+/// other). Returns the encoder of its events.
+async fn schemas_and_topics(
+    config: &Config,
+    info: &TableInfo,
+    topic: &str,
+    cp_topic: &str,
+) -> Result<EventEncoder, WorkerError> {
+    let schemas = schema::derive(info, &config.kafka.topic_prefix)?;
+    let registry = Registry::new(&config.registry.url)?;
+    let admin = kafka::admin(&config.kafka)?;
+    let repair_topic = config.repair_topic();
+    let ((key_id, value_id), ()) = tokio::try_join!(
+        register_schemas(&registry, topic, &schemas, &config.registry.compatibility),
+        ensure_topics(&admin, &config.kafka, topic, cp_topic, &repair_topic),
+    )?;
+    Ok(EventEncoder::new(schemas, key_id, value_id, info).map_err(PublishError::from)?)
+}
 
 /// Registers the key and value schemas of `topic` (both at once) and sets their compatibility
 /// level. Returns the schema ids.
-pub(crate) async fn register_schemas(
+async fn register_schemas(
     registry: &Registry,
     topic: &str,
     schemas: &schema::TableSchemas,
@@ -43,7 +237,7 @@ pub(crate) async fn register_schemas(
 
 /// Creates the table's topic, the checkpoint topic and the repair topic where missing (all at
 /// once).
-pub(crate) async fn ensure_topics(
+async fn ensure_topics(
     admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
     k: &KafkaConfig,
     topic: &str,

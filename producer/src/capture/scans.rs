@@ -1,87 +1,14 @@
-//! The ways the producer finds changes on a source it may only read. Each is a
-//! [`ChangeDetector`]: the worker runs each on its own cadence, skips it when the table's
-//! activity shows it cannot find anything, and ships what it returns. Delete scans and content
-//! reconciliation join them as further detectors.
+//! The two scans that find inserts and updates: by key ([`KeyScan`]) and by watermark
+//! ([`WatermarkScan`]).
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tunnel_shared::event::Detection;
 
-use apache_avro::types::Value;
-use tunnel_shared::catalog::TableInfo;
-use tunnel_shared::pgbinary;
-
-use crate::checkpoint::Checkpoint;
-use crate::horizon::Bounds;
-use crate::keyset::KeySet;
-use crate::source::{Activity, Source, SourceError, SourceRow};
-
-/// What a pass may look at besides the source.
-pub struct PassContext<'a> {
-    pub source: &'a mut Source,
-    pub bounds: &'a Bounds,
-    /// The keys shipped so far (tables with a single integer key).
-    pub shipped: Option<&'a KeySet>,
-    pub checkpoint: &'a Checkpoint,
-}
-
-/// A key that is gone from the source.
-#[derive(Debug, Clone)]
-pub struct GoneKey {
-    pub key_text: Vec<String>,
-    pub key: Vec<Value>,
-}
-
-impl GoneKey {
-    /// From the key's text form, with the types of the table's key columns.
-    pub fn from_text(table: &TableInfo, key_text: Vec<String>) -> Result<Self, SourceError> {
-        let key = table
-            .key_columns()
-            .zip(&key_text)
-            .map(|(c, t)| {
-                pgbinary::from_pg_text(&c.name, c.kind, t).map_err(|source| SourceError::Value {
-                    table: table.qualified_name(),
-                    source,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { key_text, key })
-    }
-}
-
-/// What one pass found.
-#[derive(Debug, Default)]
-pub struct Found {
-    /// Rows that may have changed. The worker ships those that differ from what it last
-    /// shipped.
-    pub rows: Vec<SourceRow>,
-    /// The highest key the pass saw in key order, if it read keys in order to the end.
-    pub max_key: Option<Vec<String>>,
-    /// Keys shipped before that the source no longer has: shipped as deletes.
-    pub gone: Vec<GoneKey>,
-    /// Index entries or rows the pass went over besides `rows`, for its log line.
-    pub scanned: u64,
-    /// How far the repair requests have been read (the repair pass only).
-    pub repairs_upto: Option<i64>,
-    /// The transaction horizon the next reconciliation pass starts from (that pass only).
-    pub reconciled_xmin: Option<i64>,
-}
-
-/// One way of detecting changes.
-///
-/// Contract: a pass reads the source through `source` only (short read-only statements), reads
-/// every row that may have changed at or above `bounds` (rows below them were seen by earlier
-/// passes; see [`crate::horizon`]), and returns them without shipping anything. A pass may be
-/// repeated with the same bounds at any time (after a failed publish, after a restart): it
-/// must not keep state that assumes its result was shipped.
-pub trait ChangeDetector: Send + Sync {
-    fn detection(&self) -> Detection;
-    fn interval(&self) -> Duration;
-    /// Whether activity on the table since this detector's last pass may mean new results.
-    fn wants(&self, before: &Activity, now: &Activity) -> bool;
-    fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>>;
-}
+use super::detector::{ChangeDetector, Found, PassContext};
+use crate::error::SourceError;
+use crate::source::Activity;
 
 /// Inserts, found by key: `pk > bound`, an index range scan that stays cheap at any size.
 pub struct KeyScan {

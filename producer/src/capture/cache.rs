@@ -1,0 +1,200 @@
+//! The content cache: what was last shipped of the rows a detector may read again, as a hash
+//! per key. It decides which operation a row found by a pass becomes (the c/u/d decision), and
+//! keeps a row only while some detector may still read it again.
+
+use std::collections::HashMap;
+
+use tunnel_shared::event::{ChangeEvent, Detection, Op};
+
+use super::detector::Found;
+
+struct CacheEntry {
+    hash: u64,
+    /// Tick at which each detector (by slot index) last read the row.
+    seen: Vec<u64>,
+}
+
+pub struct ContentCache {
+    entries: HashMap<Vec<String>, CacheEntry>,
+    /// Detectors (slots) whose reads are tracked.
+    slots: usize,
+}
+
+impl ContentCache {
+    pub fn new(slots: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            slots,
+        }
+    }
+
+    /// Rows shipped before the first tick (by the snapshot), as seen by every detector at
+    /// `tick`.
+    pub fn remember(&mut self, rows: impl IntoIterator<Item = (Vec<String>, u64)>, tick: u64) {
+        for (key, hash) in rows {
+            self.entries.insert(
+                key,
+                CacheEntry {
+                    hash,
+                    seen: vec![tick; self.slots],
+                },
+            );
+        }
+    }
+
+    /// The events a pass's result becomes: a row whose hash is the one last shipped is no
+    /// change; a row shipped before with another hash is an update (`u`); a row never shipped
+    /// is an insert (`c`) when the key scan found it, else an update (its insert may have been
+    /// shipped before this producer's memory began). Gone keys are deletes (`d`).
+    pub fn changes(&self, found: &Found, detection: Detection, ts_ms: i64) -> Vec<ChangeEvent> {
+        let mut events = Vec::new();
+        for r in &found.rows {
+            let op = match self.entries.get(&r.key_text) {
+                Some(e) if e.hash == r.hash => continue,
+                Some(_) => Op::Update,
+                None if detection == Detection::KeyScan => Op::Create,
+                None => Op::Update,
+            };
+            events.push(ChangeEvent {
+                op,
+                key: r.key.clone(),
+                after: Some(r.row.clone()),
+                detected_by: detection,
+                updated_at: r.watermark,
+                ts_ms,
+            });
+        }
+        for g in &found.gone {
+            events.push(ChangeEvent {
+                op: Op::Delete,
+                key: g.key.clone(),
+                after: None,
+                detected_by: detection,
+                updated_at: None,
+                ts_ms,
+            });
+        }
+        events
+    }
+
+    /// After the pass of detector `slot` at `tick` was shipped: its gone keys are forgotten,
+    /// its rows remembered as read by it now. Then a row is kept only while some detector read
+    /// it at or after its own last pass (`last_ticks`, by slot): only those may read it again
+    /// from the same bounds.
+    pub fn shipped(&mut self, found: Found, slot: usize, tick: u64, last_ticks: &[u64]) {
+        for g in &found.gone {
+            self.entries.remove(&g.key_text);
+        }
+        for r in found.rows {
+            let slots = self.slots;
+            let e = self
+                .entries
+                .entry(r.key_text)
+                .or_insert_with(|| CacheEntry {
+                    hash: r.hash,
+                    seen: vec![0; slots],
+                });
+            e.hash = r.hash;
+            e.seen[slot] = tick;
+        }
+        self.entries.retain(|_, e| {
+            e.seen
+                .iter()
+                .zip(last_ticks)
+                .any(|(seen, last)| seen >= last)
+        });
+    }
+
+    #[cfg(test)]
+    pub fn contains(&self, key: &[String]) -> bool {
+        self.entries.contains_key(key)
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::detector::GoneKey;
+    use super::*;
+    use crate::source::SourceRow;
+    use apache_avro::types::Value;
+
+    pub fn row(key: i64, hash: u64, watermark: Option<i64>) -> SourceRow {
+        SourceRow {
+            key_text: vec![key.to_string()],
+            key: vec![Value::Long(key)],
+            row: vec![Some(Value::Long(key))],
+            hash,
+            watermark,
+        }
+    }
+
+    pub fn gone(key: i64) -> GoneKey {
+        GoneKey {
+            key_text: vec![key.to_string()],
+            key: vec![Value::Long(key)],
+        }
+    }
+
+    fn ops(events: &[ChangeEvent]) -> Vec<(Op, Value)> {
+        events.iter().map(|e| (e.op, e.key[0].clone())).collect()
+    }
+
+    #[test]
+    fn unchanged_rows_are_dropped_changed_ones_are_updates_new_ones_depend_on_the_detector() {
+        let mut cache = ContentCache::new(2);
+        cache.remember(
+            [(vec!["1".to_string()], 10), (vec!["2".to_string()], 20)],
+            0,
+        );
+        let found = Found {
+            rows: vec![row(1, 10, None), row(2, 21, None), row(3, 30, None)],
+            gone: vec![gone(4)],
+            ..Default::default()
+        };
+        let by_key = cache.changes(&found, Detection::KeyScan, 5);
+        assert_eq!(
+            ops(&by_key),
+            vec![
+                (Op::Update, Value::Long(2)),
+                (Op::Create, Value::Long(3)),
+                (Op::Delete, Value::Long(4)),
+            ]
+        );
+        assert!(by_key
+            .iter()
+            .all(|e| e.detected_by == Detection::KeyScan && e.ts_ms == 5));
+        assert!(by_key[2].after.is_none());
+        let by_watermark = cache.changes(&found, Detection::Watermark, 5);
+        assert_eq!(by_watermark[1].op, Op::Update);
+    }
+
+    #[test]
+    fn a_row_is_kept_while_some_detector_may_read_it_again() {
+        let mut cache = ContentCache::new(2);
+        let found = |rows| Found {
+            rows,
+            ..Default::default()
+        };
+        // slot 0 reads row 1 at tick 1
+        cache.shipped(found(vec![row(1, 10, None)]), 0, 1, &[1, 0]);
+        // slot 1 passes at tick 2 without it: slot 0 may still read it again
+        cache.shipped(found(vec![]), 1, 2, &[1, 2]);
+        assert!(cache.contains(&["1".to_string()]));
+        // slot 0's next pass (tick 3) no longer reads it: nobody will from these bounds
+        cache.shipped(found(vec![]), 0, 3, &[3, 2]);
+        assert!(!cache.contains(&["1".to_string()]));
+    }
+
+    #[test]
+    fn gone_keys_are_forgotten() {
+        let mut cache = ContentCache::new(1);
+        cache.remember([(vec!["1".to_string()], 10)], 0);
+        let found = Found {
+            gone: vec![gone(1)],
+            ..Default::default()
+        };
+        cache.shipped(found, 0, 1, &[0]);
+        assert!(!cache.contains(&["1".to_string()]));
+    }
+}

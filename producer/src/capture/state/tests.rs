@@ -1,0 +1,292 @@
+//! The capture state's steps, pass by pass.
+#![allow(clippy::unwrap_used)]
+use std::collections::HashSet;
+
+use apache_avro::types::Value;
+use tunnel_shared::event::Op;
+
+use super::super::cache::tests::{gone, row};
+use super::*;
+use crate::source::SourceRow;
+
+const KEY_SCAN: usize = 0;
+const WATERMARK: usize = 1;
+const RECONCILE: usize = 2;
+
+fn key(k: &str) -> Option<Vec<String>> {
+    Some(vec![k.to_string()])
+}
+
+fn probe(at_micros: i64) -> Probe {
+    Probe {
+        at_micros,
+        running: HashSet::new(),
+    }
+}
+
+fn checkpoint(ts: i64, max_watermark: Option<i64>) -> Checkpoint {
+    let mut cp = Checkpoint::new("public.media");
+    cp.bounds = Bounds {
+        key: key("10"),
+        ts: Some(ts),
+    };
+    cp.max_watermark = max_watermark;
+    cp
+}
+
+fn state_with(cp: Checkpoint, remembered: &[(i64, u64)], started: Instant) -> CaptureState {
+    let spec = |detection, ms| SlotSpec {
+        detection,
+        interval: Duration::from_millis(ms),
+    };
+    CaptureState::new(
+        &[
+            spec(Detection::KeyScan, 100),
+            spec(Detection::Watermark, 100),
+            spec(Detection::Reconcile, 1000),
+        ],
+        Margins {
+            overlap_micros: 100,
+            max_wait_micros: i64::MAX,
+        },
+        Duration::from_secs(60),
+        cp,
+        Some(KeySet::default()),
+        remembered
+            .iter()
+            .map(|(k, h)| (vec![k.to_string()], *h))
+            .collect(),
+        started,
+    )
+}
+
+fn state(cp: Checkpoint) -> CaptureState {
+    state_with(cp, &[], Instant::now())
+}
+
+fn found(rows: Vec<SourceRow>) -> Found {
+    Found {
+        rows,
+        ..Default::default()
+    }
+}
+
+fn ops(o: &Outcome) -> Vec<(Op, Value)> {
+    o.events()
+        .iter()
+        .map(|e| (e.op, e.key[0].clone()))
+        .collect()
+}
+
+/// One pass of `slot`, shipped; returns its outcome's checkpoint.
+fn pass(s: &mut CaptureState, slot: usize, at: i64, f: Found) -> Checkpoint {
+    let plan = s.plan(slot, probe(at));
+    let o = s.outcome(&plan, &f, 0, Instant::now());
+    let next = o.checkpoint().clone();
+    s.shipped(
+        plan,
+        f,
+        o,
+        &Activity::default(),
+        Instant::now(),
+        Duration::ZERO,
+    );
+    next
+}
+
+#[test]
+fn a_pass_repeated_after_a_failed_publish_ships_the_same_and_keeps_its_bounds() {
+    let mut s = state(checkpoint(5_000, None));
+    let f = || Found {
+        rows: vec![row(11, 1, None), row(12, 2, None)],
+        max_key: key("12"),
+        ..Default::default()
+    };
+    let first = s.plan(KEY_SCAN, probe(1_000));
+    let shipped_first = s.outcome(&first, &f(), 7, Instant::now());
+    assert!(shipped_first.must_ship());
+    // the publish failed: nothing is recorded, the pass runs again after a later probe
+    let again = s.plan(KEY_SCAN, probe(2_000));
+    assert_eq!(again.bounds(), first.bounds());
+    let shipped_again = s.outcome(&again, &f(), 7, Instant::now());
+    assert_eq!(ops(&shipped_again), ops(&shipped_first));
+    assert_eq!(shipped_again.checkpoint(), shipped_first.checkpoint());
+    assert_eq!(s.checkpoint(), &checkpoint(5_000, None));
+    // shipped this time: the rows are known, and the keys recorded
+    s.shipped(
+        again,
+        f(),
+        shipped_again,
+        &Activity::default(),
+        Instant::now(),
+        Duration::ZERO,
+    );
+    assert_eq!(s.checkpoint().max_key, key("12"));
+    assert_eq!(s.keyset().unwrap().keys(0..=100), vec![11, 12]);
+    let plan = s.plan(KEY_SCAN, probe(3_000));
+    assert!(s
+        .outcome(&plan, &f(), 7, Instant::now())
+        .events()
+        .is_empty());
+}
+
+#[test]
+fn new_rows_are_creates_for_the_key_scan_and_changes_found_later_are_updates() {
+    let mut s = state(checkpoint(5_000, None));
+    let plan = s.plan(WATERMARK, probe(1_000));
+    let o = s.outcome(
+        &plan,
+        &found(vec![row(1, 10, Some(6_000))]),
+        0,
+        Instant::now(),
+    );
+    assert_eq!(ops(&o), vec![(Op::Update, Value::Long(1))]);
+    pass(&mut s, KEY_SCAN, 1_000, found(vec![row(2, 20, None)]));
+    let f = Found {
+        rows: vec![row(2, 21, Some(6_000)), row(3, 30, Some(6_000))],
+        gone: vec![gone(4)],
+        ..Default::default()
+    };
+    let plan = s.plan(WATERMARK, probe(2_000));
+    let o = s.outcome(&plan, &f, 0, Instant::now());
+    assert_eq!(
+        ops(&o),
+        vec![
+            (Op::Update, Value::Long(2)),
+            (Op::Update, Value::Long(3)),
+            (Op::Delete, Value::Long(4)),
+        ]
+    );
+    // the key scan's create and these three
+    assert_eq!(o.checkpoint().events, 4);
+}
+
+#[test]
+fn restart_bounds_take_the_key_scans_key_and_the_watermark_scans_time() {
+    let mut s = state(checkpoint(0, None));
+    let keys_up_to = |k: &str| Found {
+        max_key: key(k),
+        ..Default::default()
+    };
+    // the key scan's horizon moves to the key seen before its first probe's entry drained
+    pass(&mut s, KEY_SCAN, 1_000, keys_up_to("20"));
+    pass(&mut s, KEY_SCAN, 2_000, keys_up_to("20"));
+    pass(&mut s, KEY_SCAN, 3_000, keys_up_to("20"));
+    let next = pass(&mut s, KEY_SCAN, 4_000, keys_up_to("20"));
+    // its time bound moved too (to 2000), but a restart takes the watermark scan's
+    assert_eq!(
+        next.bounds,
+        Bounds {
+            key: key("20"),
+            ts: Some(0)
+        }
+    );
+    let next = pass(&mut s, WATERMARK, 5_000, Found::default());
+    assert_eq!(next.bounds.key, key("20"));
+    // the other detectors do not count
+    let next = pass(&mut s, RECONCILE, 6_000, Found::default());
+    assert_eq!(next.bounds.key, key("20"));
+}
+
+#[test]
+fn the_time_bound_is_lowered_by_the_overlap_and_to_above_the_highest_watermark_shipped() {
+    let bound = |max_watermark| {
+        let s = state(checkpoint(5_000, max_watermark));
+        let plan = s.plan(WATERMARK, probe(1_000));
+        assert_eq!(plan.bounds().key, key("10"));
+        plan.bounds().ts
+    };
+    assert_eq!(bound(None), Some(4_900));
+    assert_eq!(bound(Some(1_000)), Some(1_001));
+    assert_eq!(bound(Some(10_000)), Some(4_900));
+}
+
+#[test]
+fn only_a_watermark_pass_moves_the_highest_watermark_shipped() {
+    let mut s = state(checkpoint(5_000, Some(1_000)));
+    let next = pass(&mut s, KEY_SCAN, 1_000, found(vec![row(1, 1, Some(9_000))]));
+    assert_eq!(next.max_watermark, Some(1_000));
+    let next = pass(
+        &mut s,
+        WATERMARK,
+        1_000,
+        found(vec![row(2, 1, Some(7_000))]),
+    );
+    assert_eq!(next.max_watermark, Some(7_000));
+}
+
+#[test]
+fn the_first_watermark_pass_after_the_snapshot_skips_remembered_rows_and_ships_at_once() {
+    let mut s = state_with(checkpoint(5_000, None), &[(1, 10)], Instant::now());
+    // a key scan pass is not it, and waits for the checkpoint interval
+    let plan = s.plan(KEY_SCAN, probe(1_000));
+    let o = s.outcome(
+        &plan,
+        &Found {
+            max_key: key("11"),
+            ..Default::default()
+        },
+        0,
+        Instant::now(),
+    );
+    assert!(!o.after_snapshot() && !o.must_ship());
+    let plan = s.plan(WATERMARK, probe(1_000));
+    let f = found(vec![row(1, 10, Some(6_000))]);
+    let o = s.outcome(&plan, &f, 0, Instant::now());
+    assert!(o.events().is_empty());
+    assert!(o.after_snapshot() && o.must_ship());
+    s.shipped(
+        plan,
+        f,
+        o,
+        &Activity::default(),
+        Instant::now(),
+        Duration::ZERO,
+    );
+    // the next one is an ordinary pass: its checkpoint waits
+    let plan = s.plan(WATERMARK, probe(2_000));
+    let o = s.outcome(
+        &plan,
+        &found(vec![row(1, 10, Some(7_000))]),
+        0,
+        Instant::now(),
+    );
+    assert!(!o.after_snapshot() && !o.must_ship());
+    assert_eq!(o.checkpoint().max_watermark, Some(7_000));
+}
+
+#[test]
+fn a_checkpoint_without_events_is_shipped_once_its_interval_has_passed() {
+    let started = Instant::now();
+    let s = state_with(checkpoint(5_000, None), &[], started);
+    let plan = s.plan(KEY_SCAN, probe(1_000));
+    let f = Found {
+        max_key: key("11"),
+        ..Default::default()
+    };
+    assert!(!s.outcome(&plan, &f, 0, started).must_ship());
+    let later = started + Duration::from_secs(60);
+    assert!(s.outcome(&plan, &f, 0, later).must_ship());
+    // nothing new: nothing to ship however long it has been
+    assert!(!s.outcome(&plan, &Found::default(), 0, later).must_ship());
+}
+
+#[test]
+fn detectors_run_when_due_and_wanted_reconciliation_one_interval_after_the_start() {
+    let started = Instant::now();
+    let mut s = state_with(checkpoint(5_000, None), &[], started);
+    let activity = Activity::default();
+    // never ran: wanted whatever the activity
+    assert_eq!(
+        s.due(started, &activity, |_, _, _| false),
+        vec![KEY_SCAN, WATERMARK]
+    );
+    assert!(s.due(started, &activity, |_, _, _| true).is_empty());
+    pass(&mut s, KEY_SCAN, 1_000, Found::default());
+    let later = started + Duration::from_millis(1_000);
+    assert_eq!(
+        s.due(later, &activity, |i, _, _| i != KEY_SCAN),
+        vec![WATERMARK, RECONCILE]
+    );
+    assert_eq!(s.next_due(), Some(later + Duration::from_millis(100)));
+}

@@ -1,0 +1,182 @@
+//! The producer's errors and their classes ([`tunnel_shared::fault`]): a transient error is
+//! retried with back-off (setup steps up to [`SETUP_ATTEMPTS`] times, passes and snapshot chunks
+//! for as long as it lasts), a fatal one stops the table's worker with a message for the
+//! operator. The producer has no input of its own to dead-letter: a definite error (a value it
+//! cannot decode or encode) stops it too, since skipping a row would lose a change.
+
+use rdkafka::error::KafkaError;
+use tunnel_shared::catalog::CatalogError;
+use tunnel_shared::event::EventError;
+use tunnel_shared::fault::{Classify, ErrorClass};
+use tunnel_shared::kafka::{self, TopicError};
+use tunnel_shared::pg::PgError;
+use tunnel_shared::pgbinary::ValueError;
+use tunnel_shared::registry::RegistryError;
+use tunnel_shared::rules::RuleError;
+use tunnel_shared::schema::SchemaError;
+
+/// How many times setup steps are tried before the worker gives up.
+pub const SETUP_ATTEMPTS: u32 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("table {table}: {source}")]
+    Value { table: String, source: ValueError },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("kafka: {context}: {source}")]
+    Kafka { context: String, source: KafkaError },
+    #[error(transparent)]
+    Encode(#[from] EventError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoints from topic {topic}: {source}")]
+    Read { topic: String, source: KafkaError },
+    #[error("checkpoint of {table} in topic {topic} is not valid: {message}")]
+    Corrupt {
+        table: String,
+        topic: String,
+        message: String,
+    },
+}
+
+/// What stops a table's worker, or fails one of its passes.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("table {table}: {source}")]
+    Rule { table: String, source: RuleError },
+}
+
+impl Classify for WorkerError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            WorkerError::Source(e) => e.class(),
+            WorkerError::Registry(e) => e.class(),
+            WorkerError::Topic(e) => e.class(),
+            WorkerError::Publish(e) => e.class(),
+            WorkerError::Checkpoint(e) => e.class(),
+            // a derived schema the registry refuses, or a rule on a column the table lacks:
+            // the table or the config must change
+            WorkerError::Schema(_) | WorkerError::Rule { .. } => ErrorClass::Fatal,
+        }
+    }
+}
+
+impl Classify for SourceError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SourceError::Pg(e) => e.class(),
+            SourceError::Catalog(e) => e.class(),
+            SourceError::Value { source, .. } => source.class(),
+        }
+    }
+}
+
+impl Classify for PublishError {
+    fn class(&self) -> ErrorClass {
+        let transient = match self {
+            PublishError::Kafka { source, .. } => match source {
+                KafkaError::Transaction(e) => !e.is_fatal(),
+                other => kafka::is_transient(other) || matches!(other, KafkaError::Canceled),
+            },
+            PublishError::Encode(e) => return e.class(),
+        };
+        if transient {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Fatal
+        }
+    }
+}
+
+/// A checkpoint that cannot be read or understood stops the worker: starting over without it
+/// would ship the whole table again.
+impl Classify for CheckpointError {
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Fatal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rdkafka::error::RDKafkaErrorCode;
+
+    fn publish(source: KafkaError) -> PublishError {
+        PublishError::Kafka {
+            context: "committing a transaction".into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn a_broker_away_is_retried_a_refused_transaction_stops_the_worker() {
+        let away = publish(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        assert_eq!(away.class(), ErrorClass::Transient);
+        assert!(WorkerError::from(away).is_transient());
+        assert_eq!(publish(KafkaError::Canceled).class(), ErrorClass::Transient);
+        let denied = publish(KafkaError::MessageProduction(
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ));
+        assert_eq!(denied.class(), ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn source_errors_keep_the_class_of_their_cause() {
+        let bad_url = SourceError::Pg(PgError::BadUrl {
+            url: "x".into(),
+            message: "m".into(),
+        });
+        assert_eq!(bad_url.class(), ErrorClass::Fatal);
+        let missing = SourceError::Catalog(CatalogError::NoPrimaryKey("public.media".into()));
+        assert_eq!(WorkerError::from(missing).class(), ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn checkpoint_schema_and_rule_errors_are_fatal() {
+        let corrupt = CheckpointError::Corrupt {
+            table: "public.media".into(),
+            topic: "t._checkpoints".into(),
+            message: "version 9".into(),
+        };
+        assert_eq!(corrupt.class(), ErrorClass::Fatal);
+        let read = CheckpointError::Read {
+            topic: "t._checkpoints".into(),
+            source: KafkaError::Canceled,
+        };
+        assert_eq!(WorkerError::from(read).class(), ErrorClass::Fatal);
+        let unreachable = RegistryError::Unreachable {
+            url: "http://r".into(),
+            message: "refused".into(),
+        };
+        assert!(WorkerError::from(unreachable).is_transient());
+        let clash = SchemaError::NameClash {
+            table: "public.media".into(),
+            a: "a-b".into(),
+            b: "a_b".into(),
+            field: "a_b".into(),
+        };
+        assert_eq!(WorkerError::from(clash).class(), ErrorClass::Fatal);
+    }
+}

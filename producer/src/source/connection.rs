@@ -1,0 +1,82 @@
+//! The source connection: a read-only session, and the table's catalog read at connect.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use tunnel_shared::catalog::{self, TableInfo};
+use tunnel_shared::config::{SourceConfig, TableConfig};
+use tunnel_shared::pg::{self, quote_ident, Session};
+
+use super::statements::{prepare, Statements};
+use super::throttle::Throttle;
+use crate::error::SourceError;
+
+pub struct Source {
+    pub(super) client: Client,
+    pub(super) table: TableInfo,
+    pub(super) statements: Statements,
+    pub(super) throttle: Throttle,
+    pub(super) read_rows: u64,
+}
+
+impl Source {
+    /// Connects with a read-only session and reads the table's catalog.
+    pub async fn connect(
+        cfg: &SourceConfig,
+        table: &TableConfig,
+        max_rows_per_second: u64,
+    ) -> Result<Self, SourceError> {
+        let session = Session {
+            application_name: cfg.application_name.clone(),
+            statement_timeout: Duration::from_millis(cfg.statement_timeout_ms),
+            lock_timeout: Duration::from_millis(cfg.lock_timeout_ms),
+            read_only: true,
+            canonical_text: false,
+        };
+        let client = pg::connect(&cfg.url, &session).await?;
+        let info = catalog::load_table(
+            &client,
+            &table.schema,
+            &table.name,
+            table.watermark_column.as_deref(),
+        )
+        .await?;
+        let statements = prepare(&client, &info).await?;
+        Ok(Self {
+            client,
+            table: info,
+            statements,
+            throttle: Throttle::new(max_rows_per_second),
+            read_rows: 0,
+        })
+    }
+
+    /// The connection, for the reconciliation pass's own queries.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The connection, for statements in a transaction of their own.
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Whether the connection broke (the worker then reconnects).
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    pub fn table(&self) -> &TableInfo {
+        &self.table
+    }
+
+    /// Rows read from the table since the start.
+    pub fn read_rows(&self) -> u64 {
+        self.read_rows
+    }
+
+    /// The single integer key column's quoted name.
+    pub(super) fn integer_key(&self) -> Option<String> {
+        self.table.integer_key().map(|c| quote_ident(&c.name))
+    }
+}

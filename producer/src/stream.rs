@@ -1,0 +1,131 @@
+//! Streaming: the detectors' passes, each shipped on its own, until asked to stop. The I/O of
+//! a pass (probe, read, ship) is here; what it decides is [`CaptureState`]'s.
+
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+use tunnel_shared::fault::Classify;
+use tunnel_shared::retry::Backoff;
+
+use crate::capture::{CaptureState, ChangeDetector, PassContext};
+use crate::error::WorkerError;
+use crate::setup::Link;
+use crate::source::Activity;
+
+pub struct Stream {
+    link: Link,
+    /// By slot, as in `state`.
+    detectors: Vec<Box<dyn ChangeDetector>>,
+    state: CaptureState,
+}
+
+impl Stream {
+    pub fn new(link: Link, detectors: Vec<Box<dyn ChangeDetector>>, state: CaptureState) -> Self {
+        Self {
+            link,
+            detectors,
+            state,
+        }
+    }
+
+    /// Runs the detectors as they fall due until shutdown; a pass that fails transiently is
+    /// tried again after a back-off (its state did not move).
+    pub async fn run(mut self) -> Result<(), WorkerError> {
+        let mut backoff = Backoff::default();
+        info!("streaming changes");
+        while !self.link.stopping() {
+            let next_due = self.state.next_due().unwrap_or_else(Instant::now);
+            let mut shutdown = self.link.shutdown();
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_due.into()) => {}
+                _ = shutdown.changed() => continue,
+            }
+            match self.tick().await {
+                Ok(()) => backoff.reset(),
+                Err(e) if e.is_transient() => {
+                    backoff.wait_after("a pass", &e).await;
+                    self.link.reconnect_if_closed().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    /// Runs the detectors that are due and may find something, each pass shipped on its own so
+    /// that a slow pass (the watermark scan of a large table) never delays a fast one.
+    async fn tick(&mut self) -> Result<(), WorkerError> {
+        let activity = self.link.source().activity().await?;
+        let detectors = &self.detectors;
+        let run = self.state.due(Instant::now(), &activity, |i, before, now| {
+            detectors[i].wants(before, now)
+        });
+        for i in run {
+            self.pass(i, &activity).await?;
+        }
+        Ok(())
+    }
+
+    /// One pass of detector `i`: probe, read, ship what changed with the checkpoint, and only
+    /// then move its horizon.
+    async fn pass(&mut self, i: usize, activity: &Activity) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let probe = self.link.source().probe().await?;
+        let plan = self.state.plan(i, probe);
+        if !plan.gave_up_on().is_empty() {
+            warn!(transactions = ?plan.gave_up_on(), "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
+        }
+        let detection = self.detectors[i].detection();
+        let read_before = self.link.source().read_rows();
+        let ctx = PassContext {
+            source: self.link.source_mut(),
+            bounds: plan.bounds(),
+            shipped: self.state.keyset(),
+            checkpoint: self.state.checkpoint(),
+        };
+        let found = self.detectors[i].pass(ctx).await?;
+        let read = self.link.source().read_rows() - read_before;
+        let ts_ms = chrono::Utc::now().timestamp_millis();
+        let outcome = self.state.outcome(&plan, &found, ts_ms, Instant::now());
+        if outcome.must_ship() {
+            self.link
+                .publisher()
+                .publish(outcome.events(), outcome.checkpoint())
+                .await?;
+        }
+        let (events, deletes, scanned) = (outcome.events().len(), found.gone.len(), found.scanned);
+        if outcome.after_snapshot() {
+            info!(
+                read_rows = found.rows.len(),
+                shipped = events,
+                "first watermark pass after the snapshot done"
+            );
+        }
+        // shipped: remember what was shipped and seen
+        let now = Instant::now();
+        self.state
+            .shipped(plan, found, outcome, activity, now, now - started);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if events > 0 {
+            info!(
+                detector = detection.as_str(),
+                events,
+                deletes,
+                scanned,
+                read_rows = read,
+                elapsed_ms,
+                "shipped changes"
+            );
+        } else {
+            debug!(
+                detector = detection.as_str(),
+                read_rows = read,
+                scanned,
+                elapsed_ms,
+                "pass found no change"
+            );
+        }
+        Ok(())
+    }
+}
