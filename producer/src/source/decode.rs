@@ -7,7 +7,7 @@ use apache_avro::types::Value;
 use tokio_postgres::Row as PgRow;
 use tunnel_shared::catalog::{ColumnKind, TableInfo};
 use tunnel_shared::event::Row;
-use tunnel_shared::pg::{quote_ident, PgError};
+use tunnel_shared::pg::PgError;
 use tunnel_shared::pgbinary::{self, Raw};
 
 use crate::error::SourceError;
@@ -81,11 +81,8 @@ pub(super) fn key_text(r: &PgRow, first: usize, n: usize) -> Vec<String> {
     (first..first + n).map(|i| r.get::<_, String>(i)).collect()
 }
 
-/// `"id"::text, ...`: the key columns in text form, appended to every row query.
+/// `"id"::text AS "__tunnel_k0", ...`: the key columns in text form, appended to every row
+/// query.
 pub(super) fn key_text_list(t: &TableInfo) -> String {
-    t.key_columns()
-        .enumerate()
-        .map(|(i, c)| format!("{}::text AS \"__tunnel_k{i}\"", quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    t.key_as_text(Some("__tunnel_k"))
 }
