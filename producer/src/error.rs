@@ -4,7 +4,7 @@
 //! operator. The producer has no input of its own to dead-letter: a definite error (a value it
 //! cannot decode or encode) stops it too, since skipping a row would lose a change.
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tunnel_shared::catalog::CatalogError;
 use tunnel_shared::event::EventError;
 use tunnel_shared::fault::{Classify, ErrorClass};
@@ -34,6 +34,8 @@ pub enum PublishError {
     Kafka { context: String, source: KafkaError },
     #[error(transparent)]
     Encode(#[from] EventError),
+    #[error("kafka: the transactional producer was fenced ({reason}): another tunnel-producer for this table has started, or the role may not use its transactional id; run one producer per table")]
+    Fenced { reason: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +98,13 @@ impl Classify for PublishError {
     fn class(&self) -> ErrorClass {
         let transient = match self {
             PublishError::Kafka { source, .. } => match source {
-                KafkaError::Transaction(e) => !e.is_fatal(),
+                // a fatal transaction error ends that producer instance, not the worker: the
+                // publisher starts a new one on the next try (unless it was fenced)
+                KafkaError::Transaction(e) => !(e.is_fatal() && is_fenced(e.code())),
                 other => kafka::is_transient(other) || matches!(other, KafkaError::Canceled),
             },
             PublishError::Encode(e) => return e.class(),
+            PublishError::Fenced { .. } => false,
         };
         if transient {
             ErrorClass::Transient
@@ -115,6 +120,19 @@ impl Classify for CheckpointError {
     fn class(&self) -> ErrorClass {
         ErrorClass::Fatal
     }
+}
+
+/// Whether a fatal error means that another instance owns the transactional id now (or that
+/// the role may not use it): a new instance would only fence that one, so the worker stops.
+pub(crate) fn is_fenced(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+    )
 }
 
 #[cfg(test)]
@@ -140,6 +158,12 @@ mod tests {
             RDKafkaErrorCode::TopicAuthorizationFailed,
         ));
         assert_eq!(denied.class(), ErrorClass::Fatal);
+        let fenced = PublishError::Fenced {
+            reason: "ProducerFenced".into(),
+        };
+        assert_eq!(WorkerError::from(fenced).class(), ErrorClass::Fatal);
+        assert!(is_fenced(RDKafkaErrorCode::ProducerFenced));
+        assert!(!is_fenced(RDKafkaErrorCode::InvalidTransactionalState));
     }
 
     #[test]

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientConfig;
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::event::{ChangeEvent, EventEncoder, Op};
 use tunnel_shared::kafka;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::PublishError;
+use crate::error::{is_fenced, PublishError};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -67,7 +68,10 @@ impl Shipper for Publisher {
 }
 
 pub struct Publisher {
-    producer: Arc<KafkaProducer>,
+    /// The transactional producer in use; replaced by a new instance after a fatal error.
+    producer: Mutex<Arc<KafkaProducer>>,
+    /// Its settings, for that new instance.
+    config: ClientConfig,
     topic: String,
     checkpoint_topic: String,
     table_key: String,
@@ -92,6 +96,19 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or(Err(KafkaError::Canceled))
 }
 
+/// Creates a transactional producer and initialises its transactions, which fences any
+/// earlier instance with the same id.
+async fn start(config: &ClientConfig) -> Result<Arc<KafkaProducer>, PublishError> {
+    let producer: KafkaProducer = config
+        .create_with_context(Deliveries::default())
+        .map_err(kafka_err("creating the producer"))?;
+    let producer = Arc::new(producer);
+    blocking(&producer, |p| p.init_transactions(TXN_TIMEOUT))
+        .await
+        .map_err(kafka_err("initialising transactions"))?;
+    Ok(producer)
+}
+
 impl Publisher {
     /// Creates the transactional producer and fences any earlier instance with the same id.
     pub async fn new(
@@ -102,21 +119,39 @@ impl Publisher {
         table_key: String,
         encoder: EventEncoder,
     ) -> Result<Self, PublishError> {
-        let producer: KafkaProducer =
-            kafka::transactional_producer_config(kafka_cfg, transactional_id)
-                .create_with_context(Deliveries::default())
-                .map_err(kafka_err("creating the producer"))?;
-        let producer = Arc::new(producer);
-        blocking(&producer, |p| p.init_transactions(TXN_TIMEOUT))
-            .await
-            .map_err(kafka_err("initialising transactions"))?;
+        let config = kafka::transactional_producer_config(kafka_cfg, transactional_id);
+        let producer = start(&config).await?;
         Ok(Self {
-            producer,
+            producer: Mutex::new(producer),
+            config,
             topic,
             checkpoint_topic,
             table_key,
             encoder,
         })
+    }
+
+    /// The producer to use now. An instance that has hit a fatal error (a transaction the
+    /// broker no longer knows after it restarted, say) can never ship again: a new one takes
+    /// its place, with the same transactional id, unless it was fenced by another producer.
+    async fn usable(&self) -> Result<Arc<KafkaProducer>, PublishError> {
+        let current = match self.producer.lock() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Some((code, reason)) = current.client().fatal_error() else {
+            return Ok(current);
+        };
+        if is_fenced(code) {
+            return Err(PublishError::Fenced { reason });
+        }
+        tracing::warn!(error = %reason, "the transactional producer hit a fatal error: starting a new one");
+        let fresh = start(&self.config).await?;
+        match self.producer.lock() {
+            Ok(mut p) => *p = fresh.clone(),
+            Err(poisoned) => *poisoned.into_inner() = fresh.clone(),
+        }
+        Ok(fresh)
     }
 
     /// Ships `events` and `checkpoint` in one transaction. On failure the transaction is
@@ -135,24 +170,24 @@ impl Publisher {
                 records.push((key, None)); // the tombstone
             }
         }
-        if let Ok(mut failed) = self.producer.context().failed.lock() {
+        let producer = self.usable().await?;
+        if let Ok(mut failed) = producer.context().failed.lock() {
             *failed = None;
         }
-        self.producer
+        producer
             .begin_transaction()
             .map_err(kafka_err("beginning a transaction"))?;
-        let sent = match self.send_all(&records, checkpoint).await {
-            Ok(()) => self.delivered().await,
+        let sent = match self.send_all(&producer, &records, checkpoint).await {
+            Ok(()) => delivered(&producer).await,
             Err(e) => Err(e),
         };
         let committed = match sent {
-            Ok(()) => blocking(&self.producer, |p| p.commit_transaction(TXN_TIMEOUT))
+            Ok(()) => blocking(&producer, |p| p.commit_transaction(TXN_TIMEOUT))
                 .await
                 .map_err(kafka_err("committing a transaction")),
             Err(e) => Err(e),
         };
-        let failed = self
-            .producer
+        let failed = producer
             .context()
             .failed
             .lock()
@@ -166,31 +201,15 @@ impl Publisher {
                 source: e,
             }),
             (Err(e), _) => {
-                self.abort().await;
+                abort(&producer).await;
                 Err(e)
             }
         }
     }
 
-    /// Waits until every message sent is delivered (or failed). The client's own flush, which
-    /// the commit starts with, waits in steps of 100 ms while deliveries are outstanding: a
-    /// tenth of a second per transaction, most of a snapshot chunk's time.
-    async fn delivered(&self) -> Result<(), PublishError> {
-        let deadline = tokio::time::Instant::now() + TXN_TIMEOUT;
-        while self.producer.in_flight_count() > 0 {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(PublishError::Kafka {
-                    context: "waiting for the transaction's deliveries".into(),
-                    source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        Ok(())
-    }
-
     async fn send_all(
         &self,
+        producer: &KafkaProducer,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
         checkpoint: &Checkpoint,
     ) -> Result<(), PublishError> {
@@ -199,37 +218,57 @@ impl Publisher {
             if let Some(v) = value {
                 record = record.payload(v.as_slice());
             }
-            self.send(record).await?;
+            send(producer, record).await?;
         }
         let cp = checkpoint.to_json();
         let record = BaseRecord::to(&self.checkpoint_topic)
             .key(self.table_key.as_bytes())
             .payload(cp.as_slice());
-        self.send(record).await
+        send(producer, record).await
     }
+}
 
-    /// Enqueues one record; a full local queue is back-pressure, so wait and try again.
-    async fn send<'a>(&self, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), PublishError> {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => {
-                    return Err(PublishError::Kafka {
-                        context: "enqueuing an event".into(),
-                        source: e,
-                    })
-                }
+/// Waits until every message sent is delivered (or failed). The client's own flush, which the
+/// commit starts with, waits in steps of 100 ms while deliveries are outstanding: a tenth of a
+/// second per transaction, most of a snapshot chunk's time.
+async fn delivered(producer: &KafkaProducer) -> Result<(), PublishError> {
+    let deadline = tokio::time::Instant::now() + TXN_TIMEOUT;
+    while producer.in_flight_count() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(PublishError::Kafka {
+                context: "waiting for the transaction's deliveries".into(),
+                source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// Enqueues one record; a full local queue is back-pressure, so wait and try again.
+async fn send(
+    producer: &KafkaProducer,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), PublishError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => {
+                return Err(PublishError::Kafka {
+                    context: "enqueuing an event".into(),
+                    source: e,
+                })
             }
         }
     }
+}
 
-    async fn abort(&self) {
-        if let Err(e) = blocking(&self.producer, |p| p.abort_transaction(TXN_TIMEOUT)).await {
-            tracing::warn!(error = %e, "aborting the kafka transaction failed");
-        }
+async fn abort(producer: &Arc<KafkaProducer>) {
+    if let Err(e) = blocking(producer, |p| p.abort_transaction(TXN_TIMEOUT)).await {
+        tracing::warn!(error = %e, "aborting the kafka transaction failed");
     }
 }
