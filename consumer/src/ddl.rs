@@ -17,6 +17,10 @@ pub fn resolved_table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "dlq_resolved")
 }
 
+pub(crate) fn parked_table(bookkeeping_schema: &str) -> String {
+    qualified(bookkeeping_schema, "parked_keys")
+}
+
 pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(), PgError> {
     let sql = format!(
         "CREATE SCHEMA IF NOT EXISTS {s};
@@ -49,7 +53,7 @@ pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(),
          COMMENT ON TABLE {r} IS 'Data Tunnel: DLQ entries already replayed (applied, or sent back to the DLQ with a new reason)'",
         s = quote_ident(schema),
         t = offsets_table(schema),
-        p = crate::park::table(schema),
+        p = parked_table(schema),
         r = resolved_table(schema),
     );
     locked(client, &sql, "creating the bookkeeping table").await

@@ -10,14 +10,11 @@ use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio_postgres::Transaction;
-use tunnel_shared::pg::{qualified, PgError};
+use tunnel_shared::key::{from_json, to_json, KeyText};
+use tunnel_shared::pg::PgError;
 
-use crate::apply::KeyText;
-use tunnel_shared::key::{from_json, to_json};
-
-pub fn table(bookkeeping_schema: &str) -> String {
-    qualified(bookkeeping_schema, "parked_keys")
-}
+use crate::ddl::parked_table;
+use crate::model::ToPark;
 
 /// What one consumer knows of the parked keys of the partitions it applies, so that a batch
 /// does not read them again. An entry is current while the partition's offsets row shows what
@@ -64,7 +61,7 @@ impl ParkedCache {
             .query(
                 &format!(
                     "SELECT partition, key FROM {} WHERE topic = $1 AND partition = ANY($2)",
-                    table(bk)
+                    parked_table(bk)
                 ),
                 &[&topic.as_ref(), &stale],
             )
@@ -117,9 +114,6 @@ impl ParkedCache {
     }
 }
 
-/// A key to park: its partition, the key, and how many DLQ entries it gains.
-pub type ToPark = (i32, KeyText, i32);
-
 /// Adds pending DLQ entries to keys, in one statement.
 pub async fn park(
     tx: &Transaction<'_>,
@@ -138,7 +132,7 @@ pub async fn park(
             "INSERT INTO {} AS p (topic, partition, key, pending)
              SELECT $1, v.p, v.k, v.n FROM unnest($2::int4[], $3::text[], $4::int4[]) AS v(p, k, n)
              ON CONFLICT (topic, key) DO UPDATE SET pending = p.pending + EXCLUDED.pending",
-            table(bk)
+            parked_table(bk)
         ),
         &[&topic, &partitions, &texts, &counts],
     )
@@ -154,7 +148,7 @@ pub async fn release_one(
     topic: &str,
     key: &KeyText,
 ) -> Result<(), PgError> {
-    let t = table(bk);
+    let t = parked_table(bk);
     let key = to_json(key);
     tx.execute(
         &format!("UPDATE {t} SET pending = pending - 1 WHERE topic = $1 AND key = $2"),

@@ -8,11 +8,11 @@ use rdkafka::message::{Headers, Message};
 use tokio_postgres::Client;
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::kafka;
+use tunnel_shared::key::KeyText;
 use tunnel_shared::pg::PgError;
 
-use super::header;
-use crate::apply::KeyText;
 use crate::ddl;
+use crate::model::header;
 
 /// One DLQ entry as stored in Kafka.
 #[derive(Debug, Clone)]

@@ -1,7 +1,8 @@
 //! Choosing DLQ entries: the filters shared by `dlq show` and `dlq replay`.
 
+use tunnel_shared::key::KeyText;
+
 use super::read::DlqEntry;
-use crate::apply::KeyText;
 
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
