@@ -12,22 +12,10 @@ use std::sync::Arc;
 
 use crate::dlq::writer::DeadLetters;
 use crate::error::ApplyError;
-use crate::model::{Entry, Item, TargetTable, TopicProgress};
+use crate::model::{Applied, Entry, Item, TargetTable, TopicProgress};
 use crate::park::ParkedCache;
 use crate::plan::{self, ApplyPlan};
 use crate::target::TargetWriter;
-
-#[derive(Debug, Default)]
-pub(crate) struct Applied {
-    /// Events applied (after skipping those already applied).
-    pub(crate) events: usize,
-    /// Events skipped because an earlier transaction had applied them.
-    pub(crate) already_applied: usize,
-    /// Messages written to the DLQ.
-    pub(crate) dead_lettered: usize,
-    /// The next offset of every partition of the batch.
-    pub(crate) next_offsets: Vec<(Arc<str>, i32, i64)>,
-}
 
 /// Applies `items` (in offset order per partition) in the transaction `target`, the rows of
 /// each topic into its table of `tables` (a topic without one has its events counted, not

@@ -16,10 +16,9 @@ use tracing::{debug, info, warn};
 use tunnel_shared::config::Config;
 use tunnel_shared::retry::Backoff;
 
-use crate::apply::Applied;
 use crate::error::RunError;
 use crate::intake::{Intake, Raw};
-use crate::model::Item;
+use crate::model::{Applied, Item};
 use crate::offsets;
 
 /// Logs the group's rebalances. Nothing has to be handed over by hand: a partition's offsets

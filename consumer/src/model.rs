@@ -1,7 +1,8 @@
 //! What the consumer works with, at the bottom of the crate: a consumed message decoded into an
 //! [`Entry`] (or a [`Rejected`] one on its way to the DLQ), the [`TargetTable`] its rows go
-//! to, the progress of a partition, and the names the DLQ uses (error classes, headers,
-//! topics). Nothing here does I/O, and nothing here imports the rest of the crate.
+//! to, what a batch did to each partition and in all ([`Applied`]), and the names the DLQ
+//! uses (error classes, headers, topics). Nothing here does I/O, and nothing here imports the
+//! rest of the crate.
 
 use std::sync::Arc;
 
@@ -121,6 +122,19 @@ pub(crate) struct Progress {
 
 /// A topic with what a batch did to each of its partitions.
 pub(crate) type TopicProgress = (Arc<str>, Vec<(i32, Progress)>);
+
+/// What applying a batch did, once committed.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Events applied (after skipping those already applied).
+    pub(crate) events: usize,
+    /// Events skipped because an earlier transaction had applied them.
+    pub(crate) already_applied: usize,
+    /// Messages written to the DLQ.
+    pub(crate) dead_lettered: usize,
+    /// The next offset of every partition of the batch.
+    pub(crate) next_offsets: Vec<(Arc<str>, i32, i64)>,
+}
 
 /// A key to park: its partition, the key, and how many DLQ entries it gains.
 pub(crate) type ToPark = (i32, KeyText, i32);

@@ -23,14 +23,14 @@ use tunnel_shared::retry::{retry, Backoff};
 use tunnel_shared::rules::{self, Rule};
 use tunnel_shared::schema;
 
-use crate::apply::{self, Applied};
+use crate::apply;
 use crate::collect::{Collector, Done, GroupContext};
 use crate::ddl;
 use crate::decode::Decoder;
 use crate::dlq::writer::{DlqWriter, DLQ_TOPIC_CONFIGS};
 use crate::error::{ApplyError, RunError};
 use crate::intake::Intake;
-use crate::model::{dlq_topic, Item, TargetTable};
+use crate::model::{dlq_topic, Applied, Item, TargetTable};
 use crate::park::ParkedCache;
 use crate::target::BatchTransaction;
 
