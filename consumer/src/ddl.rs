@@ -9,11 +9,11 @@ use tunnel_shared::schema::FieldShape;
 /// Serializes DDL between consumers that start together.
 const DDL_LOCK: i64 = 0x7475_6e6e_656c; // "tunnel"
 
-pub fn offsets_table(bookkeeping_schema: &str) -> String {
+pub(crate) fn offsets_table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "offsets")
 }
 
-pub fn resolved_table(bookkeeping_schema: &str) -> String {
+pub(crate) fn resolved_table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "dlq_resolved")
 }
 
@@ -21,7 +21,7 @@ pub(crate) fn parked_table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "parked_keys")
 }
 
-pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(), PgError> {
+pub(crate) async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(), PgError> {
     let sql = format!(
         "CREATE SCHEMA IF NOT EXISTS {s};
          CREATE TABLE IF NOT EXISTS {t} (
@@ -60,7 +60,7 @@ pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(),
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for a replica table.
-pub fn create_table_sql(
+pub(crate) fn create_table_sql(
     schema: &str,
     table: &str,
     columns: &[FieldShape],
@@ -87,7 +87,7 @@ pub fn create_table_sql(
     )
 }
 
-pub async fn ensure_table(
+pub(crate) async fn ensure_table(
     client: &mut Client,
     schema: &str,
     table: &str,

@@ -23,7 +23,7 @@ use crate::model::ToPark;
 /// transaction). The offsets row is locked before the cache is consulted, so neither can change
 /// during the batch.
 #[derive(Default)]
-pub struct ParkedCache {
+pub(crate) struct ParkedCache {
     parts: FxHashMap<(Arc<str>, i32), Cached>,
     /// Keys in all entries: with none, a lookup costs nothing.
     parked: usize,
@@ -38,7 +38,7 @@ struct Cached {
 impl ParkedCache {
     /// Brings the entries of these partitions of `topic` up to date; `stored` holds each
     /// partition's `(next_offset, parked_generation)` as just locked.
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &mut self,
         tx: &Transaction<'_>,
         bk: &str,
@@ -89,7 +89,7 @@ impl ParkedCache {
         Ok(())
     }
 
-    pub fn contains(&self, topic: &Arc<str>, partition: i32, key: &KeyText) -> bool {
+    pub(crate) fn contains(&self, topic: &Arc<str>, partition: i32, key: &KeyText) -> bool {
         self.parked > 0
             && self
                 .parts
@@ -98,7 +98,7 @@ impl ParkedCache {
     }
 
     /// After a commit: the partition's new offset, and the keys the batch parked.
-    pub fn committed(
+    pub(crate) fn committed(
         &mut self,
         topic: &Arc<str>,
         partition: i32,
@@ -115,7 +115,7 @@ impl ParkedCache {
 }
 
 /// Adds pending DLQ entries to keys, in one statement.
-pub async fn park(
+pub(crate) async fn park(
     tx: &Transaction<'_>,
     bk: &str,
     topic: &str,
@@ -142,7 +142,7 @@ pub async fn park(
 }
 
 /// One of the key's DLQ entries was replayed: one fewer pending; free the key at zero.
-pub async fn release_one(
+pub(crate) async fn release_one(
     tx: &Transaction<'_>,
     bk: &str,
     topic: &str,

@@ -15,14 +15,14 @@ use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
 
 use crate::error::VerifyError;
 
-pub struct Options {
-    pub table: Option<String>,
-    pub show: usize,
-    pub repair: bool,
+pub(crate) struct Options {
+    pub(crate) table: Option<String>,
+    pub(crate) show: usize,
+    pub(crate) repair: bool,
 }
 
 /// Verifies the configured tables; `Ok(true)` when every one is identical to its replica.
-pub async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyError> {
+pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyError> {
     let tables: Vec<&TableConfig> = config
         .tables
         .iter()
