@@ -65,7 +65,7 @@ impl DlqWriter {
     }
 
     /// Creates the DLQ topic of `source_topic` if it does not exist.
-    pub(crate) async fn ensure(&mut self, source_topic: &str) -> Result<(), DlqError> {
+    async fn ensure(&mut self, source_topic: &str) -> Result<(), DlqError> {
         let topic = dlq_topic(source_topic);
         if self.ready.contains(&topic) {
             return Ok(());
@@ -98,14 +98,14 @@ impl DlqWriter {
 
     /// Sends every entry and waits until Kafka has acknowledged all of them.
     pub(crate) async fn send_all(&mut self, entries: &[Rejected]) -> Result<(), DlqError> {
-        let pending = self.enqueue(entries).await?;
-        confirm(pending).await
+        let pending = self.hand_over(entries).await?;
+        acknowledged(pending).await
     }
 
-    /// Hands every entry to the producer without waiting for Kafka: [`confirm`] waits. An
+    /// Hands every entry to the producer without waiting for Kafka: [`acknowledged`] waits. An
     /// entry goes to the DLQ partition of its source partition, so that the entries of one key
     /// stay in order.
-    pub(crate) async fn enqueue(&mut self, entries: &[Rejected]) -> Result<Pending, DlqError> {
+    async fn hand_over(&mut self, entries: &[Rejected]) -> Result<Pending, DlqError> {
         for e in entries {
             self.ensure(&e.topic).await?;
         }
@@ -188,7 +188,7 @@ impl DlqWriter {
 pub(crate) struct Pending(Vec<(String, DeliveryFuture)>);
 
 /// Waits until Kafka has acknowledged every entry of `pending`.
-pub(crate) async fn confirm(pending: Pending) -> Result<(), DlqError> {
+async fn acknowledged(pending: Pending) -> Result<(), DlqError> {
     for (topic, delivery) in pending.0 {
         match delivery.await {
             Ok(Ok(_)) => {}
@@ -208,10 +208,10 @@ impl DeadLetters for DlqWriter {
     type Pending = Pending;
 
     async fn enqueue(&mut self, entries: &[Rejected]) -> Result<Pending, DlqError> {
-        DlqWriter::enqueue(self, entries).await
+        self.hand_over(entries).await
     }
 
     async fn confirm(&mut self, pending: Pending) -> Result<(), DlqError> {
-        confirm(pending).await
+        acknowledged(pending).await
     }
 }
