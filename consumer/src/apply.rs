@@ -87,3 +87,32 @@ fn applied(plan: &ApplyPlan<'_>, progress: &[TopicProgress]) -> Applied {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rustc_hash::FxHashMap;
+    use tunnel_shared::event::Op;
+
+    use super::*;
+    use crate::model::fixtures::{event, rejected};
+
+    #[test]
+    fn what_a_batch_did_counts_its_events_dead_letters_and_next_offsets() {
+        let items = [
+            event("t", 1, 7, "a", Op::Create),
+            rejected("t", 0, 2, Some("b")),
+            event("t", 0, 3, "b", Op::Update),
+            event("u", 0, 1, "a", Op::Create),
+        ];
+        let stored = FxHashMap::from_iter([((Arc::from("u"), 0), 2)]);
+        let plan = plan::plan(&items, &stored, |_, _, _| false);
+        let a = applied(&plan, &plan.progress_by_topic());
+        assert_eq!((a.events, a.already_applied, a.dead_lettered), (1, 1, 2));
+        let next: Vec<(&str, i32, i64)> = a
+            .next_offsets
+            .iter()
+            .map(|(t, p, n)| (t.as_ref(), *p, *n))
+            .collect();
+        assert_eq!(next, [("t", 0, 4), ("t", 1, 8)]);
+    }
+}
