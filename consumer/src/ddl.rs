@@ -9,15 +9,19 @@ use tunnel_shared::schema::FieldShape;
 /// Serializes DDL between consumers that start together.
 const DDL_LOCK: i64 = 0x7475_6e6e_656c; // "tunnel"
 
-pub fn offsets_table(bookkeeping_schema: &str) -> String {
+pub(crate) fn offsets_table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "offsets")
 }
 
-pub fn resolved_table(bookkeeping_schema: &str) -> String {
+pub(crate) fn resolved_table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "dlq_resolved")
 }
 
-pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(), PgError> {
+pub(crate) fn parked_table(bookkeeping_schema: &str) -> String {
+    qualified(bookkeeping_schema, "parked_keys")
+}
+
+pub(crate) async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(), PgError> {
     let sql = format!(
         "CREATE SCHEMA IF NOT EXISTS {s};
          CREATE TABLE IF NOT EXISTS {t} (
@@ -49,14 +53,14 @@ pub async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(),
          COMMENT ON TABLE {r} IS 'Data Tunnel: DLQ entries already replayed (applied, or sent back to the DLQ with a new reason)'",
         s = quote_ident(schema),
         t = offsets_table(schema),
-        p = crate::park::table(schema),
+        p = parked_table(schema),
         r = resolved_table(schema),
     );
     locked(client, &sql, "creating the bookkeeping table").await
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for a replica table.
-pub fn create_table_sql(
+pub(crate) fn create_table_sql(
     schema: &str,
     table: &str,
     columns: &[FieldShape],
@@ -83,7 +87,7 @@ pub fn create_table_sql(
     )
 }
 
-pub async fn ensure_table(
+pub(crate) async fn ensure_table(
     client: &mut Client,
     schema: &str,
     table: &str,

@@ -5,110 +5,31 @@
 use std::sync::Arc;
 
 use apache_avro::types::Value;
-use apache_avro::Schema;
 use rustc_hash::FxHashMap;
 use tunnel_shared::datum;
-use tunnel_shared::event::{self, EnvelopeLayout, EventError, RecordLayout, TextEvent};
-use tunnel_shared::fault::{Classify, ErrorClass};
+use tunnel_shared::event::{self, EnvelopeLayout, RecordLayout, TextEvent};
 use tunnel_shared::pgbinary::to_pg_text;
-use tunnel_shared::registry::{Registry, RegistryError};
-use tunnel_shared::schema::{self, FieldShape, SchemaError};
-use tunnel_shared::wire::{self, WireError};
+use tunnel_shared::registry::Registry;
+use tunnel_shared::schema;
+use tunnel_shared::wire;
 
-use crate::dlq::class;
+use crate::error::DecodeError;
+use crate::model::WriterSchema;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("{part}: {source}")]
-    Wire {
-        part: &'static str,
-        source: WireError,
-    },
-    #[error("{part}: {source}")]
-    Registry {
-        part: &'static str,
-        source: RegistryError,
-    },
-    #[error("{part}: Avro body does not decode with writer schema {schema_id}: {message}")]
-    Avro {
-        part: &'static str,
-        schema_id: u32,
-        message: String,
-    },
-    #[error("{part}: {source}")]
-    Event {
-        part: &'static str,
-        source: EventError,
-    },
-    #[error("{part}: {source}")]
-    Schema {
-        part: &'static str,
-        source: SchemaError,
-    },
-    #[error("message has no key")]
-    NoKey,
-}
-
-impl Classify for DecodeError {
-    fn class(&self) -> ErrorClass {
-        // a registry that is down holds the message back; anything else is this message's
-        // fault: it goes to the DLQ
-        match self {
-            DecodeError::Registry { source, .. } if source.is_transient() => ErrorClass::Transient,
-            _ => ErrorClass::Definite,
-        }
-    }
-}
-
-impl DecodeError {
-    /// A short class name for logs and DLQ headers.
-    pub fn class(&self) -> &'static str {
-        match self {
-            DecodeError::Wire { .. } | DecodeError::NoKey => class::WIRE_FORMAT,
-            DecodeError::Registry {
-                source: RegistryError::UnknownId(_),
-                ..
-            } => class::UNKNOWN_SCHEMA,
-            // a schema the registry holds but that is not usable Avro
-            DecodeError::Registry { .. } => class::NOT_AN_EVENT,
-            DecodeError::Avro { .. } => class::AVRO_DECODE,
-            DecodeError::Event { .. } | DecodeError::Schema { .. } => class::NOT_AN_EVENT,
-        }
-    }
-}
-
-/// A writer schema with the shape of the rows it describes, and the direct readers of this
-/// pipeline's own layouts (other layouts are decoded through apache-avro).
-pub struct WriterSchema {
-    pub id: u32,
-    pub schema: Arc<Schema>,
-    pub fields: Vec<FieldShape>,
-    envelope: Option<EnvelopeLayout>,
-    record: Option<RecordLayout>,
-}
-
-#[derive(Debug)]
-pub struct DecodedMessage {
-    /// The key in PostgreSQL's text form.
-    pub key: Vec<Option<String>>,
-    /// `None` for a tombstone.
-    pub event: Option<(TextEvent, u32)>,
-}
-
-pub struct Decoder {
+pub(crate) struct Decoder {
     registry: Arc<Registry>,
     shapes: FxHashMap<u32, Arc<WriterSchema>>,
 }
 
 impl Decoder {
-    pub fn new(registry: Arc<Registry>) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
         Self {
             registry,
             shapes: FxHashMap::default(),
         }
     }
 
-    pub async fn writer(
+    pub(crate) async fn writer(
         &mut self,
         id: u32,
         part: &'static str,
@@ -174,7 +95,7 @@ impl Decoder {
     }
 
     /// A key in text form, with its writer schema.
-    pub async fn key(
+    pub(crate) async fn key(
         &mut self,
         bytes: &[u8],
     ) -> Result<(Vec<Option<String>>, Arc<WriterSchema>), DecodeError> {
@@ -203,7 +124,7 @@ impl Decoder {
     }
 
     /// An event with its row in text form, with its writer schema.
-    pub async fn value(
+    pub(crate) async fn value(
         &mut self,
         bytes: &[u8],
     ) -> Result<(TextEvent, Arc<WriterSchema>), DecodeError> {

@@ -8,21 +8,22 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 use tunnel_shared::fault::Classify;
+use tunnel_shared::key::KeyText;
 use tunnel_shared::registry::RegistryError;
 use tunnel_shared::retry::Backoff;
 use tunnel_shared::rules::{self, CompiledRule, Rule};
 
-use crate::apply::{Entry, Item, KeyText};
-use crate::decode::{DecodeError, DecodedMessage, Decoder, WriterSchema};
-use crate::dlq::{class, Rejected};
+use crate::decode::Decoder;
+use crate::error::DecodeError;
+use crate::model::{class, DecodedMessage, Entry, Item, Rejected, WriterSchema};
 
 /// A message as consumed.
-pub struct Raw {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
+pub(crate) struct Raw {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
 }
 
 /// A decoded message with its key's and value's writer schemas.
@@ -31,7 +32,7 @@ type Decoded = (DecodedMessage, Arc<WriterSchema>, Option<Arc<WriterSchema>>);
 /// A table's rules compiled against one value schema, or why they do not fit it.
 type Compiled = Result<Arc<Vec<CompiledRule>>, String>;
 
-pub struct Intake {
+pub(crate) struct Intake {
     decoder: Decoder,
     /// The validation rules of each topic, and their compiled form per value schema id (or
     /// why they do not fit that schema).
@@ -42,7 +43,7 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn new(decoder: Decoder, rules: HashMap<Arc<str>, Vec<Rule>>) -> Self {
+    pub(crate) fn new(decoder: Decoder, rules: HashMap<Arc<str>, Vec<Rule>>) -> Self {
         Self {
             decoder,
             rules,
@@ -52,7 +53,7 @@ impl Intake {
     }
 
     /// Decodes and validates a message.
-    pub async fn take(&mut self, raw: Raw) -> Item {
+    pub(crate) async fn take(&mut self, raw: Raw) -> Item {
         match self.decode(raw).await {
             Item::Event(e) => self.validate(e),
             rejected => rejected,
@@ -64,24 +65,10 @@ impl Intake {
     async fn decode(&mut self, raw: Raw) -> Item {
         let mut backoff = Backoff::default();
         loop {
-            let result = self.decode_parts(&raw).await;
-            match result {
-                Ok((message, key_schema, value_schema)) => {
-                    return Item::Event(Entry {
-                        topic: raw.topic,
-                        partition: raw.partition,
-                        offset: raw.offset,
-                        message,
-                        key_schema,
-                        value_schema,
-                        key_bytes: raw.key,
-                        value_bytes: raw.value,
-                    })
-                }
+            match self.decode_parts(&raw).await {
+                Ok(decoded) => return Item::Event(entry(raw, decoded)),
                 Err((_, e)) if e.is_transient() => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "decoding needs the registry, retrying");
-                    tokio::time::sleep(delay).await;
+                    backoff.wait_after("decoding needs the registry", &e).await;
                 }
                 Err((
                     _,
@@ -93,21 +80,7 @@ impl Intake {
                     // a schema registered a moment ago may not be visible everywhere yet
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Err((key, e)) => {
-                    warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, class = e.class(), error = %e, "message cannot be decoded, it goes to the DLQ");
-                    return Item::Rejected(Rejected {
-                        topic: raw.topic,
-                        partition: raw.partition,
-                        offset: raw.offset,
-                        key_bytes: raw.key,
-                        value_bytes: raw.value,
-                        key,
-                        class: e.class(),
-                        reason: e.to_string(),
-                        rule: None,
-                        replay_of: None,
-                    });
-                }
+                Err((key, e)) => return Item::Rejected(undecodable(raw, key, &e)),
             }
         }
     }
@@ -167,5 +140,36 @@ impl Intake {
         let mut r = e.rejected(class::RULE, reason);
         r.rule = rule;
         Item::Rejected(r)
+    }
+}
+
+/// A decoded message as an entry.
+fn entry(raw: Raw, (message, key_schema, value_schema): Decoded) -> Entry {
+    Entry {
+        topic: raw.topic,
+        partition: raw.partition,
+        offset: raw.offset,
+        message,
+        key_schema,
+        value_schema,
+        key_bytes: raw.key,
+        value_bytes: raw.value,
+    }
+}
+
+/// A message that does not decode, on its way to the DLQ; `key` when it could be decoded.
+fn undecodable(raw: Raw, key: Option<KeyText>, e: &DecodeError) -> Rejected {
+    warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, class = e.dlq_class(), error = %e, "message cannot be decoded, it goes to the DLQ");
+    Rejected {
+        topic: raw.topic,
+        partition: raw.partition,
+        offset: raw.offset,
+        key_bytes: raw.key,
+        value_bytes: raw.value,
+        key,
+        class: e.dlq_class(),
+        reason: e.to_string(),
+        rule: None,
+        replay_of: None,
     }
 }

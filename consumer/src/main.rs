@@ -2,13 +2,19 @@
 //! database, exactly once per event.
 
 mod apply;
+mod collect;
 mod ddl;
 mod decode;
 mod dlq;
+mod error;
 mod intake;
+mod model;
+mod offsets;
 mod park;
+mod plan;
 mod rows;
 mod run;
+mod target;
 mod verify;
 
 /// Both binaries allocate a few small buffers per row; mimalloc makes that markedly cheaper than
@@ -119,7 +125,7 @@ struct Select {
     offsets: Option<(i64, i64)>,
     /// A key: its value, or a JSON array of its columns' values (`["a", "1"]`).
     #[arg(long, value_parser = dlq::select::parse_key)]
-    key: Option<apply::KeyText>,
+    key: Option<tunnel_shared::key::KeyText>,
 }
 
 impl Select {

@@ -10,14 +10,11 @@ use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio_postgres::Transaction;
-use tunnel_shared::pg::{qualified, PgError};
+use tunnel_shared::key::{from_json, to_json, KeyText};
+use tunnel_shared::pg::PgError;
 
-use crate::apply::KeyText;
-use tunnel_shared::key::{from_json, to_json};
-
-pub fn table(bookkeeping_schema: &str) -> String {
-    qualified(bookkeeping_schema, "parked_keys")
-}
+use crate::ddl::parked_table;
+use crate::model::ToPark;
 
 /// What one consumer knows of the parked keys of the partitions it applies, so that a batch
 /// does not read them again. An entry is current while the partition's offsets row shows what
@@ -26,7 +23,7 @@ pub fn table(bookkeeping_schema: &str) -> String {
 /// transaction). The offsets row is locked before the cache is consulted, so neither can change
 /// during the batch.
 #[derive(Default)]
-pub struct ParkedCache {
+pub(crate) struct ParkedCache {
     parts: FxHashMap<(Arc<str>, i32), Cached>,
     /// Keys in all entries: with none, a lookup costs nothing.
     parked: usize,
@@ -41,7 +38,7 @@ struct Cached {
 impl ParkedCache {
     /// Brings the entries of these partitions of `topic` up to date; `stored` holds each
     /// partition's `(next_offset, parked_generation)` as just locked.
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &mut self,
         tx: &Transaction<'_>,
         bk: &str,
@@ -64,7 +61,7 @@ impl ParkedCache {
             .query(
                 &format!(
                     "SELECT partition, key FROM {} WHERE topic = $1 AND partition = ANY($2)",
-                    table(bk)
+                    parked_table(bk)
                 ),
                 &[&topic.as_ref(), &stale],
             )
@@ -92,7 +89,7 @@ impl ParkedCache {
         Ok(())
     }
 
-    pub fn contains(&self, topic: &Arc<str>, partition: i32, key: &KeyText) -> bool {
+    pub(crate) fn contains(&self, topic: &Arc<str>, partition: i32, key: &KeyText) -> bool {
         self.parked > 0
             && self
                 .parts
@@ -101,7 +98,7 @@ impl ParkedCache {
     }
 
     /// After a commit: the partition's new offset, and the keys the batch parked.
-    pub fn committed(
+    pub(crate) fn committed(
         &mut self,
         topic: &Arc<str>,
         partition: i32,
@@ -117,11 +114,8 @@ impl ParkedCache {
     }
 }
 
-/// A key to park: its partition, the key, and how many DLQ entries it gains.
-pub type ToPark = (i32, KeyText, i32);
-
 /// Adds pending DLQ entries to keys, in one statement.
-pub async fn park(
+pub(crate) async fn park(
     tx: &Transaction<'_>,
     bk: &str,
     topic: &str,
@@ -138,7 +132,7 @@ pub async fn park(
             "INSERT INTO {} AS p (topic, partition, key, pending)
              SELECT $1, v.p, v.k, v.n FROM unnest($2::int4[], $3::text[], $4::int4[]) AS v(p, k, n)
              ON CONFLICT (topic, key) DO UPDATE SET pending = p.pending + EXCLUDED.pending",
-            table(bk)
+            parked_table(bk)
         ),
         &[&topic, &partitions, &texts, &counts],
     )
@@ -148,13 +142,13 @@ pub async fn park(
 }
 
 /// One of the key's DLQ entries was replayed: one fewer pending; free the key at zero.
-pub async fn release_one(
+pub(crate) async fn release_one(
     tx: &Transaction<'_>,
     bk: &str,
     topic: &str,
     key: &KeyText,
 ) -> Result<(), PgError> {
-    let t = table(bk);
+    let t = parked_table(bk);
     let key = to_json(key);
     tx.execute(
         &format!("UPDATE {t} SET pending = pending - 1 WHERE topic = $1 AND key = $2"),

@@ -1,16 +1,16 @@
 //! Writing rows into a replica table: bulk deletes and upserts (`unnest` of text arrays cast
-//! to the column types), and `COPY` for batches of inserts. A failure here is the whole call's:
-//! isolating the rows the target refuses is the caller's job (see `apply`).
+//! to the column types), and `COPY` for batches of inserts. [`write`] fails as a whole;
+//! [`write_isolating`] sets the rows the target refuses apart, so that the others still commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio_postgres::types::ToSql;
 use tunnel_shared::event::Op;
+use tunnel_shared::key::KeyText;
 use tunnel_shared::pg::{qualified, quote_ident, PgError};
 
-use crate::apply::{Entry, KeyText, TargetTable};
-use crate::decode::WriterSchema;
+use crate::model::{Entry, TargetTable, WriterSchema};
 
 /// Rows written with one value schema.
 struct UpsertGroup<'a> {
@@ -19,8 +19,74 @@ struct UpsertGroup<'a> {
     entries: Vec<&'a Entry>,
 }
 
+/// Writes `rows`, each set in a savepoint; when the target refuses a row, the set is rolled
+/// back and halved until the refused rows stand alone. Returns them with the target's reason.
+/// A batch with no bad row costs one savepoint; k bad rows in n cost about 2k·log2(n) writes.
+pub(crate) async fn write_isolating<'a>(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &TargetTable,
+    rows: Vec<(&'a KeyText, &'a Entry)>,
+) -> Result<Vec<(&'a Entry, String)>, PgError> {
+    let mut refused = Vec::new();
+    let mut stack = vec![rows];
+    while let Some(set) = stack.pop() {
+        if set.is_empty() {
+            continue;
+        }
+        tx.batch_execute("SAVEPOINT tunnel_rows")
+            .await
+            .map_err(PgError::query("setting a savepoint"))?;
+        match write(tx, target, &set).await {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT tunnel_rows")
+                    .await
+                    .map_err(PgError::query("releasing a savepoint"))?;
+            }
+            Err(e) if is_row_rejection(&e) => {
+                tx.batch_execute(
+                    "ROLLBACK TO SAVEPOINT tunnel_rows; RELEASE SAVEPOINT tunnel_rows",
+                )
+                .await
+                .map_err(PgError::query("rolling back to a savepoint"))?;
+                if set.len() == 1 {
+                    refused.push((set[0].1, rejection_reason(&e)));
+                } else {
+                    let mut set = set;
+                    let second = set.split_off(set.len() / 2);
+                    stack.push(second);
+                    stack.push(set);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
+}
+
+/// Whether the target refused a row for what it holds (SQLSTATE class 22, data exception:
+/// overflow, value too long, bad format; class 23, integrity constraint violation), rather
+/// than for a reason that concerns the whole batch.
+fn is_row_rejection(e: &PgError) -> bool {
+    e.sqlstate()
+        .is_some_and(|s| s.starts_with("22") || s.starts_with("23"))
+}
+
+/// The target's own words for a refused row: its message and detail.
+fn rejection_reason(e: &PgError) -> String {
+    match e {
+        PgError::Query { source, .. } => match source.as_db_error() {
+            Some(db) => match db.detail() {
+                Some(d) => format!("{} ({}): {d}", db.message(), db.code().code()),
+                None => format!("{} ({})", db.message(), db.code().code()),
+            },
+            None => e.to_string(),
+        },
+        _ => e.to_string(),
+    }
+}
+
 /// Deletes and upserts `rows` (the latest event of each key) in `target`.
-pub async fn write(
+async fn write(
     tx: &tokio_postgres::Transaction<'_>,
     target: &TargetTable,
     rows: &[(&KeyText, &Entry)],
@@ -51,84 +117,113 @@ pub async fn write(
         }
     }
     for (key_schema, keys) in deletes.values() {
-        let shapes = &key_schema.fields;
-        let mut columns: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(keys.len()); shapes.len()];
-        for k in keys {
-            for (i, v) in k.iter().enumerate() {
-                columns[i].push(v.clone());
-            }
-        }
-        let key_cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
-        let sql = format!(
-            "DELETE FROM {table} WHERE ({}) IN ({})",
-            key_cols.join(", "),
-            unnest_select(shapes)
-        );
-        execute_columns(tx, &sql, &columns, || {
-            format!("deleting from {}.{}", target.schema, target.name)
-        })
-        .await?;
+        delete(tx, target, &table, key_schema, keys).await?;
     }
-    for UpsertGroup {
-        value_schema,
-        key_schema,
-        entries,
-    } in upserts.values()
-    {
+    for group in upserts.values() {
+        let UpsertGroup {
+            value_schema,
+            entries,
+            ..
+        } = group;
         if entries.iter().all(|e| is_insert(e))
             && copy_in(tx, &table, &value_schema.fields, entries).await?
         {
             continue;
         }
-        let shapes = &value_schema.fields;
-        let mut columns: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(entries.len()); shapes.len()];
-        for e in entries {
-            let Some((ev, _)) = &e.message.event else {
-                continue;
-            };
-            let Some(after) = &ev.after else { continue };
-            for (column, t) in columns.iter_mut().zip(after) {
-                column.push(t.clone());
-            }
-        }
-        let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
-        let key_cols: Vec<String> = key_schema
-            .fields
-            .iter()
-            .map(|s| quote_ident(&s.column))
-            .collect();
-        let non_key: Vec<&String> = cols.iter().filter(|c| !key_cols.contains(c)).collect();
-        let on_conflict = if non_key.is_empty() {
-            format!("ON CONFLICT ({}) DO NOTHING", key_cols.join(", "))
-        } else {
-            let set: Vec<String> = non_key
-                .iter()
-                .map(|c| format!("{c} = EXCLUDED.{c}"))
-                .collect();
-            let mine: Vec<String> = non_key.iter().map(|c| format!("t.{c}")).collect();
-            let theirs: Vec<String> = non_key.iter().map(|c| format!("EXCLUDED.{c}")).collect();
-            // compared as text: some types (json, point, ...) have no equality operator
-            format!(
-                "ON CONFLICT ({}) DO UPDATE SET {} WHERE ROW({})::text IS DISTINCT FROM ROW({})::text",
-                key_cols.join(", "),
-                set.join(", "),
-                mine.join(", "),
-                theirs.join(", ")
-            )
-        };
-        let sql = format!(
-            "INSERT INTO {table} AS t ({}) {} {on_conflict}",
-            cols.join(", "),
-            unnest_select(shapes)
-        );
-        execute_columns(tx, &sql, &columns, || {
-            format!("upserting into {}.{}", target.schema, target.name)
-        })
-        .await?;
+        upsert(tx, target, &table, group).await?;
     }
     Ok(())
+}
+
+/// Deletes the rows of `keys` (of one key schema) from `table`.
+async fn delete(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &TargetTable,
+    table: &str,
+    key_schema: &WriterSchema,
+    keys: &[&KeyText],
+) -> Result<(), PgError> {
+    let shapes = &key_schema.fields;
+    let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); shapes.len()];
+    for k in keys {
+        for (i, v) in k.iter().enumerate() {
+            columns[i].push(v.clone());
+        }
+    }
+    let key_cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
+    let sql = format!(
+        "DELETE FROM {table} WHERE ({}) IN ({})",
+        key_cols.join(", "),
+        unnest_select(shapes)
+    );
+    execute_columns(tx, &sql, &columns, || {
+        format!("deleting from {}.{}", target.schema, target.name)
+    })
+    .await?;
+    Ok(())
+}
+
+/// Inserts the rows of `group` into `table`, updating those whose key exists (when they
+/// differ).
+async fn upsert(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &TargetTable,
+    table: &str,
+    group: &UpsertGroup<'_>,
+) -> Result<(), PgError> {
+    let shapes = &group.value_schema.fields;
+    let mut columns: Vec<Vec<Option<String>>> =
+        vec![Vec::with_capacity(group.entries.len()); shapes.len()];
+    for e in &group.entries {
+        let Some((ev, _)) = &e.message.event else {
+            continue;
+        };
+        let Some(after) = &ev.after else { continue };
+        for (column, t) in columns.iter_mut().zip(after) {
+            column.push(t.clone());
+        }
+    }
+    let sql = upsert_sql(table, shapes, &group.key_schema.fields);
+    execute_columns(tx, &sql, &columns, || {
+        format!("upserting into {}.{}", target.schema, target.name)
+    })
+    .await?;
+    Ok(())
+}
+
+/// `INSERT ... ON CONFLICT` of rows of `shapes` keyed by `key`: a row that exists is updated
+/// only when it differs.
+fn upsert_sql(
+    table: &str,
+    shapes: &[tunnel_shared::schema::FieldShape],
+    key: &[tunnel_shared::schema::FieldShape],
+) -> String {
+    let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
+    let key_cols: Vec<String> = key.iter().map(|s| quote_ident(&s.column)).collect();
+    let non_key: Vec<&String> = cols.iter().filter(|c| !key_cols.contains(c)).collect();
+    let on_conflict = if non_key.is_empty() {
+        format!("ON CONFLICT ({}) DO NOTHING", key_cols.join(", "))
+    } else {
+        let set: Vec<String> = non_key
+            .iter()
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        let mine: Vec<String> = non_key.iter().map(|c| format!("t.{c}")).collect();
+        let theirs: Vec<String> = non_key.iter().map(|c| format!("EXCLUDED.{c}")).collect();
+        // compared as text: some types (json, point, ...) have no equality operator
+        format!(
+            "ON CONFLICT ({}) DO UPDATE SET {} WHERE ROW({})::text IS DISTINCT FROM ROW({})::text",
+            key_cols.join(", "),
+            set.join(", "),
+            mine.join(", "),
+            theirs.join(", ")
+        )
+    };
+    format!(
+        "INSERT INTO {table} AS t ({}) {} {on_conflict}",
+        cols.join(", "),
+        unnest_select(shapes)
+    )
 }
 
 /// Runs `sql` with one text-array parameter per column (see [`unnest_select`]).
@@ -315,6 +410,25 @@ mod tests {
         out.push(b'|');
         copy_text(&mut out, None);
         assert_eq!(String::from_utf8(out).unwrap(), "a\\tb\\\\c\\nd\\re|\\N");
+    }
+
+    #[test]
+    fn an_upsert_updates_only_rows_that_differ_and_a_key_only_table_does_nothing() {
+        let f = |c: &str| tunnel_shared::schema::FieldShape {
+            field: c.into(),
+            column: c.into(),
+            pg_type: "text".into(),
+            nullable: true,
+            scale: None,
+        };
+        let (id, name) = (f("id"), f("name"));
+        let sql = upsert_sql("t", &[id.clone(), name], std::slice::from_ref(&id));
+        assert!(
+            sql.contains(r#"ON CONFLICT ("id") DO UPDATE SET "name" = EXCLUDED."name" WHERE"#),
+            "{sql}"
+        );
+        let sql = upsert_sql("t", std::slice::from_ref(&id), std::slice::from_ref(&id));
+        assert!(sql.ends_with(r#"ON CONFLICT ("id") DO NOTHING"#), "{sql}");
     }
 
     #[test]

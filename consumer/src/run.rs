@@ -7,54 +7,37 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{Message, Offset, TopicPartitionList};
-use rustc_hash::FxHashMap;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
-use tracing::{debug, info, warn};
-use tunnel_shared::config::Config;
+use tracing::info;
+use tunnel_shared::config::{Config, KafkaConfig};
 use tunnel_shared::fault::Classify;
-use tunnel_shared::kafka::{self, TopicError, TABLE_TOPIC_CONFIGS};
+use tunnel_shared::kafka::{self, TABLE_TOPIC_CONFIGS};
 use tunnel_shared::pg::{self, PgError, Session};
-use tunnel_shared::registry::{Registry, RegistryError};
+use tunnel_shared::registry::Registry;
 use tunnel_shared::retry::{retry, Backoff};
-
 use tunnel_shared::rules::{self, Rule};
 use tunnel_shared::schema;
 
-use crate::apply::{self, ApplyError, Item, TargetTable};
+use crate::apply;
+use crate::collect::{Collector, Done, GroupContext};
+use crate::ddl;
 use crate::decode::Decoder;
-use crate::dlq::{self, DlqWriter};
-use crate::intake::{Intake, Raw};
-use crate::{ddl, park};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Pg(#[from] PgError),
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    #[error(transparent)]
-    Topic(#[from] TopicError),
-    #[error("kafka consumer: {0}")]
-    Kafka(#[from] KafkaError),
-    #[error("config: {0}")]
-    Rules(String),
-    #[error("the collecting task ended abnormally: {0}")]
-    Collector(String),
-    #[error(transparent)]
-    Dlq(#[from] dlq::writer::DlqError),
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-}
+use crate::dlq::writer::{DlqWriter, DLQ_TOPIC_CONFIGS};
+use crate::error::{ApplyError, RunError};
+use crate::intake::Intake;
+use crate::model::{dlq_topic, Applied, Item, TargetTable};
+use crate::park::ParkedCache;
+use crate::target::BatchTransaction;
 
 const SETUP_ATTEMPTS: u32 = 20;
 
-pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result<(), RunError> {
+pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Result<(), RunError> {
     let registry = Arc::new(Registry::new(&config.registry.url)?);
-    let decoder = Decoder::new(registry.clone());
     let session = Session {
         application_name: format!("{}-consumer", config.source.application_name),
         statement_timeout: Duration::from_millis(config.target.statement_timeout_ms),
@@ -62,115 +45,129 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
         read_only: false,
         canonical_text: false,
     };
-    let client = retry("connecting to the target", SETUP_ATTEMPTS, || {
-        pg::connect(&config.target.url, &session)
-    })
-    .await?;
-    let bk = config.target.bookkeeping_schema.clone();
+    let client = connect(&config.target.url, &session).await?;
+    let bk = &config.target.bookkeeping_schema;
     retry("creating the bookkeeping table", SETUP_ATTEMPTS, || async {
         let mut c = pg::connect(&config.target.url, &session).await?;
-        ddl::ensure_bookkeeping(&mut c, &bk).await
+        ddl::ensure_bookkeeping(&mut c, bk).await
     })
     .await?;
-    let mut targets: HashMap<Arc<str>, TargetTable> = HashMap::new();
-    let mut rules_of: HashMap<Arc<str>, Vec<Rule>> = HashMap::new();
     let admin = kafka::admin(&config.kafka)?;
-    let dlq_writer = DlqWriter::new(&config.kafka)?;
+    let dlq = DlqWriter::new(&config.kafka)?;
+    let tables = prepare_tables(&config, &registry, &admin).await?;
+    let group = config.kafka.consumer_group.clone();
+    let consumer: StreamConsumer<GroupContext> =
+        kafka::consumer_config(&config.kafka, &group).create_with_context(GroupContext)?;
+    let topics: Vec<Arc<str>> = tables.targets.keys().cloned().collect();
+    let names: Vec<&str> = topics.iter().map(|t| t.as_ref()).collect();
+    consumer.subscribe(&names)?;
+    info!(group = %group, topics = ?names, "consuming");
+
+    let lookup = connect(&config.target.url, &session).await?;
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+    let intake = Intake::new(Decoder::new(registry), tables.rules);
+    let collector = Collector::new(consumer, intake, lookup, &config, topics, done_rx);
+    let applier = Applier {
+        client,
+        config: config.clone(),
+        session,
+        group,
+        targets: tables.targets,
+        ready: HashSet::new(),
+        dlq,
+        parked: ParkedCache::default(),
+    };
+    // the collector runs on a task of its own, one batch ahead: decoding the next batch uses
+    // the other core while this one is applied (within one task they would only take turns)
+    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Item>>(1);
+    let collecting = tokio::spawn(collector.run(stop, batch_tx));
+    apply_batches(applier, batch_rx, collecting, done_tx).await?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn connect(url: &str, session: &Session) -> Result<Client, PgError> {
+    retry("connecting to the target", SETUP_ATTEMPTS, || {
+        pg::connect(url, session)
+    })
+    .await
+}
+
+/// Per topic: the table its rows go to, and the rules they must pass.
+#[derive(Default)]
+struct Tables {
+    targets: HashMap<Arc<str>, TargetTable>,
+    rules: HashMap<Arc<str>, Vec<Rule>>,
+}
+
+/// Creates the topics of the configured tables and their DLQs, and checks the tables' rules.
+async fn prepare_tables(
+    config: &Config,
+    registry: &Registry,
+    admin: &AdminClient<DefaultClientContext>,
+) -> Result<Tables, RunError> {
+    let mut tables = Tables::default();
     for t in &config.tables {
         let topic = config.topic(t);
-        let k = &config.kafka;
-        retry("creating the table's topic", SETUP_ATTEMPTS, || {
-            kafka::ensure_topic(
-                &admin,
-                &topic,
-                k.partitions,
-                k.replication_factor,
-                TABLE_TOPIC_CONFIGS,
-            )
-        })
-        .await?;
-        let dlq_topic = dlq::topic_of(&topic);
-        retry("creating the table's DLQ topic", SETUP_ATTEMPTS, || {
-            kafka::ensure_topic(
-                &admin,
-                &dlq_topic,
-                k.partitions,
-                k.replication_factor,
-                dlq::writer::DLQ_TOPIC_CONFIGS,
-            )
-        })
-        .await?;
+        ensure_topics(admin, &config.kafka, &topic).await?;
         let table_rules = t
             .parsed_rules()
             .map_err(|e| RunError::Rules(format!("table {}: {e}", t.qualified())))?;
-        check_rules_at_start(&registry, &topic, &t.qualified(), &table_rules).await?;
-        rules_of.insert(Arc::from(topic.as_str()), table_rules);
-        targets.insert(
-            Arc::from(topic.as_str()),
+        check_rules_at_start(registry, &topic, &t.qualified(), &table_rules).await?;
+        let topic: Arc<str> = Arc::from(topic.as_str());
+        tables.rules.insert(topic.clone(), table_rules);
+        tables.targets.insert(
+            topic,
             TargetTable {
                 schema: t.target_schema().to_string(),
                 name: t.target_name().to_string(),
             },
         );
     }
-    let group = config.kafka.consumer_group.clone();
-    let consumer: StreamConsumer<GroupContext> =
-        kafka::consumer_config(&config.kafka, &group).create_with_context(GroupContext)?;
-    let topics: Vec<&str> = targets.keys().map(|t| t.as_ref()).collect();
-    consumer.subscribe(&topics)?;
-    info!(group = %group, topics = ?topics, "consuming");
+    Ok(tables)
+}
 
-    let lookup = retry("connecting to the target", SETUP_ATTEMPTS, || {
-        pg::connect(&config.target.url, &session)
-    })
-    .await?;
-    // applied batches come back to be freed where they were allocated: mimalloc frees from
-    // another thread lazily, and the pages of a batch freed elsewhere are not reused at once
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<(apply::Applied, Vec<Item>)>();
-    let mut collector = Collector {
-        consumer,
-        intake: Intake::new(decoder, rules_of),
-        lookup,
-        bk: bk.clone(),
-        topics: targets.keys().cloned().collect(),
-        known: FxHashMap::default(),
-        max: config.consumer.batch_max_events,
-        wait: Duration::from_millis(config.consumer.batch_max_wait_ms),
-        done: done_rx,
-    };
-    let mut applier = Applier {
-        client,
-        config: config.clone(),
-        session,
-        group,
-        targets,
-        ready: HashSet::new(),
-        dlq: dlq_writer,
-        parked: park::ParkedCache::default(),
-    };
-    // the collector runs on a task of its own, one batch ahead: decoding the next batch uses
-    // the other core while this one is applied (within one task they would only take turns)
-    let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<Item>>(1);
-    let mut collecting = tokio::spawn(async move {
-        loop {
-            collector.settle();
-            match collector.next_batch(&mut stop).await? {
-                Some(items) => {
-                    if batch_tx.send(items).await.is_err() {
-                        return Ok::<_, RunError>(());
-                    }
-                }
-                None => return Ok(()),
-            }
-        }
-    });
+/// Creates a table's topic and its DLQ topic if they do not exist.
+async fn ensure_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    k: &KafkaConfig,
+    topic: &str,
+) -> Result<(), RunError> {
+    for (what, name, configs) in [
+        (
+            "creating the table's topic",
+            topic.to_string(),
+            TABLE_TOPIC_CONFIGS,
+        ),
+        (
+            "creating the table's DLQ topic",
+            dlq_topic(topic),
+            DLQ_TOPIC_CONFIGS,
+        ),
+    ] {
+        retry(what, SETUP_ATTEMPTS, || {
+            kafka::ensure_topic(admin, &name, k.partitions, k.replication_factor, configs)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Applies the collector's batches until it stops (or fails), handing every committed batch
+/// back through `done`.
+async fn apply_batches(
+    mut applier: Applier,
+    mut batches: mpsc::Receiver<Vec<Item>>,
+    mut collecting: JoinHandle<Result<(), RunError>>,
+    done: mpsc::UnboundedSender<Done>,
+) -> Result<(), RunError> {
     loop {
         tokio::select! {
-            items = batch_rx.recv() => {
-                let Some(items) = items else { break };
+            items = batches.recv() => {
+                let Some(items) = items else { return Ok(()) };
                 match applier.apply(&items).await {
                     Ok(applied) => {
-                        let _ = done_tx.send((applied, items));
+                        let _ = done.send((applied, items));
                     }
                     Err(e) => {
                         collecting.abort();
@@ -179,194 +176,13 @@ pub async fn run(config: Arc<Config>, mut stop: watch::Receiver<bool>) -> Result
                 }
             }
             // the collector failed (or stopped) with no batch on its way
-            ended = &mut collecting, if batch_rx.is_empty() => {
-                match ended {
-                    Ok(Ok(())) => break,
-                    Ok(Err(e)) => return Err(e),
-                    Err(e) => return Err(RunError::Collector(e.to_string())),
-                }
+            ended = &mut collecting, if batches.is_empty() => {
+                return match ended {
+                    Ok(result) => result,
+                    Err(e) => Err(RunError::Collector(e.to_string())),
+                };
             }
         }
-    }
-    info!("stopped");
-    Ok(())
-}
-
-/// Logs the group's rebalances. Nothing has to be handed over by hand: a partition's offsets
-/// live in the target and are locked by the transaction that applies it, so a new owner that
-/// starts while the old one still applies a batch waits for that batch, then skips what it
-/// applied.
-struct GroupContext;
-
-impl rdkafka::ClientContext for GroupContext {}
-
-impl rdkafka::consumer::ConsumerContext for GroupContext {
-    fn post_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &rdkafka::consumer::Rebalance<'_>,
-    ) {
-        use rdkafka::consumer::Rebalance;
-        let describe = |tpl: &TopicPartitionList| {
-            tpl.elements()
-                .iter()
-                .map(|e| format!("{}[{}]", e.topic(), e.partition()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                info!(partitions = %describe(tpl), "partitions assigned")
-            }
-            Rebalance::Revoke(tpl) => {
-                info!(partitions = %describe(tpl), "partitions revoked")
-            }
-            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
-        }
-    }
-}
-
-/// Polls, filters and decodes batches.
-struct Collector {
-    consumer: StreamConsumer<GroupContext>,
-    intake: Intake,
-    /// A connection of its own for offset look-ups, so that they can run during an apply.
-    lookup: Client,
-    bk: String,
-    topics: Vec<Arc<str>>,
-    /// The next offset the target needs, per partition, as far as this process knows.
-    known: FxHashMap<(Arc<str>, i32), i64>,
-    max: usize,
-    wait: Duration,
-    /// Batches the applier has committed, with what it made of them.
-    done: mpsc::UnboundedReceiver<(apply::Applied, Vec<Item>)>,
-}
-
-impl Collector {
-    /// The next batch: the first message, then whatever arrives within `wait`, up to `max`,
-    /// without what the target already has. `None` when asked to stop.
-    async fn next_batch(
-        &mut self,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Vec<Item>>, RunError> {
-        let mut backoff = Backoff::default();
-        loop {
-            if *stop.borrow() {
-                return Ok(None);
-            }
-            let first = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = stop.changed() => return Ok(None),
-            };
-            let mut batch: Vec<Raw> = Vec::new();
-            match first {
-                Ok(m) => batch.push(self.owned(&m)),
-                Err(e) => {
-                    warn!(error = %e, "kafka consumer error");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
-                }
-            }
-            // one timer for the whole batch, looked at only when no message is ready
-            let deadline = tokio::time::sleep(self.wait);
-            tokio::pin!(deadline);
-            while batch.len() < self.max {
-                tokio::select! {
-                    biased;
-                    m = self.consumer.recv() => match m {
-                        Ok(m) => {
-                            batch.push(self.owned(&m));
-                            if batch.len().is_multiple_of(1024) {
-                                self.settle();
-                            }
-                        }
-                        Err(e) => warn!(error = %e, "kafka consumer error"),
-                    },
-                    _ = &mut deadline => break,
-                }
-            }
-            let entries = self.filter_and_decode(batch).await?;
-            if !entries.is_empty() {
-                return Ok(Some(entries));
-            }
-        }
-    }
-
-    fn owned(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Raw {
-        Raw {
-            topic: self
-                .topics
-                .iter()
-                .find(|t| t.as_ref() == m.topic())
-                .cloned()
-                .unwrap_or_else(|| Arc::from(m.topic())),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
-        }
-    }
-
-    /// Skips what the target already has, seeking past it on a partition seen for the first
-    /// time, and decodes the rest.
-    async fn filter_and_decode(&mut self, batch: Vec<Raw>) -> Result<Vec<Item>, RunError> {
-        let mut entries = Vec::with_capacity(batch.len());
-        for raw in batch {
-            let tp = (raw.topic.clone(), raw.partition);
-            let known = match self.known.get(&tp) {
-                Some(&next) => next,
-                None => {
-                    let stored =
-                        stored_offset(&self.lookup, &self.bk, &raw.topic, raw.partition).await?;
-                    self.known.insert(tp, stored);
-                    if raw.offset + 1 < stored {
-                        info!(topic = %raw.topic, partition = raw.partition, offset = stored, "seeking to the offset stored in the target");
-                        if let Err(e) = self.consumer.seek(
-                            &raw.topic,
-                            raw.partition,
-                            Offset::Offset(stored),
-                            Duration::from_secs(5),
-                        ) {
-                            debug!(error = %e, "seek failed; already-applied events are skipped instead");
-                        }
-                    }
-                    stored
-                }
-            };
-            if raw.offset < known {
-                continue;
-            }
-            entries.push(self.intake.take(raw).await);
-        }
-        Ok(entries)
-    }
-
-    /// Takes in the batches the applier has committed since last asked, and frees them.
-    fn settle(&mut self) {
-        while let Ok((applied, items)) = self.done.try_recv() {
-            self.applied(&applied);
-            drop(items);
-        }
-    }
-
-    /// After a batch committed in the target: remember its offsets, and tell Kafka too, so
-    /// that the usual tools show the group's lag.
-    fn applied(&mut self, applied: &apply::Applied) {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, next) in &applied.next_offsets {
-            self.known.insert((topic.clone(), *partition), *next);
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
-        }
-        if tpl.count() > 0 {
-            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-                debug!(error = %e, "committing offsets to kafka failed (the target holds the real ones)");
-            }
-        }
-        debug!(
-            events = applied.events,
-            skipped = applied.already_applied,
-            "applied a batch"
-        );
     }
 }
 
@@ -380,11 +196,51 @@ struct Applier {
     targets: HashMap<Arc<str>, TargetTable>,
     ready: HashSet<Arc<str>>,
     dlq: DlqWriter,
-    parked: park::ParkedCache,
+    parked: ParkedCache,
 }
 
 impl Applier {
-    async fn apply(&mut self, items: &[Item]) -> Result<apply::Applied, RunError> {
+    async fn apply(&mut self, items: &[Item]) -> Result<Applied, RunError> {
+        self.ensure_tables(items).await?;
+        let usable: HashMap<Arc<str>, TargetTable> = self
+            .targets
+            .iter()
+            .filter(|(t, _)| self.ready.contains(*t))
+            .map(|(t, v)| (t.clone(), v.clone()))
+            .collect();
+        let mut backoff = Backoff::default();
+        loop {
+            match self.apply_once(&usable, items).await {
+                Ok(a) => return Ok(a),
+                Err(e) if e.is_transient() => {
+                    backoff.wait_after("applying a batch", &e).await;
+                    if self.client.is_closed() {
+                        let (url, session) = (&self.config.target.url, &self.session);
+                        self.client = retry("reconnecting to the target", u32::MAX, || {
+                            pg::connect(url, session)
+                        })
+                        .await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// One attempt at applying `items`, in one transaction.
+    async fn apply_once(
+        &mut self,
+        tables: &HashMap<Arc<str>, TargetTable>,
+        items: &[Item],
+    ) -> Result<Applied, ApplyError> {
+        let bk = &self.config.target.bookkeeping_schema;
+        let tx = BatchTransaction::begin(&mut self.client, bk, &self.group).await?;
+        apply::apply_batch(tx, &mut self.dlq, tables, items, &mut self.parked).await
+    }
+
+    /// Creates the target tables of the batch's topics not created yet, from the schemas of
+    /// their first event with a value.
+    async fn ensure_tables(&mut self, items: &[Item]) -> Result<(), RunError> {
         for e in items.iter().filter_map(|i| match i {
             Item::Event(e) => Some(e),
             Item::Rejected(_) => None,
@@ -405,62 +261,8 @@ impl Applier {
             info!(table = %format!("{}.{}", target.schema, target.name), "target table ready");
             self.ready.insert(e.topic.clone());
         }
-        let usable: HashMap<Arc<str>, TargetTable> = self
-            .targets
-            .iter()
-            .filter(|(t, _)| self.ready.contains(*t))
-            .map(|(t, v)| (t.clone(), v.clone()))
-            .collect();
-        let bk = &self.config.target.bookkeeping_schema;
-        let mut backoff = Backoff::default();
-        loop {
-            match apply::apply_batch(
-                &mut self.client,
-                bk,
-                &self.group,
-                &usable,
-                items,
-                &mut self.dlq,
-                &mut self.parked,
-            )
-            .await
-            {
-                Ok(a) => return Ok(a),
-                Err(e) if e.is_transient() => {
-                    let delay = backoff.next_delay();
-                    warn!(error = %e, delay_ms = delay.as_millis() as u64, "apply failed, retrying the batch");
-                    tokio::time::sleep(delay).await;
-                    if self.client.is_closed() {
-                        let (url, session) = (&self.config.target.url, &self.session);
-                        self.client = retry("reconnecting to the target", u32::MAX, || {
-                            pg::connect(url, session)
-                        })
-                        .await?;
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Ok(())
     }
-}
-
-async fn stored_offset(
-    client: &Client,
-    bk: &str,
-    topic: &str,
-    partition: i32,
-) -> Result<i64, PgError> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT next_offset FROM {} WHERE topic = $1 AND partition = $2",
-                ddl::offsets_table(bk)
-            ),
-            &[&topic, &partition],
-        )
-        .await
-        .map_err(PgError::query("reading stored offsets"))?;
-    Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
 }
 
 /// Checks the rules against the latest value schema registered for the topic, so that a rule on

@@ -7,34 +7,22 @@
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tunnel_shared::catalog::{self, CatalogError};
+use tunnel_shared::catalog;
 use tunnel_shared::config::{Config, TableConfig};
 use tunnel_shared::kafka;
-use tunnel_shared::pg::{self, qualified, PgError, Session};
+use tunnel_shared::pg::{self, qualified, Session};
 use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
 
-#[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
-    #[error(transparent)]
-    Pg(#[from] PgError),
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    #[error("no table {0} in the config")]
-    NoSuchTable(String),
-    #[error("table {table}: the replica {target} does not exist in the target")]
-    NoReplica { table: String, target: String },
-    #[error("asking the producer for a repair: {0}")]
-    Repair(#[from] rdkafka::error::KafkaError),
-}
+use crate::error::VerifyError;
 
-pub struct Options {
-    pub table: Option<String>,
-    pub show: usize,
-    pub repair: bool,
+pub(crate) struct Options {
+    pub(crate) table: Option<String>,
+    pub(crate) show: usize,
+    pub(crate) repair: bool,
 }
 
 /// Verifies the configured tables; `Ok(true)` when every one is identical to its replica.
-pub async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyError> {
+pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyError> {
     let tables: Vec<&TableConfig> = config
         .tables
         .iter()

@@ -9,11 +9,13 @@ use tunnel_shared::registry::Registry;
 use tunnel_shared::wire;
 
 use super::read;
+use super::scope::Scope;
 use super::select::Filter;
-use super::{header, DlqCliError, Scope};
+use crate::error::DlqCliError;
+use crate::model::header;
 
 /// Prints, per table, the pending entries counted by reason, and how many were replayed.
-pub async fn list(config: &Config, table: Option<&str>) -> Result<(), DlqCliError> {
+pub(crate) async fn list(config: &Config, table: Option<&str>) -> Result<(), DlqCliError> {
     let scope = Scope::open(config, table).await?;
     for t in &scope.tables {
         let entries = read::read_all(&config.kafka, &t.dlq_topic)?;
@@ -38,18 +40,18 @@ pub async fn list(config: &Config, table: Option<&str>) -> Result<(), DlqCliErro
     Ok(())
 }
 
-pub struct ShowOptions {
-    pub table: Option<String>,
-    pub filter: Filter,
+pub(crate) struct ShowOptions {
+    pub(crate) table: Option<String>,
+    pub(crate) filter: Filter,
     /// Resolved entries too.
-    pub all: bool,
-    pub limit: usize,
+    pub(crate) all: bool,
+    pub(crate) limit: usize,
 }
 
 /// Prints the chosen entries as JSON, one object per entry: position, status, headers, and the
 /// key and value decoded with their writer schemas (or the bytes in hex when they do not
 /// decode, with the reason).
-pub async fn show(config: &Config, opts: &ShowOptions) -> Result<(), DlqCliError> {
+pub(crate) async fn show(config: &Config, opts: &ShowOptions) -> Result<(), DlqCliError> {
     let scope = Scope::open(config, opts.table.as_deref()).await?;
     let registry = Registry::new(&config.registry.url)?;
     let mut shown = 0;

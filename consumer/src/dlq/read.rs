@@ -8,58 +8,58 @@ use rdkafka::message::{Headers, Message};
 use tokio_postgres::Client;
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::kafka;
+use tunnel_shared::key::KeyText;
 use tunnel_shared::pg::PgError;
 
-use super::header;
-use crate::apply::KeyText;
 use crate::ddl;
+use crate::model::header;
 
 /// One DLQ entry as stored in Kafka.
 #[derive(Debug, Clone)]
-pub struct DlqEntry {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    pub headers: BTreeMap<String, String>,
+pub(crate) struct DlqEntry {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) headers: BTreeMap<String, String>,
 }
 
 impl DlqEntry {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
     }
-    pub fn class(&self) -> &str {
+    pub(crate) fn class(&self) -> &str {
         self.header(header::CLASS).unwrap_or("unknown")
     }
-    pub fn rule(&self) -> Option<&str> {
+    pub(crate) fn rule(&self) -> Option<&str> {
         self.header(header::RULE)
     }
     /// The decoded key recorded by the consumer, if it could decode it.
-    pub fn key_text(&self) -> Option<KeyText> {
+    pub(crate) fn key_text(&self) -> Option<KeyText> {
         tunnel_shared::key::from_json(self.header(header::KEY)?)
     }
-    pub fn source_partition(&self) -> Option<i32> {
+    pub(crate) fn source_partition(&self) -> Option<i32> {
         self.header(header::SOURCE_PARTITION)?.parse().ok()
     }
-    pub fn source_offset(&self) -> Option<i64> {
+    pub(crate) fn source_offset(&self) -> Option<i64> {
         self.header(header::SOURCE_OFFSET)?.parse().ok()
     }
     /// `rule <name>` for a rule violation, else the class: what `dlq list` counts by.
-    pub fn reason_group(&self) -> String {
+    pub(crate) fn reason_group(&self) -> String {
         match self.rule() {
             Some(r) => format!("rule '{r}'"),
             None => self.class().to_string(),
         }
     }
     /// `topic/partition/offset`: how a replayed entry names the one it replaces.
-    pub fn position(&self, dlq_topic: &str) -> String {
+    pub(crate) fn position(&self, dlq_topic: &str) -> String {
         format!("{dlq_topic}/{}/{}", self.partition, self.offset)
     }
 }
 
 /// Every entry of a DLQ topic, in partition and offset order. A topic that does not exist has
 /// no entries.
-pub fn read_all(
+pub(crate) fn read_all(
     kafka_config: &KafkaConfig,
     dlq_topic: &str,
 ) -> Result<Vec<DlqEntry>, rdkafka::error::KafkaError> {
@@ -86,7 +86,7 @@ pub fn read_all(
 }
 
 /// The entries of `dlq_topic` a replay has resolved, and how (`applied`, `requeued`).
-pub async fn resolved(
+pub(crate) async fn resolved(
     client: &Client,
     bk: &str,
     dlq_topic: &str,

@@ -8,205 +8,92 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use tokio_postgres::{Client, Transaction};
 use tunnel_shared::config::Config;
+use tunnel_shared::key::KeyText;
 use tunnel_shared::pg::PgError;
 use tunnel_shared::registry::Registry;
 
 use super::read::{self, DlqEntry};
+use super::scope::{Scope, ScopeTable};
 use super::select::Filter;
-use super::{class, DlqCliError, DlqWriter, Rejected, Scope};
-use crate::apply::{self, Item, KeyText, TargetTable};
+use super::writer::DlqWriter;
 use crate::decode::Decoder;
+use crate::error::DlqCliError;
 use crate::intake::{Intake, Raw};
-use crate::{ddl, park};
+use crate::model::{class, Entry, Item, Rejected, TargetTable};
+use crate::{ddl, offsets, park, rows};
 
-pub struct ReplayOptions {
-    pub table: Option<String>,
-    pub filter: Filter,
-    pub dry_run: bool,
+pub(crate) struct ReplayOptions {
+    pub(crate) table: Option<String>,
+    pub(crate) filter: Filter,
+    pub(crate) dry_run: bool,
 }
 
 /// Entries replayed per target transaction.
 const CHUNK: usize = 500;
 
-pub async fn replay(config: &Config, opts: &ReplayOptions) -> Result<(), DlqCliError> {
+pub(crate) async fn replay(config: &Config, opts: &ReplayOptions) -> Result<(), DlqCliError> {
     let mut scope = Scope::open(config, opts.table.as_deref()).await?;
     let registry = Arc::new(Registry::new(&config.registry.url)?);
     let mut writer = DlqWriter::new(&config.kafka)?;
     let tables = std::mem::take(&mut scope.tables);
-    let bk = config.target.bookkeeping_schema.clone();
     for t in &tables {
-        let entries = read::read_all(&config.kafka, &t.dlq_topic)?;
-        let resolved = read::resolved(&scope.target, &bk, &t.dlq_topic).await?;
-        let pending: Vec<&DlqEntry> = entries
-            .iter()
-            .filter(|e| !resolved.contains_key(&(e.partition, e.offset)))
-            .collect();
-        let chosen = choose(&pending, &opts.filter);
-        if chosen.is_empty() {
-            println!("{}: nothing to replay", t.dlq_topic);
-            continue;
-        }
-        let rules = t
-            .table
-            .parsed_rules()
-            .map_err(|e| DlqCliError::Config(format!("table {}: {e}", t.table.qualified())))?;
-        let source_topic: Arc<str> = Arc::from(t.source_topic.as_str());
-        let mut intake = Intake::new(
+        replay_table(&mut scope.target, config, &registry, &mut writer, t, opts).await?;
+    }
+    Ok(())
+}
+
+/// Replays the chosen pending entries of one table's DLQ, a chunk per transaction.
+async fn replay_table(
+    client: &mut Client,
+    config: &Config,
+    registry: &Arc<Registry>,
+    writer: &mut DlqWriter,
+    t: &ScopeTable<'_>,
+    opts: &ReplayOptions,
+) -> Result<(), DlqCliError> {
+    let bk = config.target.bookkeeping_schema.as_str();
+    let entries = read::read_all(&config.kafka, &t.dlq_topic)?;
+    let resolved = read::resolved(client, bk, &t.dlq_topic).await?;
+    let pending: Vec<&DlqEntry> = entries
+        .iter()
+        .filter(|e| !resolved.contains_key(&(e.partition, e.offset)))
+        .collect();
+    let chosen = choose(&pending, &opts.filter);
+    if chosen.is_empty() {
+        println!("{}: nothing to replay", t.dlq_topic);
+        return Ok(());
+    }
+    let rules = t
+        .table
+        .parsed_rules()
+        .map_err(|e| DlqCliError::Config(format!("table {}: {e}", t.table.qualified())))?;
+    let source_topic: Arc<str> = Arc::from(t.source_topic.as_str());
+    let mut replay = TableReplay {
+        client,
+        writer,
+        bk,
+        table: t,
+        dry_run: opts.dry_run,
+        intake: Intake::new(
             Decoder::new(registry.clone()),
             HashMap::from([(source_topic.clone(), rules)]),
-        );
-        let target = TargetTable {
+        ),
+        source_topic,
+        target: TargetTable {
             schema: t.table.target_schema().to_string(),
             name: t.table.target_name().to_string(),
-        };
-        let mut table_ready = false;
-        let mut failed_keys: HashSet<KeyText> = HashSet::new();
-        let (mut applied, mut back) = (0usize, Vec::new());
-        for chunk in chosen.chunks(CHUNK) {
-            let mut items = Vec::with_capacity(chunk.len());
-            for e in chunk {
-                let raw = Raw {
-                    topic: source_topic.clone(),
-                    partition: e.source_partition().unwrap_or(e.partition),
-                    offset: e.source_offset().unwrap_or(-1),
-                    key: e.key.clone(),
-                    value: e.value.clone(),
-                };
-                items.push(intake.take(raw).await);
-            }
-            if !table_ready {
-                if let Some(ev) = items.iter().find_map(|i| match i {
-                    Item::Event(ev) => ev.value_schema.as_ref().map(|vs| (vs, &ev.key_schema)),
-                    Item::Rejected(_) => None,
-                }) {
-                    ddl::ensure_table(
-                        &mut scope.target,
-                        &target.schema,
-                        &target.name,
-                        &ev.0.fields,
-                        &ev.1.fields,
-                    )
-                    .await?;
-                    table_ready = true;
-                }
-            }
-            let tx = scope
-                .target
-                .transaction()
-                .await
-                .map_err(PgError::query("beginning a replay transaction"))?;
-            // first thing, so that consumers (which lock the offsets rows first too) re-read
-            // the parked keys this replay may free, and never wait on it in between
-            tx.execute(
-                &format!(
-                    "UPDATE {} SET parked_generation = parked_generation + 1 WHERE topic = $1",
-                    ddl::offsets_table(&bk)
-                ),
-                &[&t.source_topic],
-            )
-            .await
-            .map_err(PgError::query("announcing the replay to the consumers"))?;
-            let mut requeue: Vec<Rejected> = Vec::new();
-            let mut outcomes: Vec<(i32, i64, &str)> = Vec::new();
-            for (e, item) in chunk.iter().zip(&items) {
-                let position = e.position(&t.dlq_topic);
-                let original_key = e.key_text();
-                let key = match item {
-                    Item::Event(ev) => Some(ev.message.key.clone()),
-                    Item::Rejected(r) => r.key.clone(),
-                };
-                let again = match item {
-                    _ if key.as_ref().is_some_and(|k| failed_keys.contains(k)) => {
-                        let mut r = rejected_of(item);
-                        r.class = class::PARKED;
-                        r.reason =
-                            "an earlier event of this key failed again in this replay".into();
-                        r.rule = None;
-                        Some(r)
-                    }
-                    Item::Rejected(r) => Some(r.clone()),
-                    Item::Event(ev) => {
-                        let refused =
-                            apply::write_isolating(&tx, &target, vec![(&ev.message.key, ev)])
-                                .await?;
-                        refused
-                            .into_iter()
-                            .next()
-                            .map(|(ev, reason)| ev.rejected(class::TARGET_REJECTED, reason))
-                    }
-                };
-                match again {
-                    Some(mut r) => {
-                        if let Some(k) = &key {
-                            failed_keys.insert(k.clone());
-                            if original_key.is_none() {
-                                park::park(
-                                    &tx,
-                                    &bk,
-                                    &t.source_topic,
-                                    &[(r.partition, k.clone(), 1)],
-                                )
-                                .await?;
-                            }
-                        }
-                        r.replay_of = Some(position);
-                        outcomes.push((e.partition, e.offset, "requeued"));
-                        requeue.push(r);
-                    }
-                    None => {
-                        if let Some(k) = &original_key {
-                            park::release_one(&tx, &bk, &t.source_topic, k).await?;
-                        }
-                        outcomes.push((e.partition, e.offset, "applied"));
-                        applied += 1;
-                    }
-                }
-            }
-            if opts.dry_run {
-                tx.rollback()
-                    .await
-                    .map_err(PgError::query("rolling back a dry run"))?;
-            } else {
-                // back in the DLQ (acknowledged) before the old entries are marked resolved
-                writer.send_all(&requeue).await?;
-                let parts: Vec<i32> = outcomes.iter().map(|o| o.0).collect();
-                let offs: Vec<i64> = outcomes.iter().map(|o| o.1).collect();
-                let outs: Vec<&str> = outcomes.iter().map(|o| o.2).collect();
-                tx.execute(
-                    &format!(
-                        "INSERT INTO {} (dlq_topic, partition, dlq_offset, outcome)
-                         SELECT $1, p, o, r FROM unnest($2::int4[], $3::int8[], $4::text[]) AS v(p, o, r)
-                         ON CONFLICT DO NOTHING",
-                        ddl::resolved_table(&bk)
-                    ),
-                    &[&t.dlq_topic, &parts, &offs, &outs],
-                )
-                .await
-                .map_err(PgError::query("recording the replayed entries"))?;
-                tx.commit()
-                    .await
-                    .map_err(PgError::query("committing a replay"))?;
-            }
-            back.extend(requeue);
-        }
-        let verb = if opts.dry_run { "would be" } else { "were" };
-        println!(
-            "{}: {} entries replayed{}: {applied} {verb} applied, {} {verb} sent back to the DLQ",
-            t.dlq_topic,
-            chosen.len(),
-            if opts.dry_run { " (dry run)" } else { "" },
-            back.len()
-        );
-        for r in &back {
-            println!(
-                "  {} -> {}: {}",
-                r.replay_of.as_deref().unwrap_or("?"),
-                r.class,
-                r.reason
-            );
-        }
+        },
+        table_ready: false,
+        failed_keys: HashSet::new(),
+        applied: 0,
+        back: Vec::new(),
+    };
+    for chunk in chosen.chunks(CHUNK) {
+        replay.chunk(chunk).await?;
     }
+    replay.report(chosen.len());
     Ok(())
 }
 
@@ -233,9 +120,335 @@ fn choose<'a>(pending: &[&'a DlqEntry], filter: &Filter) -> Vec<&'a DlqEntry> {
     picked.into_iter().map(|i| pending[i]).collect()
 }
 
-fn rejected_of(item: &Item) -> Rejected {
+/// What a replayed entry, taken in again, calls for before anything is written.
+enum Verdict<'a> {
+    /// Back to the DLQ: it fails again, or an earlier entry of its key did.
+    Requeue(Rejected),
+    /// An event to write.
+    Write(&'a Entry),
+}
+
+fn verdict<'a>(item: &'a Item, failed_keys: &HashSet<KeyText>) -> Verdict<'a> {
     match item {
-        Item::Rejected(r) => r.clone(),
-        Item::Event(ev) => ev.rejected(class::PARKED, String::new()),
+        _ if item.key().is_some_and(|k| failed_keys.contains(k)) => {
+            let mut r = match item {
+                Item::Rejected(r) => r.clone(),
+                Item::Event(ev) => ev.rejected(class::PARKED, String::new()),
+            };
+            r.class = class::PARKED;
+            r.reason = "an earlier event of this key failed again in this replay".into();
+            r.rule = None;
+            Verdict::Requeue(r)
+        }
+        Item::Rejected(r) => Verdict::Requeue(r.clone()),
+        Item::Event(ev) => Verdict::Write(ev),
+    }
+}
+
+/// What became of a replayed entry, and what that changes to its key's parking.
+#[derive(Debug)]
+enum Outcome {
+    /// Sent back to the DLQ; a key the old entry did not name is parked now.
+    Requeued {
+        entry: Rejected,
+        park: Option<KeyText>,
+    },
+    /// Applied: one fewer pending entry for the key the old entry named.
+    Applied { release: Option<KeyText> },
+}
+
+/// The outcome of entry `e` of `dlq_topic`, whose key (as taken in again) is `key`, and that
+/// failed `again` or not; a key that failed again is remembered in `failed_keys`.
+fn outcome(
+    e: &DlqEntry,
+    dlq_topic: &str,
+    key: Option<&KeyText>,
+    again: Option<Rejected>,
+    failed_keys: &mut HashSet<KeyText>,
+) -> Outcome {
+    let original_key = e.key_text();
+    match again {
+        Some(mut entry) => {
+            let mut park = None;
+            if let Some(k) = key {
+                failed_keys.insert(k.clone());
+                if original_key.is_none() {
+                    park = Some(k.clone());
+                }
+            }
+            entry.replay_of = Some(e.position(dlq_topic));
+            Outcome::Requeued { entry, park }
+        }
+        None => Outcome::Applied {
+            release: original_key,
+        },
+    }
+}
+
+/// One table's replay under way.
+struct TableReplay<'a> {
+    client: &'a mut Client,
+    writer: &'a mut DlqWriter,
+    bk: &'a str,
+    table: &'a ScopeTable<'a>,
+    dry_run: bool,
+    intake: Intake,
+    source_topic: Arc<str>,
+    target: TargetTable,
+    table_ready: bool,
+    /// Keys with an entry that failed again in this replay: their later entries follow it.
+    failed_keys: HashSet<KeyText>,
+    applied: usize,
+    /// The entries sent back to the DLQ.
+    back: Vec<Rejected>,
+}
+
+impl TableReplay<'_> {
+    /// Replays `chunk` in one transaction.
+    async fn chunk(&mut self, chunk: &[&DlqEntry]) -> Result<(), DlqCliError> {
+        let items = self.take(chunk).await;
+        self.ensure_table(&items).await?;
+        let (bk, topic) = (self.bk, self.table.source_topic.as_str());
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(PgError::query("beginning a replay transaction"))?;
+        // first thing, so that consumers (which lock the offsets rows first too) re-read
+        // the parked keys this replay may free, and never wait on it in between
+        offsets::announce_replay(&tx, bk, topic).await?;
+        let mut requeue: Vec<Rejected> = Vec::new();
+        let mut outcomes: Vec<(i32, i64, &str)> = Vec::new();
+        for (e, item) in chunk.iter().zip(&items) {
+            let again = match verdict(item, &self.failed_keys) {
+                Verdict::Requeue(r) => Some(r),
+                Verdict::Write(ev) => {
+                    let refused =
+                        rows::write_isolating(&tx, &self.target, vec![(&ev.message.key, ev)])
+                            .await?;
+                    refused
+                        .into_iter()
+                        .next()
+                        .map(|(ev, reason)| ev.rejected(class::TARGET_REJECTED, reason))
+                }
+            };
+            let dlq_topic = &self.table.dlq_topic;
+            match outcome(e, dlq_topic, item.key(), again, &mut self.failed_keys) {
+                Outcome::Requeued { entry, park } => {
+                    if let Some(k) = park {
+                        park::park(&tx, bk, topic, &[(entry.partition, k, 1)]).await?;
+                    }
+                    outcomes.push((e.partition, e.offset, "requeued"));
+                    requeue.push(entry);
+                }
+                Outcome::Applied { release } => {
+                    if let Some(k) = &release {
+                        park::release_one(&tx, bk, topic, k).await?;
+                    }
+                    outcomes.push((e.partition, e.offset, "applied"));
+                    self.applied += 1;
+                }
+            }
+        }
+        if self.dry_run {
+            tx.rollback()
+                .await
+                .map_err(PgError::query("rolling back a dry run"))?;
+        } else {
+            // back in the DLQ (acknowledged) before the old entries are marked resolved
+            self.writer.send_all(&requeue).await?;
+            record_resolved(&tx, bk, &self.table.dlq_topic, &outcomes).await?;
+            tx.commit()
+                .await
+                .map_err(PgError::query("committing a replay"))?;
+        }
+        self.back.extend(requeue);
+        Ok(())
+    }
+
+    /// The entries of `chunk` taken in again, as the consumer would take them.
+    async fn take(&mut self, chunk: &[&DlqEntry]) -> Vec<Item> {
+        let mut items = Vec::with_capacity(chunk.len());
+        for e in chunk {
+            let raw = Raw {
+                topic: self.source_topic.clone(),
+                partition: e.source_partition().unwrap_or(e.partition),
+                offset: e.source_offset().unwrap_or(-1),
+                key: e.key.clone(),
+                value: e.value.clone(),
+            };
+            items.push(self.intake.take(raw).await);
+        }
+        items
+    }
+
+    /// Creates the target table from the first event with a value schema, once.
+    async fn ensure_table(&mut self, items: &[Item]) -> Result<(), PgError> {
+        if self.table_ready {
+            return Ok(());
+        }
+        let Some((vs, ks)) = items.iter().find_map(|i| match i {
+            Item::Event(ev) => ev.value_schema.as_ref().map(|vs| (vs, &ev.key_schema)),
+            Item::Rejected(_) => None,
+        }) else {
+            return Ok(());
+        };
+        let t = &self.target;
+        ddl::ensure_table(self.client, &t.schema, &t.name, &vs.fields, &ks.fields).await?;
+        self.table_ready = true;
+        Ok(())
+    }
+
+    /// Prints what the replay of `replayed` entries did.
+    fn report(&self, replayed: usize) {
+        let verb = if self.dry_run { "would be" } else { "were" };
+        println!(
+            "{}: {replayed} entries replayed{}: {} {verb} applied, {} {verb} sent back to the DLQ",
+            self.table.dlq_topic,
+            if self.dry_run { " (dry run)" } else { "" },
+            self.applied,
+            self.back.len()
+        );
+        for r in &self.back {
+            println!(
+                "  {} -> {}: {}",
+                r.replay_of.as_deref().unwrap_or("?"),
+                r.class,
+                r.reason
+            );
+        }
+    }
+}
+
+/// Records the outcomes (`partition`, `offset`, `applied` or `requeued`) of replayed entries
+/// of `dlq_topic`.
+async fn record_resolved(
+    tx: &Transaction<'_>,
+    bk: &str,
+    dlq_topic: &str,
+    outcomes: &[(i32, i64, &str)],
+) -> Result<(), PgError> {
+    let parts: Vec<i32> = outcomes.iter().map(|o| o.0).collect();
+    let offs: Vec<i64> = outcomes.iter().map(|o| o.1).collect();
+    let outs: Vec<&str> = outcomes.iter().map(|o| o.2).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (dlq_topic, partition, dlq_offset, outcome)
+             SELECT $1, p, o, r FROM unnest($2::int4[], $3::int8[], $4::text[]) AS v(p, o, r)
+             ON CONFLICT DO NOTHING",
+            ddl::resolved_table(bk)
+        ),
+        &[&dlq_topic, &parts, &offs, &outs],
+    )
+    .await
+    .map_err(PgError::query("recording the replayed entries"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+
+    use tunnel_shared::event::Op;
+
+    use super::*;
+    use crate::model::fixtures::{event, key, rejected};
+    use crate::model::header;
+
+    /// A DLQ entry at `offset` that named key `k` (when it could decode it).
+    fn entry(offset: i64, k: Option<&str>, class: &str) -> DlqEntry {
+        let mut headers = BTreeMap::from([(header::CLASS.to_string(), class.to_string())]);
+        if let Some(k) = k {
+            headers.insert(header::KEY.into(), tunnel_shared::key::to_json(&key(k)));
+        }
+        DlqEntry {
+            partition: 0,
+            offset,
+            key: None,
+            value: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn choosing_an_entry_takes_the_earlier_pending_entries_of_its_key() {
+        let entries = [
+            entry(0, Some("a"), "rule"),
+            entry(1, Some("b"), "rule"),
+            entry(2, Some("a"), "parked"),
+            entry(3, None, "wire_format"),
+            entry(4, Some("a"), "parked"),
+        ];
+        let pending: Vec<&DlqEntry> = entries.iter().collect();
+        let filter = Filter {
+            offsets: Some((2, 3)),
+            ..Filter::default()
+        };
+        let offsets: Vec<i64> = choose(&pending, &filter).iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, [0, 2, 3]);
+    }
+
+    #[test]
+    fn an_entry_is_requeued_when_it_fails_again_or_an_earlier_one_of_its_key_did() {
+        let failed: HashSet<KeyText> = HashSet::from([key("a")]);
+        let later = event("t", 0, 5, "a", Op::Update);
+        let Verdict::Requeue(r) = verdict(&later, &failed) else {
+            panic!("a later event of a failed key is parked")
+        };
+        assert_eq!((r.class, r.rule.as_deref()), (class::PARKED, None));
+        assert!(r.reason.contains("failed again"), "{}", r.reason);
+        let broken = rejected("t", 0, 6, Some("b"));
+        let Verdict::Requeue(r) = verdict(&broken, &failed) else {
+            panic!("a message that fails again goes back")
+        };
+        assert_eq!((r.class, r.rule.as_deref()), (class::RULE, Some("r")));
+        let fine = event("t", 0, 7, "b", Op::Update);
+        assert!(matches!(verdict(&fine, &failed), Verdict::Write(ev) if ev.offset == 7));
+    }
+
+    #[test]
+    fn outcomes_park_a_key_only_once_and_release_what_the_entry_named() {
+        let mut failed = HashSet::new();
+        let again = |offset| match rejected("t", 0, offset, Some("k")) {
+            Item::Rejected(r) => Some(r),
+            Item::Event(_) => None,
+        };
+        // the old entry named no key (it did not decode then): the key is parked now
+        let o = outcome(
+            &entry(3, None, "avro_decode"),
+            "t.dlq",
+            Some(&key("k")),
+            again(9),
+            &mut failed,
+        );
+        let Outcome::Requeued { entry: r, park } = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(r.replay_of.as_deref(), Some("t.dlq/0/3"));
+        assert_eq!(park, Some(key("k")));
+        assert!(failed.contains(&key("k")));
+        // it named the key: the key is parked already
+        let o = outcome(
+            &entry(4, Some("k"), "rule"),
+            "t.dlq",
+            Some(&key("k")),
+            again(10),
+            &mut failed,
+        );
+        assert!(matches!(o, Outcome::Requeued { park: None, .. }), "{o:?}");
+        // applied: the key it named has one entry fewer
+        let o = outcome(
+            &entry(5, Some("m"), "rule"),
+            "t.dlq",
+            Some(&key("m")),
+            None,
+            &mut failed,
+        );
+        assert!(
+            matches!(&o, Outcome::Applied { release: Some(k) } if *k == key("m")),
+            "{o:?}"
+        );
+        assert!(!failed.contains(&key("m")));
     }
 }

@@ -1,22 +1,23 @@
 //! Choosing DLQ entries: the filters shared by `dlq show` and `dlq replay`.
 
+use tunnel_shared::key::KeyText;
+
 use super::read::DlqEntry;
-use crate::apply::KeyText;
 
 #[derive(Debug, Default, Clone)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// An error class (`rule`, `wire_format`...) or a rule's name.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// A DLQ partition.
-    pub partition: Option<i32>,
+    pub(crate) partition: Option<i32>,
     /// DLQ offsets, both ends included.
-    pub offsets: Option<(i64, i64)>,
+    pub(crate) offsets: Option<(i64, i64)>,
     /// The decoded key.
-    pub key: Option<KeyText>,
+    pub(crate) key: Option<KeyText>,
 }
 
 impl Filter {
-    pub fn matches(&self, e: &DlqEntry) -> bool {
+    pub(crate) fn matches(&self, e: &DlqEntry) -> bool {
         self.reason
             .as_deref()
             .is_none_or(|r| e.class() == r || e.rule() == Some(r))
@@ -32,7 +33,7 @@ impl Filter {
 }
 
 /// `7`, `7..12` or `7..` (both ends included).
-pub fn parse_offsets(s: &str) -> Result<(i64, i64), String> {
+pub(crate) fn parse_offsets(s: &str) -> Result<(i64, i64), String> {
     let bad = || format!("offsets '{s}': expected N, N..M or N..");
     match s.split_once("..") {
         None => {
@@ -56,7 +57,7 @@ pub fn parse_offsets(s: &str) -> Result<(i64, i64), String> {
 
 /// A key as a JSON array of its columns' text values (`["7"]`, `["a", "1"]`), or for a
 /// single-column key its value alone (`7`).
-pub fn parse_key(s: &str) -> Result<KeyText, String> {
+pub(crate) fn parse_key(s: &str) -> Result<KeyText, String> {
     let t = s.trim();
     if !t.starts_with('[') {
         return Ok(vec![Some(t.to_string())]);

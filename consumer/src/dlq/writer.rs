@@ -10,32 +10,30 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tunnel_shared::config::KafkaConfig;
-use tunnel_shared::fault::{Classify, ErrorClass};
 use tunnel_shared::kafka::{self, TopicError};
 
-use super::{header, topic_of, Rejected};
+use crate::error::DlqError;
+use crate::model::{dlq_topic, header, Rejected};
 
-#[derive(Debug, thiserror::Error)]
-pub enum DlqError {
-    #[error("writing to the DLQ topic {topic}: {source}")]
-    Send { topic: String, source: KafkaError },
-    #[error(transparent)]
-    Topic(#[from] TopicError),
-}
+/// Where a batch's rejected messages go: handed over first, confirmed (acknowledged by Kafka)
+/// before the batch commits.
+pub(crate) trait DeadLetters {
+    /// Entries handed over, not yet known to be acknowledged.
+    type Pending;
 
-impl Classify for DlqError {
-    fn class(&self) -> ErrorClass {
-        // a DLQ that cannot be written holds the batch back; it is never skipped
-        ErrorClass::Transient
-    }
+    /// Hands `entries` over without waiting for their acknowledgement.
+    async fn enqueue(&mut self, entries: &[Rejected]) -> Result<Self::Pending, DlqError>;
+
+    /// Waits until every entry of `pending` is acknowledged.
+    async fn confirm(&mut self, pending: Self::Pending) -> Result<(), DlqError>;
 }
 
 /// The configs of a DLQ topic: kept until deleted by an operator (entries are never compacted
 /// away: two entries of one key are two events).
-pub const DLQ_TOPIC_CONFIGS: &[(&str, &str)] =
+pub(crate) const DLQ_TOPIC_CONFIGS: &[(&str, &str)] =
     &[("cleanup.policy", "delete"), ("retention.ms", "-1")];
 
-pub struct DlqWriter {
+pub(crate) struct DlqWriter {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     partitions: i32,
@@ -47,7 +45,7 @@ pub struct DlqWriter {
 }
 
 impl DlqWriter {
-    pub fn new(kafka_config: &KafkaConfig) -> Result<Self, DlqError> {
+    pub(crate) fn new(kafka_config: &KafkaConfig) -> Result<Self, DlqError> {
         // entries are handed over before the batch's rows are written and confirmed after,
         // so a short linger costs no latency and gathers a batch's entries in one request
         let producer = kafka::producer_config(kafka_config)
@@ -67,8 +65,8 @@ impl DlqWriter {
     }
 
     /// Creates the DLQ topic of `source_topic` if it does not exist.
-    pub async fn ensure(&mut self, source_topic: &str) -> Result<(), DlqError> {
-        let topic = topic_of(source_topic);
+    async fn ensure(&mut self, source_topic: &str) -> Result<(), DlqError> {
+        let topic = dlq_topic(source_topic);
         if self.ready.contains(&topic) {
             return Ok(());
         }
@@ -99,22 +97,22 @@ impl DlqWriter {
     }
 
     /// Sends every entry and waits until Kafka has acknowledged all of them.
-    pub async fn send_all(&mut self, entries: &[Rejected]) -> Result<(), DlqError> {
-        let pending = self.enqueue(entries).await?;
-        confirm(pending).await
+    pub(crate) async fn send_all(&mut self, entries: &[Rejected]) -> Result<(), DlqError> {
+        let pending = self.hand_over(entries).await?;
+        acknowledged(pending).await
     }
 
-    /// Hands every entry to the producer without waiting for Kafka: [`confirm`] waits. An
+    /// Hands every entry to the producer without waiting for Kafka: [`acknowledged`] waits. An
     /// entry goes to the DLQ partition of its source partition, so that the entries of one key
     /// stay in order.
-    pub async fn enqueue(&mut self, entries: &[Rejected]) -> Result<Pending, DlqError> {
+    async fn hand_over(&mut self, entries: &[Rejected]) -> Result<Pending, DlqError> {
         for e in entries {
             self.ensure(&e.topic).await?;
         }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut pending = Vec::with_capacity(entries.len());
         for e in entries {
-            let topic = topic_of(&e.topic);
+            let topic = dlq_topic(&e.topic);
             let count = self.counts.get(&topic).copied().unwrap_or(1).max(1);
             let (partition, offset) = (e.partition.to_string(), e.offset.to_string());
             let key = e.key.as_deref().map(tunnel_shared::key::to_json);
@@ -187,10 +185,10 @@ impl DlqWriter {
 
 /// Entries handed to the producer, not yet known to be acknowledged.
 #[derive(Default)]
-pub struct Pending(Vec<(String, DeliveryFuture)>);
+pub(crate) struct Pending(Vec<(String, DeliveryFuture)>);
 
 /// Waits until Kafka has acknowledged every entry of `pending`.
-pub async fn confirm(pending: Pending) -> Result<(), DlqError> {
+async fn acknowledged(pending: Pending) -> Result<(), DlqError> {
     for (topic, delivery) in pending.0 {
         match delivery.await {
             Ok(Ok(_)) => {}
@@ -204,4 +202,16 @@ pub async fn confirm(pending: Pending) -> Result<(), DlqError> {
         }
     }
     Ok(())
+}
+
+impl DeadLetters for DlqWriter {
+    type Pending = Pending;
+
+    async fn enqueue(&mut self, entries: &[Rejected]) -> Result<Pending, DlqError> {
+        self.hand_over(entries).await
+    }
+
+    async fn confirm(&mut self, pending: Pending) -> Result<(), DlqError> {
+        acknowledged(pending).await
+    }
 }

@@ -1,0 +1,247 @@
+//! Collecting batches: polling the group's partitions, skipping what the target already has
+//! (seeking past it on a partition seen for the first time), and taking the rest in (decoded
+//! and checked against the rules) while the previous batch is applied. Once a batch is
+//! committed in the target, its offsets are committed to Kafka too, so that the usual tools
+//! show the group's lag.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::Client;
+use tracing::{debug, info, warn};
+use tunnel_shared::config::Config;
+use tunnel_shared::retry::Backoff;
+
+use crate::error::RunError;
+use crate::intake::{Intake, Raw};
+use crate::model::{Applied, Item};
+use crate::offsets;
+
+/// Logs the group's rebalances. Nothing has to be handed over by hand: a partition's offsets
+/// live in the target and are locked by the transaction that applies it, so a new owner that
+/// starts while the old one still applies a batch waits for that batch, then skips what it
+/// applied.
+pub(crate) struct GroupContext;
+
+impl rdkafka::ClientContext for GroupContext {}
+
+impl rdkafka::consumer::ConsumerContext for GroupContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        use rdkafka::consumer::Rebalance;
+        let describe = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                info!(partitions = %describe(tpl), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                info!(partitions = %describe(tpl), "partitions revoked")
+            }
+            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+/// Polls, filters and decodes batches.
+pub(crate) struct Collector {
+    consumer: StreamConsumer<GroupContext>,
+    intake: Intake,
+    /// A connection of its own for offset look-ups, so that they can run during an apply.
+    lookup: Client,
+    bk: String,
+    topics: Vec<Arc<str>>,
+    /// The next offset the target needs, per partition, as far as this process knows.
+    known: FxHashMap<(Arc<str>, i32), i64>,
+    max: usize,
+    wait: Duration,
+    /// Batches the applier has committed, with what it made of them.
+    done: mpsc::UnboundedReceiver<Done>,
+}
+
+/// A batch the applier has committed, with what it made of it: handed back to be freed
+/// where it was allocated (mimalloc frees from another thread lazily, and the pages of a batch
+/// freed elsewhere are not reused at once).
+pub(crate) type Done = (Applied, Vec<Item>);
+
+impl Collector {
+    /// A collector of the batches of `consumer`'s topics (`topics`), with `lookup` a
+    /// connection to the target of its own; `done` brings the committed batches back.
+    pub(crate) fn new(
+        consumer: StreamConsumer<GroupContext>,
+        intake: Intake,
+        lookup: Client,
+        config: &Config,
+        topics: Vec<Arc<str>>,
+        done: mpsc::UnboundedReceiver<Done>,
+    ) -> Self {
+        Self {
+            consumer,
+            intake,
+            lookup,
+            bk: config.target.bookkeeping_schema.clone(),
+            topics,
+            known: FxHashMap::default(),
+            max: config.consumer.batch_max_events,
+            wait: Duration::from_millis(config.consumer.batch_max_wait_ms),
+            done,
+        }
+    }
+
+    /// Sends batches to `batches` until asked to stop, or until the applier is gone.
+    pub(crate) async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        batches: mpsc::Sender<Vec<Item>>,
+    ) -> Result<(), RunError> {
+        loop {
+            self.settle();
+            match self.next_batch(&mut stop).await? {
+                Some(items) => {
+                    if batches.send(items).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// The next batch: the first message, then whatever arrives within `wait`, up to `max`,
+    /// without what the target already has. `None` when asked to stop.
+    async fn next_batch(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Vec<Item>>, RunError> {
+        let mut backoff = Backoff::default();
+        loop {
+            if *stop.borrow() {
+                return Ok(None);
+            }
+            let first = tokio::select! {
+                m = self.consumer.recv() => m,
+                _ = stop.changed() => return Ok(None),
+            };
+            let mut batch: Vec<Raw> = Vec::new();
+            match first {
+                Ok(m) => batch.push(self.owned(&m)),
+                Err(e) => {
+                    backoff.wait_after("receiving from kafka", &e).await;
+                    continue;
+                }
+            }
+            // one timer for the whole batch, looked at only when no message is ready
+            let deadline = tokio::time::sleep(self.wait);
+            tokio::pin!(deadline);
+            while batch.len() < self.max {
+                tokio::select! {
+                    biased;
+                    m = self.consumer.recv() => match m {
+                        Ok(m) => {
+                            batch.push(self.owned(&m));
+                            if batch.len().is_multiple_of(1024) {
+                                self.settle();
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "kafka consumer error"),
+                    },
+                    _ = &mut deadline => break,
+                }
+            }
+            let entries = self.filter_and_decode(batch).await?;
+            if !entries.is_empty() {
+                return Ok(Some(entries));
+            }
+        }
+    }
+
+    fn owned(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Raw {
+        Raw {
+            topic: self
+                .topics
+                .iter()
+                .find(|t| t.as_ref() == m.topic())
+                .cloned()
+                .unwrap_or_else(|| Arc::from(m.topic())),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// Skips what the target already has, seeking past it on a partition seen for the first
+    /// time, and decodes the rest.
+    async fn filter_and_decode(&mut self, batch: Vec<Raw>) -> Result<Vec<Item>, RunError> {
+        let mut entries = Vec::with_capacity(batch.len());
+        for raw in batch {
+            let tp = (raw.topic.clone(), raw.partition);
+            let known = match self.known.get(&tp) {
+                Some(&next) => next,
+                None => {
+                    let stored =
+                        offsets::stored(&self.lookup, &self.bk, &raw.topic, raw.partition).await?;
+                    self.known.insert(tp, stored);
+                    if raw.offset + 1 < stored {
+                        info!(topic = %raw.topic, partition = raw.partition, offset = stored, "seeking to the offset stored in the target");
+                        if let Err(e) = self.consumer.seek(
+                            &raw.topic,
+                            raw.partition,
+                            Offset::Offset(stored),
+                            Duration::from_secs(5),
+                        ) {
+                            debug!(error = %e, "seek failed; already-applied events are skipped instead");
+                        }
+                    }
+                    stored
+                }
+            };
+            if raw.offset < known {
+                continue;
+            }
+            entries.push(self.intake.take(raw).await);
+        }
+        Ok(entries)
+    }
+
+    /// Takes in the batches the applier has committed since last asked, and frees them.
+    fn settle(&mut self) {
+        while let Ok((applied, items)) = self.done.try_recv() {
+            self.applied(&applied);
+            drop(items);
+        }
+    }
+
+    /// After a batch committed in the target: remember its offsets, and tell Kafka too, so
+    /// that the usual tools show the group's lag.
+    fn applied(&mut self, applied: &Applied) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in &applied.next_offsets {
+            self.known.insert((topic.clone(), *partition), *next);
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                debug!(error = %e, "committing offsets to kafka failed (the target holds the real ones)");
+            }
+        }
+        debug!(
+            events = applied.events,
+            skipped = applied.already_applied,
+            dead_lettered = applied.dead_lettered,
+            "applied a batch"
+        );
+    }
+}

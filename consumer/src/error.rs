@@ -1,0 +1,304 @@
+//! The consumer's errors, and how each is classed (see `tunnel_shared::fault`): transient ones
+//! are retried with back-off and never skipped; definite ones concern one message, which goes
+//! to the DLQ; fatal ones stop the process with a message for the operator. An error that
+//! reaches the top of a command stops it whatever its class: a transient one there has outlasted
+//! its retries.
+
+use rdkafka::error::KafkaError;
+use tunnel_shared::catalog::CatalogError;
+use tunnel_shared::event::EventError;
+use tunnel_shared::fault::{Classify, ErrorClass};
+use tunnel_shared::kafka::{self, TopicError};
+use tunnel_shared::pg::PgError;
+use tunnel_shared::registry::RegistryError;
+use tunnel_shared::schema::SchemaError;
+use tunnel_shared::wire::WireError;
+
+use crate::model::class;
+
+/// Why a message could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("{part}: {source}")]
+    Wire {
+        part: &'static str,
+        source: WireError,
+    },
+    #[error("{part}: {source}")]
+    Registry {
+        part: &'static str,
+        source: RegistryError,
+    },
+    #[error("{part}: Avro body does not decode with writer schema {schema_id}: {message}")]
+    Avro {
+        part: &'static str,
+        schema_id: u32,
+        message: String,
+    },
+    #[error("{part}: {source}")]
+    Event {
+        part: &'static str,
+        source: EventError,
+    },
+    #[error("{part}: {source}")]
+    Schema {
+        part: &'static str,
+        source: SchemaError,
+    },
+    #[error("message has no key")]
+    NoKey,
+}
+
+impl Classify for DecodeError {
+    fn class(&self) -> ErrorClass {
+        // a registry that is down holds the message back; anything else is this message's
+        // fault: it goes to the DLQ
+        match self {
+            DecodeError::Registry { source, .. } if source.is_transient() => ErrorClass::Transient,
+            _ => ErrorClass::Definite,
+        }
+    }
+}
+
+impl DecodeError {
+    /// The DLQ class of a message that fails so: a short name for logs and DLQ headers.
+    pub(crate) fn dlq_class(&self) -> &'static str {
+        match self {
+            DecodeError::Wire { .. } | DecodeError::NoKey => class::WIRE_FORMAT,
+            DecodeError::Registry {
+                source: RegistryError::UnknownId(_),
+                ..
+            } => class::UNKNOWN_SCHEMA,
+            // a schema the registry holds but that is not usable Avro
+            DecodeError::Registry { .. } => class::NOT_AN_EVENT,
+            DecodeError::Avro { .. } => class::AVRO_DECODE,
+            DecodeError::Event { .. } | DecodeError::Schema { .. } => class::NOT_AN_EVENT,
+        }
+    }
+}
+
+/// Writing to a DLQ topic failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DlqError {
+    #[error("writing to the DLQ topic {topic}: {source}")]
+    Send { topic: String, source: KafkaError },
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+}
+
+impl Classify for DlqError {
+    fn class(&self) -> ErrorClass {
+        // a DLQ that cannot be written holds the batch back; it is never skipped
+        ErrorClass::Transient
+    }
+}
+
+/// Applying a batch failed; the transaction rolled back and nothing of the batch is applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApplyError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+}
+
+impl Classify for ApplyError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ApplyError::Pg(e) => e.class(),
+            ApplyError::Dlq(e) => e.class(),
+        }
+    }
+}
+
+/// What stops `tunnel-consumer run`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("config: {0}")]
+    Rules(String),
+    #[error("the collecting task ended abnormally: {0}")]
+    Collector(String),
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl Classify for RunError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            RunError::Pg(e) => e.class(),
+            RunError::Registry(e) => e.class(),
+            RunError::Topic(e) => e.class(),
+            RunError::Dlq(e) => e.class(),
+            RunError::Apply(e) => e.class(),
+            // a consumer that cannot be created or subscribe, rules that do not fit the table,
+            // a task that panicked: nothing works until someone looks
+            RunError::Kafka(_) | RunError::Rules(_) | RunError::Collector(_) => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// What the `dlq` commands can fail with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DlqCliError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("reading the DLQ: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+    #[error("no table {0} in the config")]
+    NoSuchTable(String),
+    #[error("config: {0}")]
+    Config(String),
+}
+
+impl Classify for DlqCliError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            DlqCliError::Pg(e) => e.class(),
+            DlqCliError::Kafka(e) => kafka_class(e),
+            DlqCliError::Registry(e) => e.class(),
+            DlqCliError::Dlq(e) => e.class(),
+            DlqCliError::NoSuchTable(_) | DlqCliError::Config(_) => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// What `tunnel-consumer verify` can fail with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VerifyError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("no table {0} in the config")]
+    NoSuchTable(String),
+    #[error("table {table}: the replica {target} does not exist in the target")]
+    NoReplica { table: String, target: String },
+    #[error("asking the producer for a repair: {0}")]
+    Repair(#[from] KafkaError),
+}
+
+impl Classify for VerifyError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            VerifyError::Pg(e) => e.class(),
+            VerifyError::Catalog(e) => e.class(),
+            VerifyError::Repair(e) => kafka_class(e),
+            VerifyError::NoSuchTable(_) | VerifyError::NoReplica { .. } => ErrorClass::Fatal,
+        }
+    }
+}
+
+/// A Kafka client's error: transient when the cluster may answer later, else fatal (a topic
+/// or a permission that an operator has to grant).
+fn kafka_class(e: &KafkaError) -> ErrorClass {
+    if kafka::is_transient(e) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Fatal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::*;
+
+    fn unreachable() -> RegistryError {
+        RegistryError::Unreachable {
+            url: "http://r".into(),
+            message: "refused".into(),
+        }
+    }
+
+    fn bad_url() -> PgError {
+        PgError::BadUrl {
+            url: "x".into(),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_message_that_does_not_decode_goes_to_the_dlq_unless_the_registry_is_down() {
+        let down = DecodeError::Registry {
+            part: "value",
+            source: unreachable(),
+        };
+        assert_eq!(down.class(), ErrorClass::Transient);
+        let unknown = DecodeError::Registry {
+            part: "value",
+            source: RegistryError::UnknownId(7),
+        };
+        assert_eq!(unknown.class(), ErrorClass::Definite);
+        assert_eq!(unknown.dlq_class(), class::UNKNOWN_SCHEMA);
+        assert_eq!(DecodeError::NoKey.class(), ErrorClass::Definite);
+        assert_eq!(DecodeError::NoKey.dlq_class(), class::WIRE_FORMAT);
+        let avro = DecodeError::Avro {
+            part: "key",
+            schema_id: 1,
+            message: "m".into(),
+        };
+        assert_eq!(avro.dlq_class(), class::AVRO_DECODE);
+    }
+
+    #[test]
+    fn a_dlq_that_cannot_be_written_holds_the_batch_back() {
+        let send = || DlqError::Send {
+            topic: "t.dlq".into(),
+            source: KafkaError::Canceled,
+        };
+        assert_eq!(send().class(), ErrorClass::Transient);
+        assert_eq!(ApplyError::Dlq(send()).class(), ErrorClass::Transient);
+        assert_eq!(
+            RunError::Apply(ApplyError::Dlq(send())).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(ApplyError::Pg(bad_url()).class(), ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn config_and_missing_tables_are_fatal() {
+        assert_eq!(RunError::Rules("r".into()).class(), ErrorClass::Fatal);
+        assert_eq!(RunError::Collector("c".into()).class(), ErrorClass::Fatal);
+        assert_eq!(
+            RunError::Registry(unreachable()).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            DlqCliError::NoSuchTable("t".into()).class(),
+            ErrorClass::Fatal
+        );
+        assert_eq!(DlqCliError::Pg(bad_url()).class(), ErrorClass::Fatal);
+        let missing = VerifyError::NoReplica {
+            table: "public.t".into(),
+            target: "public.t".into(),
+        };
+        assert_eq!(missing.class(), ErrorClass::Fatal);
+        assert_eq!(
+            VerifyError::NoSuchTable("t".into()).class(),
+            ErrorClass::Fatal
+        );
+    }
+
+    #[test]
+    fn kafka_errors_are_transient_only_while_the_cluster_may_answer() {
+        let down = KafkaError::AdminOp(RDKafkaErrorCode::AllBrokersDown);
+        assert_eq!(DlqCliError::Kafka(down).class(), ErrorClass::Transient);
+        let denied = KafkaError::AdminOp(RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert_eq!(VerifyError::Repair(denied).class(), ErrorClass::Fatal);
+    }
+}
