@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 use tunnel_shared::config::Config;
-use tunnel_shared::retry::Backoff;
 
 use crate::error::RunError;
 use crate::intake::{Intake, Raw};
@@ -125,7 +125,6 @@ impl Collector {
         &mut self,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Option<Vec<Item>>, RunError> {
-        let mut backoff = Backoff::default();
         loop {
             if *stop.borrow() {
                 return Ok(None);
@@ -138,7 +137,7 @@ impl Collector {
             match first {
                 Ok(m) => batch.push(self.owned(&m)),
                 Err(e) => {
-                    backoff.wait_after("receiving from kafka", &e).await;
+                    self.reported(e)?;
                     continue;
                 }
             }
@@ -155,7 +154,7 @@ impl Collector {
                                 self.settle();
                             }
                         }
-                        Err(e) => warn!(error = %e, "kafka consumer error"),
+                        Err(e) => self.reported(e)?,
                     },
                     _ = &mut deadline => break,
                 }
@@ -165,6 +164,22 @@ impl Collector {
                 return Ok(Some(entries));
             }
         }
+    }
+
+    /// An error the consumer's queue handed out instead of a message. Most are reports of what
+    /// librdkafka is already retrying by itself (a broker down, a coordinator moving): they are
+    /// logged and the next message is asked for at once. (Waiting a back-off after each one
+    /// let the dozens of reports queued during a broker outage hold the consumer for minutes
+    /// after the broker was back: rebalances and messages wait behind them in the same queue.)
+    /// A fatal one ends the consumer, which then exits with the reason.
+    fn reported(&self, e: KafkaError) -> Result<(), RunError> {
+        let fatal = matches!(e, KafkaError::MessageConsumptionFatal(_))
+            || self.consumer.client().fatal_error().is_some();
+        if fatal {
+            return Err(RunError::Kafka(e));
+        }
+        warn!(error = %e, "kafka consumer error");
+        Ok(())
     }
 
     fn owned(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Raw {
