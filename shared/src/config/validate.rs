@@ -1,0 +1,147 @@
+//! Checks of a loaded config that its types alone do not make: what the pipeline cannot work
+//! with is refused at load, with the key's name and what to do.
+
+use super::{redact_url, Config};
+
+/// librdkafka properties the pipeline sets itself, and what a different value would break.
+const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "isolation.level",
+        "the consumer reads only committed transactions (read_committed)",
+    ),
+    (
+        "enable.auto.commit",
+        "the consumer's offsets are stored in the target, in the transaction that applies them",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the consumer's offsets are stored in the target, in the transaction that applies them",
+    ),
+    (
+        "enable.idempotence",
+        "the producer's transactions need an idempotent producer",
+    ),
+    (
+        "transactional.id",
+        "each table's producer has its own transactional id, derived from the topic prefix",
+    ),
+    ("group.id", "the group is kafka.consumer_group"),
+];
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        self.validate_tables()?;
+        self.validate_endpoints()?;
+        self.validate_kafka()?;
+        self.validate_settings()
+    }
+
+    /// At least one table, none twice, each with rules that parse and have distinct names.
+    fn validate_tables(&self) -> Result<(), String> {
+        if self.tables.is_empty() {
+            return Err("no [[tables]] entry: name at least one table to replicate".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.tables {
+            if t.name.is_empty() || t.schema.is_empty() {
+                return Err("a [[tables]] entry has an empty schema or name".into());
+            }
+            if !seen.insert(t.qualified()) {
+                return Err(format!("table {} is listed twice", t.qualified()));
+            }
+            let rules = t
+                .parsed_rules()
+                .map_err(|e| format!("table {}: {e}", t.qualified()))?;
+            let mut names = std::collections::BTreeSet::new();
+            for r in &rules {
+                if !names.insert(r.name.as_str()) {
+                    return Err(format!(
+                        "table {}: two rules are named '{}'",
+                        t.qualified(),
+                        r.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The databases' and the registry's URLs.
+    fn validate_endpoints(&self) -> Result<(), String> {
+        for (name, url) in [
+            ("source.url", &self.source.url),
+            ("target.url", &self.target.url),
+        ] {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(format!(
+                    "{name} must be a postgres:// URL, got '{}'",
+                    redact_url(url)
+                ));
+            }
+        }
+        if !(self.registry.url.starts_with("http://") || self.registry.url.starts_with("https://"))
+        {
+            return Err(format!(
+                "registry.url must be an http(s) URL, got '{}'",
+                redact_url(&self.registry.url)
+            ));
+        }
+        match self.registry.compatibility.as_str() {
+            "BACKWARD"
+            | "BACKWARD_TRANSITIVE"
+            | "FORWARD"
+            | "FORWARD_TRANSITIVE"
+            | "FULL"
+            | "FULL_TRANSITIVE"
+            | "NONE" => Ok(()),
+            other => Err(format!(
+                "registry.compatibility '{other}' is not a known level"
+            )),
+        }
+    }
+
+    /// The brokers, the topics' sizes, and no `[kafka.properties]` that would undo what the
+    /// pipeline's guarantees rest on.
+    fn validate_kafka(&self) -> Result<(), String> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err("kafka.brokers is empty".into());
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
+            return Err("kafka.partitions and kafka.replication_factor must be at least 1".into());
+        }
+        if let Some((key, why)) = self.kafka.properties.keys().find_map(|k| {
+            RESERVED_KAFKA_PROPERTIES
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(name, why)| (*name, *why))
+        }) {
+            return Err(format!(
+                "[kafka.properties] may not set '{key}': {why}; remove it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Chunk sizes and intervals that the loops can work with.
+    fn validate_settings(&self) -> Result<(), String> {
+        let p = &self.producer;
+        if p.snapshot_chunk_rows < 1 || p.scan_chunk_rows < 1 {
+            return Err("producer chunk sizes must be at least 1".into());
+        }
+        // 0 would run a pass back to back; reconcile_interval_ms = 0 switches reconciliation off
+        for (name, ms) in [
+            ("insert_interval_ms", p.insert_interval_ms),
+            ("update_interval_ms", p.update_interval_ms),
+            ("delete_interval_ms", p.delete_interval_ms),
+            ("repair_interval_ms", p.repair_interval_ms),
+        ] {
+            if ms == 0 {
+                return Err(format!("producer.{name} must be at least 1 ms"));
+            }
+        }
+        if self.consumer.batch_max_events == 0 {
+            return Err("consumer.batch_max_events must be at least 1".into());
+        }
+        Ok(())
+    }
+}
