@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 use tunnel_shared::config::Config;
+use tunnel_shared::kafka;
 
 use crate::error::RunError;
 use crate::intake::{Intake, Raw};
@@ -211,12 +212,16 @@ impl Collector {
                     self.known.insert(tp, stored);
                     if raw.offset + 1 < stored {
                         info!(topic = %raw.topic, partition = raw.partition, offset = stored, "seeking to the offset stored in the target");
-                        if let Err(e) = self.consumer.seek(
-                            &raw.topic,
-                            raw.partition,
-                            Offset::Offset(stored),
-                            Duration::from_secs(5),
-                        ) {
+                        // a seek waits for the fetcher (up to 5 s): not on the runtime's thread
+                        let sought = kafka::without_blocking_the_runtime(|| {
+                            self.consumer.seek(
+                                &raw.topic,
+                                raw.partition,
+                                Offset::Offset(stored),
+                                Duration::from_secs(5),
+                            )
+                        });
+                        if let Err(e) = sought {
                             debug!(error = %e, "seek failed; already-applied events are skipped instead");
                         }
                     }

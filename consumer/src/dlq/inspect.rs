@@ -18,7 +18,7 @@ use crate::model::header;
 pub(crate) async fn list(config: &Config, table: Option<&str>) -> Result<(), DlqCliError> {
     let scope = Scope::open(config, table).await?;
     for t in &scope.tables {
-        let entries = read::read_all(&config.kafka, &t.dlq_topic)?;
+        let entries = read::read_all(&config.kafka, &t.dlq_topic).await?;
         let resolved = read::resolved(&scope.target, scope.bk(), &t.dlq_topic).await?;
         let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
         let mut pending = 0;
@@ -56,7 +56,7 @@ pub(crate) async fn show(config: &Config, opts: &ShowOptions) -> Result<(), DlqC
     let registry = Registry::new(&config.registry.url)?;
     let mut shown = 0;
     for t in &scope.tables {
-        let entries = read::read_all(&config.kafka, &t.dlq_topic)?;
+        let entries = read::read_all(&config.kafka, &t.dlq_topic).await?;
         let resolved = read::resolved(&scope.target, scope.bk(), &t.dlq_topic).await?;
         for e in entries.iter().filter(|e| opts.filter.matches(e)) {
             let status = resolved.get(&(e.partition, e.offset));

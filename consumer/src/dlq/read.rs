@@ -58,8 +58,18 @@ impl DlqEntry {
 }
 
 /// Every entry of a DLQ topic, in partition and offset order. A topic that does not exist has
-/// no entries.
-pub(crate) fn read_all(
+/// no entries. The topic is read by a synchronous client, on a thread of its own.
+pub(crate) async fn read_all(
+    kafka_config: &KafkaConfig,
+    dlq_topic: &str,
+) -> Result<Vec<DlqEntry>, rdkafka::error::KafkaError> {
+    let (kafka_config, dlq_topic) = (kafka_config.clone(), dlq_topic.to_string());
+    tokio::task::spawn_blocking(move || read_all_blocking(&kafka_config, &dlq_topic))
+        .await
+        .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+}
+
+fn read_all_blocking(
     kafka_config: &KafkaConfig,
     dlq_topic: &str,
 ) -> Result<Vec<DlqEntry>, rdkafka::error::KafkaError> {

@@ -54,7 +54,7 @@ async fn replay_table(
     opts: &ReplayOptions,
 ) -> Result<(), DlqCliError> {
     let bk = config.target.bookkeeping_schema.as_str();
-    let entries = read::read_all(&config.kafka, &t.dlq_topic)?;
+    let entries = read::read_all(&config.kafka, &t.dlq_topic).await?;
     let resolved = read::resolved(client, bk, &t.dlq_topic).await?;
     let pending: Vec<&DlqEntry> = entries
         .iter()

@@ -78,19 +78,21 @@ impl DlqWriter {
             DLQ_TOPIC_CONFIGS,
         )
         .await?;
-        let count = self
-            .producer
-            .client()
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .ok()
-            .and_then(|md| {
-                md.topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map(|t| t.partitions().len() as i32)
-            })
-            .filter(|n| *n > 0)
-            .unwrap_or(self.partitions);
+        // a metadata request waits for the broker (up to 10 s): not on the runtime's thread
+        let count = kafka::without_blocking_the_runtime(|| {
+            self.producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        })
+        .ok()
+        .and_then(|md| {
+            md.topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map(|t| t.partitions().len() as i32)
+        })
+        .filter(|n| *n > 0)
+        .unwrap_or(self.partitions);
         self.counts.insert(topic.clone(), count);
         self.ready.insert(topic);
         Ok(())
