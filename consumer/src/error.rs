@@ -4,7 +4,7 @@
 //! reaches the top of a command stops it whatever its class: a transient one there has outlasted
 //! its retries.
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tunnel_shared::catalog::CatalogError;
 use tunnel_shared::event::EventError;
 use tunnel_shared::fault::{Classify, ErrorClass};
@@ -88,8 +88,24 @@ pub(crate) enum DlqError {
 
 impl Classify for DlqError {
     fn class(&self) -> ErrorClass {
-        // a DLQ that cannot be written holds the batch back; it is never skipped
-        ErrorClass::Transient
+        // a DLQ that cannot be written holds the batch back: it is never skipped. Kafka down
+        // or busy is waited out; what no retry can change (an entry larger than the topic
+        // takes, a role that may not write or create the topic) stops the consumer, which
+        // says why, instead of retrying for ever
+        match self {
+            DlqError::Send { source, .. } => match source.rdkafka_error_code() {
+                Some(
+                    RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::MessageBatchTooLarge
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::InvalidTopic,
+                ) => ErrorClass::Fatal,
+                _ => ErrorClass::Transient,
+            },
+            DlqError::Topic(e) => e.class(),
+        }
     }
 }
 
@@ -268,6 +284,25 @@ mod tests {
             ErrorClass::Transient
         );
         assert_eq!(ApplyError::Pg(bad_url()).class(), ErrorClass::Fatal);
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            let never = DlqError::Send {
+                topic: "t.dlq".into(),
+                source: KafkaError::MessageProduction(code),
+            };
+            assert_eq!(
+                ApplyError::Dlq(never).class(),
+                ErrorClass::Fatal,
+                "{code:?}"
+            );
+        }
+        let busy = DlqError::Send {
+            topic: "t.dlq".into(),
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut),
+        };
+        assert_eq!(busy.class(), ErrorClass::Transient);
     }
 
     #[test]
