@@ -41,10 +41,13 @@ pub(crate) async fn lock(
         )
         .await
         .map_err(PgError::query("locking the offsets of the batch"))?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    let unexpected = || {
+        PgError::query(format!("reading {table}: a column does not have the type the consumer created it with (changed by hand?)"))
+    };
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(unexpected())
 }
 
 /// Stores what a batch did to these partitions of `topic`: their next offsets, and the events
@@ -91,7 +94,13 @@ pub(crate) async fn stored(
         )
         .await
         .map_err(PgError::query("reading stored offsets"))?;
-    Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
+    match rows.first() {
+        Some(r) => r.try_get(0).map_err(PgError::query(format!(
+            "reading {}: next_offset is not the bigint the consumer created (changed by hand?)",
+            offsets_table(bk)
+        ))),
+        None => Ok(0),
+    }
 }
 
 /// Tells the consumers of `topic` that a replay may free parked keys: they read them again

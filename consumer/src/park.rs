@@ -79,8 +79,9 @@ impl ParkedCache {
             );
         }
         for r in rows {
-            let p: i32 = r.get(0);
-            let key: String = r.get(1);
+            let (p, key) = partition_and_key(&r).map_err(PgError::query(
+                "reading the parked keys: a column does not have the type the consumer created it with (changed by hand?)",
+            ))?;
             if let (Some(c), Some(k)) = (self.parts.get_mut(&(topic.clone(), p)), from_json(&key)) {
                 c.keys.insert(k);
             }
@@ -163,6 +164,11 @@ pub(crate) async fn release_one(
     .await
     .map_err(PgError::query("freeing a parked key"))?;
     Ok(())
+}
+
+/// A parked key's row: its partition and its key (JSON).
+fn partition_and_key(r: &tokio_postgres::Row) -> Result<(i32, String), tokio_postgres::Error> {
+    Ok((r.try_get(0)?, r.try_get(1)?))
 }
 
 #[cfg(test)]

@@ -179,3 +179,40 @@ async fn broker_sigkill_while_the_consumer_joins() {
     load.await.unwrap();
     case.assert_recovered(&[&producer, &consumer]).await;
 }
+
+/// An operator changes a column of the consumer's bookkeeping by hand: the consumer stops with
+/// an error that names the table (it panicked before).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bookkeeping_column_changed_by_hand_stops_the_consumer_with_the_reason() {
+    let dbs = Databases::create().await;
+    dbs.source()
+        .await
+        .batch_execute(&format!(
+            "{MEDIA}; INSERT INTO media (s3_path) VALUES ('/a')"
+        ))
+        .await
+        .unwrap();
+    let config = tk::write_config(&dbs, &tk::unique("f"), &tk::unique("g"), &["media"], "");
+    let producer = Proc::start("producer", &config);
+    let mut consumer = Proc::start("consumer", &config);
+    tk::wait_identical(&dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    consumer.terminate(Duration::from_secs(30));
+    dbs.target()
+        .await
+        .batch_execute("ALTER TABLE tunnel.offsets ALTER COLUMN next_offset TYPE numeric")
+        .await
+        .unwrap();
+    dbs.source()
+        .await
+        .batch_execute("INSERT INTO media (s3_path) VALUES ('/b')")
+        .await
+        .unwrap();
+    let mut consumer = Proc::start("consumer", &config);
+    let status = consumer.wait_exit(RECOVERY);
+    let log = consumer.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("tunnel") && log.contains("changed by hand") && !log.contains("panicked"),
+        "{log}"
+    );
+}

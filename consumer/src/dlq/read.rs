@@ -111,8 +111,8 @@ pub(crate) async fn resolved(
         )
         .await
         .map_err(PgError::query("reading the resolved DLQ entries"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-        .collect())
+    rows.into_iter()
+        .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(PgError::query("reading the resolved DLQ entries: a column does not have the type the consumer created it with (changed by hand?)"))
 }
