@@ -17,7 +17,7 @@ use tunnel_shared::retry::retry;
 use tunnel_shared::schema;
 
 use crate::checkpoint::{self, Checkpoint};
-use crate::error::{PublishError, WorkerError, SETUP_ATTEMPTS};
+use crate::error::{CheckpointError, PublishError, WorkerError, SETUP_ATTEMPTS};
 use crate::keyset::{self, KeySet};
 use crate::publish::Publisher;
 use crate::source::Source;
@@ -175,7 +175,18 @@ async fn publisher_and_checkpoint(
         },
     )
     .await?;
-    let checkpoint = match loading.await.unwrap_or(Ok(None))? {
+    let loaded = match loading.await {
+        Ok(loaded) => loaded,
+        // a loader that did not finish is no reason to snapshot the table again from scratch
+        Err(e) => {
+            tracing::error!(error = %e, "loading the checkpoint ended abnormally");
+            Err(CheckpointError::Read {
+                topic: cp_topic.clone(),
+                source: rdkafka::error::KafkaError::Canceled,
+            })
+        }
+    };
+    let checkpoint = match loaded? {
         Some(cp) => {
             info!(phase = ?cp.snapshot.phase, events = cp.events, "resuming from checkpoint");
             cp

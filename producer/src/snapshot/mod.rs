@@ -223,7 +223,7 @@ impl Snapshot {
             }
             account(&mut next, &rows);
             if done {
-                finish_scan(&**source, &mut next, max_wait).await?;
+                finish_scan(&**source, &mut next, max_wait, stop).await?;
             }
             self.checkpoint = next.clone();
             *pending = Some((next, rows));
@@ -312,18 +312,27 @@ async fn start_drained<R: SourceReader>(
 }
 
 /// The scan reached the end: wait for the transactions older than the snapshot, then read
-/// again what was read while they were open, or finish.
+/// again what was read while they were open, or finish. A stop ends the wait (for up to
+/// `horizon_max_wait_s`) at once; the scan is then still in its last phase, and a restarted
+/// producer waits again.
 async fn finish_scan<R: SourceReader>(
     source: &R,
     next: &mut Checkpoint,
     max_wait_micros: i64,
+    stop: &watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     while !next.snapshot.drained {
         if start_drained(source, next, max_wait_micros).await? {
             next.snapshot.drained = true;
             next.snapshot.drained_upto = next.snapshot.after_key.clone();
+        } else if *stop.borrow() {
+            return Ok(());
         } else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = stop.changed() => {}
+            }
         }
     }
     next.snapshot.phase = match next.snapshot.drained_upto {

@@ -251,3 +251,26 @@ async fn a_stop_ends_the_run_before_the_next_chunk() {
     assert!(!s.done());
     assert_eq!(shipper.keys(), vec![Vec::<i64>::new()]);
 }
+
+#[tokio::test]
+async fn a_stop_ends_the_wait_for_transactions_older_than_the_snapshot() {
+    let mut table = Table::new(3, &[]);
+    // a transaction open at the start that never ends (and no limit on the wait)
+    table.running = Mutex::new(VecDeque::from(vec![vec!["3/7"]; 100_000]));
+    let shipper = Recorder::default();
+    let (tx, stop) = watch::channel(false);
+    let mut s = snapshot();
+    let stopping = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.send(true).unwrap();
+    };
+    let (ran, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(s.run(&mut table, &shipper, &stop), stopping)
+    })
+    .await
+    .expect("the run ended after the stop");
+    ran.unwrap();
+    assert!(!s.done());
+    // every chunk was shipped; the snapshot has not switched to streaming
+    assert_eq!(shipper.keys().concat(), vec![1, 2, 3]);
+}
