@@ -75,6 +75,17 @@ impl KeySet {
         a
     }
 
+    /// Whether `k` has been shipped (and not deleted since).
+    pub fn contains(&self, k: i64) -> bool {
+        self.keys.contains(to_u64(k))
+    }
+
+    /// Whether the single integer key of an event's row has been shipped; `None` for another
+    /// kind of key.
+    pub fn contains_key(&self, key: &[apache_avro::types::Value]) -> Option<bool> {
+        key_i64(key).map(|k| self.contains(k))
+    }
+
     /// The keys of a range, in order.
     pub fn keys(&self, r: RangeInclusive<i64>) -> Vec<i64> {
         self.range(&r).collect()

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use tunnel_shared::event::{ChangeEvent, Detection, Op};
 
 use super::detector::Found;
+use crate::keyset::KeySet;
 
 struct CacheEntry {
     hash: u64,
@@ -42,19 +43,31 @@ impl ContentCache {
         }
     }
 
-    /// The events a pass's result becomes: a row whose hash is the one last shipped is no
-    /// change; a row shipped before with another hash is an update (`u`); a row never shipped
-    /// is an insert (`c`) when the key scan found it, else an update (its insert may have been
-    /// shipped before this producer's memory began). Gone keys are deletes (`d`).
-    pub fn changes(&self, found: &Found, detection: Detection, ts_ms: i64) -> Vec<ChangeEvent> {
+    /// The events a pass's result becomes, with Debezium's meaning of each operation. A row
+    /// whose hash is the one last shipped is no change (except for a repair, which ships what
+    /// it was asked for). A row is an insert (`c`) exactly when its key has not been shipped
+    /// (or was deleted since), which `shipped`, the shipped key set of a table with a single
+    /// integer key, knows whichever detector found the row; else it is an update (`u`).
+    /// Without a key set, a row never shipped by this producer's memory is an insert when the
+    /// key scan found it and an update otherwise. Gone keys are deletes (`d`).
+    pub fn changes(
+        &self,
+        found: &Found,
+        detection: Detection,
+        shipped: Option<&KeySet>,
+        ts_ms: i64,
+    ) -> Vec<ChangeEvent> {
         let mut events = Vec::new();
         for r in &found.rows {
-            let op = match self.entries.get(&r.key_text) {
-                Some(e) if e.hash == r.hash => continue,
-                Some(_) => Op::Update,
-                None if detection == Detection::KeyScan => Op::Create,
-                None => Op::Update,
+            let cached = self.entries.get(&r.key_text);
+            if cached.is_some_and(|e| e.hash == r.hash) && detection != Detection::Repair {
+                continue;
+            }
+            let new = match shipped.and_then(|keys| keys.contains_key(&r.key)) {
+                Some(known) => !known,
+                None => cached.is_none() && detection == Detection::KeyScan,
             };
+            let op = if new { Op::Create } else { Op::Update };
             events.push(ChangeEvent {
                 op,
                 key: r.key.clone(),
@@ -152,7 +165,7 @@ pub(super) mod tests {
             gone: vec![gone(4)],
             ..Default::default()
         };
-        let by_key = cache.changes(&found, Detection::KeyScan, 5);
+        let by_key = cache.changes(&found, Detection::KeyScan, None, 5);
         assert_eq!(
             ops(&by_key),
             vec![
@@ -165,8 +178,23 @@ pub(super) mod tests {
             .iter()
             .all(|e| e.detected_by == Detection::KeyScan && e.ts_ms == 5));
         assert!(by_key[2].after.is_none());
-        let by_watermark = cache.changes(&found, Detection::Watermark, 5);
+        let by_watermark = cache.changes(&found, Detection::Watermark, None, 5);
         assert_eq!(by_watermark[1].op, Op::Update);
+    }
+
+    #[test]
+    fn a_repair_ships_a_row_even_when_it_is_unchanged() {
+        let mut cache = ContentCache::new(1);
+        cache.remember([(vec!["1".to_string()], 10)], 0);
+        let found = Found {
+            rows: vec![row(1, 10, None)],
+            ..Default::default()
+        };
+        assert!(cache
+            .changes(&found, Detection::Watermark, None, 5)
+            .is_empty());
+        let repaired = cache.changes(&found, Detection::Repair, None, 5);
+        assert_eq!(ops(&repaired), vec![(Op::Update, Value::Long(1))]);
     }
 
     #[test]

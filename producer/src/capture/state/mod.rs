@@ -236,7 +236,9 @@ impl CaptureState {
     /// shipped now (`now`: for the checkpoint's interval; `ts_ms`: the events' time).
     pub fn outcome(&self, plan: &Plan, found: &Found, ts_ms: i64, now: Instant) -> Outcome {
         let detection = self.slots[plan.slot].detection;
-        let events = self.cache.changes(found, detection, ts_ms);
+        let events = self
+            .cache
+            .changes(found, detection, self.keyset.as_ref(), ts_ms);
         let mut next = self.checkpoint.clone();
         next.bounds = self.restart_bounds(plan.slot, &plan.observed);
         if let Some(upto) = found.repairs_upto {

@@ -131,8 +131,9 @@ fn a_pass_repeated_after_a_failed_publish_ships_the_same_and_keeps_its_bounds() 
 }
 
 #[test]
-fn new_rows_are_creates_for_the_key_scan_and_changes_found_later_are_updates() {
+fn a_row_is_a_create_exactly_when_its_key_was_never_shipped_whoever_finds_it() {
     let mut s = state(checkpoint(5_000, None));
+    // the watermark scan finds a new row before the key scan does: still an insert
     let plan = s.plan(WATERMARK, probe(1_000));
     let o = s.outcome(
         &plan,
@@ -140,7 +141,7 @@ fn new_rows_are_creates_for_the_key_scan_and_changes_found_later_are_updates() {
         0,
         Instant::now(),
     );
-    assert_eq!(ops(&o), vec![(Op::Update, Value::Long(1))]);
+    assert_eq!(ops(&o), vec![(Op::Create, Value::Long(1))]);
     pass(&mut s, KEY_SCAN, 1_000, found(vec![row(2, 20, None)]));
     let f = Found {
         rows: vec![row(2, 21, Some(6_000)), row(3, 30, Some(6_000))],
@@ -153,12 +154,26 @@ fn new_rows_are_creates_for_the_key_scan_and_changes_found_later_are_updates() {
         ops(&o),
         vec![
             (Op::Update, Value::Long(2)),
-            (Op::Update, Value::Long(3)),
+            (Op::Create, Value::Long(3)),
             (Op::Delete, Value::Long(4)),
         ]
     );
     // the key scan's create and these three
     assert_eq!(o.checkpoint().events, 4);
+    // key 2 deleted (reconciliation finds it gone), then written again: an insert again
+    let deleted = Found {
+        gone: vec![gone(2)],
+        ..Default::default()
+    };
+    pass(&mut s, RECONCILE, 3_000, deleted);
+    let plan = s.plan(WATERMARK, probe(4_000));
+    let o = s.outcome(
+        &plan,
+        &found(vec![row(2, 22, Some(7_000))]),
+        0,
+        Instant::now(),
+    );
+    assert_eq!(ops(&o), vec![(Op::Create, Value::Long(2))]);
 }
 
 #[test]
