@@ -18,7 +18,9 @@ use tunnel_shared::kafka;
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
 use crate::error::SourceError;
-use crate::source::Activity;
+use crate::source::{Activity, Source, SourceRow};
+use tunnel_shared::catalog::TableInfo;
+use tunnel_shared::fault::{Classify, ErrorClass};
 
 /// One repair request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +34,9 @@ pub struct RepairScan {
     topic: String,
     table_key: String,
     consumer: Option<BaseConsumer<kafka::EndIsExpected>>,
+    /// The offset the consumer reads next: a pass that starts elsewhere (the one before was
+    /// not shipped) assigns the partition again from its own start.
+    position: i64,
 }
 
 impl RepairScan {
@@ -42,11 +47,15 @@ impl RepairScan {
             topic,
             table_key,
             consumer: None,
+            position: 0,
         }
     }
 
     /// The requests after offset `from`, and the offset after the last one read.
     fn read(&mut self, from: i64) -> Result<(Vec<Vec<String>>, i64), KafkaError> {
+        if self.position != from {
+            self.consumer = None;
+        }
         if self.consumer.is_none() {
             let c = kafka::reader(&self.kafka, &format!("{}.reader", self.topic))?;
             let mut tpl = TopicPartitionList::new();
@@ -81,7 +90,51 @@ impl RepairScan {
                 Some(Err(e)) => return Err(e),
             }
         }
+        self.position = next;
         Ok((keys, next))
+    }
+}
+
+/// The keys of a request that can name a row of `table`: as many values as its key has
+/// columns, each of its column's type. Others are logged and skipped: a bad request must not
+/// stop the producer (it would be read again after every restart).
+fn usable_keys(table: &TableInfo, keys: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    keys.into_iter()
+        .filter(|k| match GoneKey::from_text(table, k.clone()) {
+            Ok(_) if k.len() == table.key.len() => true,
+            Ok(_) => {
+                warn!(key = ?k, columns = table.key.len(), "repair request: the key has the wrong number of values; skipped");
+                false
+            }
+            Err(e) => {
+                warn!(key = ?k, error = %e, "repair request: the key does not fit the table's key; skipped");
+                false
+            }
+        })
+        .collect()
+}
+
+/// The rows of `keys`; when the source refuses a value (a type the check above could not
+/// parse), each key is looked up alone and those it refuses are skipped.
+async fn rows_by_keys(
+    source: &mut Source,
+    keys: &[Vec<String>],
+) -> Result<Vec<SourceRow>, SourceError> {
+    match source.rows_by_keys(keys).await {
+        Err(e) if e.class() == ErrorClass::Definite => {
+            let mut rows = Vec::new();
+            for k in keys {
+                match source.rows_by_keys(std::slice::from_ref(k)).await {
+                    Ok(found) => rows.extend(found),
+                    Err(e) if e.class() == ErrorClass::Definite => {
+                        warn!(key = ?k, error = %e, "repair request: the source refuses the key; skipped")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(rows)
+        }
+        other => other,
     }
 }
 
@@ -115,9 +168,8 @@ impl ChangeDetector for RepairScan {
                 return Ok(found);
             }
             let table = ctx.source.table().clone();
-            let n = table.key.len();
-            let keys: Vec<Vec<String>> = keys.into_iter().filter(|k| k.len() == n).collect();
-            found.rows = ctx.source.rows_by_keys(&keys).await?;
+            let keys = usable_keys(&table, keys);
+            found.rows = rows_by_keys(ctx.source, &keys).await?;
             let present: std::collections::HashSet<&Vec<String>> =
                 found.rows.iter().map(|r| &r.key_text).collect();
             let gone: Vec<Vec<String>> = keys
@@ -132,5 +184,35 @@ impl ChangeDetector for RepairScan {
             tracing::info!(keys = keys.len(), "repair requested");
             Ok(found)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tunnel_shared::catalog::{Column, ColumnKind};
+
+    use super::*;
+
+    #[test]
+    fn keys_that_cannot_name_a_row_are_skipped() {
+        let table = TableInfo {
+            schema: "public".into(),
+            name: "media".into(),
+            columns: vec![Column {
+                name: "id".into(),
+                type_name: "integer".into(),
+                kind: ColumnKind::Int4,
+                nullable: false,
+            }],
+            key: vec![0],
+            watermark: None,
+        };
+        let keys = |k: &[&[&str]]| -> Vec<Vec<String>> {
+            k.iter()
+                .map(|k| k.iter().map(|v| v.to_string()).collect())
+                .collect()
+        };
+        let asked = keys(&[&["7"], &["x"], &["1", "2"], &[], &["99999999999"], &["-3"]]);
+        assert_eq!(usable_keys(&table, asked), keys(&[&["7"], &["-3"]]));
     }
 }
