@@ -40,6 +40,13 @@ type Listed = (Vec<String>, i64);
 /// the whole table is compared.
 const VERSIONS_CAP: usize = 200_000;
 
+/// What a pass would change of the scan's memory, until it is shipped.
+#[derive(Default)]
+struct Staged {
+    suspects: Option<HashSet<Vec<String>>>,
+    full_at: Option<Instant>,
+}
+
 pub struct ContentScan {
     pub interval: Duration,
     /// How often the whole table is compared although the rows written since the last pass
@@ -51,6 +58,8 @@ pub struct ContentScan {
     by_versions: bool,
     /// Keys the last pass found different, to be shipped if this pass finds them so again.
     suspects: HashSet<Vec<String>>,
+    /// What the pass in hand would make of `suspects` and `last_full`, kept once it is shipped.
+    staged: Staged,
     target_cfg: TargetConfig,
     target_table: String,
     target: Option<Client>,
@@ -73,6 +82,7 @@ impl ContentScan {
             last_full: Instant::now(),
             by_versions,
             suspects: HashSet::new(),
+            staged: Staged::default(),
             target_cfg: target_cfg.clone(),
             target_table: qualified(table.target_schema(), table.target_name()),
             target: None,
@@ -109,16 +119,16 @@ impl ContentScan {
         xids: &[i64],
         horizon: i64,
     ) -> (Vec<Vec<String>>, i64) {
-        let previous = std::mem::take(&mut self.suspects);
-        let (confirmed, fresh): (Vec<_>, Vec<_>) =
-            differing.into_iter().partition(|k| previous.contains(k));
+        let (confirmed, fresh): (Vec<_>, Vec<_>) = differing
+            .into_iter()
+            .partition(|k| self.suspects.contains(k));
         let xid_of: HashMap<&Vec<String>, i64> =
             listed.iter().zip(xids).map(|((k, _), x)| (k, *x)).collect();
         let held = fresh
             .iter()
             .filter_map(|k| xid_of.get(k).copied())
             .fold(horizon, i64::min);
-        self.suspects = fresh.into_iter().collect();
+        self.staged.suspects = Some(fresh.into_iter().collect());
         (confirmed, held)
     }
 
@@ -164,6 +174,8 @@ impl ChangeDetector for ContentScan {
             || before.deleted != now.deleted
     }
     fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
+        // what an earlier pass staged was not shipped: this pass starts from the same memory
+        self.staged = Staged::default();
         Box::pin(async move {
             let mut ctx = ctx;
             // connected before the clock starts: the pass logs what the comparison costs
@@ -176,6 +188,15 @@ impl ChangeDetector for ContentScan {
                 None => Ok(Found::default()),
             }
         })
+    }
+    fn shipped(&mut self) {
+        let staged = std::mem::take(&mut self.staged);
+        if let Some(suspects) = staged.suspects {
+            self.suspects = suspects;
+        }
+        if let Some(at) = staged.full_at {
+            self.last_full = at;
+        }
     }
 }
 
@@ -285,7 +306,7 @@ impl ContentScan {
             ..Default::default()
         };
         if c.whole_table {
-            self.last_full = Instant::now();
+            self.staged.full_at = Some(Instant::now());
         }
         let mut again: Vec<Vec<String>> = c.diff.missing;
         again.extend(c.diff.differing);
@@ -351,5 +372,53 @@ async fn parked_keys(target: &Client, bookkeeping: &str, topic: &str) -> HashSet
             debug!(error = %e, "no parked keys read");
             HashSet::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn scan() -> ContentScan {
+        let config = tunnel_shared::config::Config::parse(
+            "[source]\nurl = \"postgres://r@h/s\"\n[target]\nurl = \"postgres://w@h/t\"\n\
+             [kafka]\nbrokers = \"k:1\"\n[registry]\nurl = \"http://r\"\n[[tables]]\nname = \"media\"\n",
+            "t.toml",
+            &[],
+        )
+        .unwrap();
+        ContentScan::new(
+            Duration::from_secs(1),
+            Duration::ZERO,
+            true,
+            &config.target,
+            &config.tables[0],
+            "t.public.media".into(),
+        )
+    }
+
+    fn key(k: &str) -> Vec<String> {
+        vec![k.to_string()]
+    }
+
+    #[test]
+    fn a_difference_is_confirmed_by_the_next_shipped_pass_only() {
+        let mut s = scan();
+        let listed = vec![(key("1"), 10), (key("2"), 20)];
+        let xids = [100, 200];
+        // first seen: not shipped yet, the horizon held back to its transaction
+        let (ship, held) = s.confirm(vec![key("1")], &listed, &xids, 500);
+        assert!(ship.is_empty());
+        assert_eq!(held, 100);
+        // that pass was not shipped: repeated, it decides the same
+        s.staged = Staged::default();
+        let (ship, _) = s.confirm(vec![key("1")], &listed, &xids, 500);
+        assert!(ship.is_empty());
+        // shipped this time: the next pass that sees it again ships it
+        s.shipped();
+        let (ship, held) = s.confirm(vec![key("1"), key("2")], &listed, &xids, 500);
+        assert_eq!(ship, vec![key("1")]);
+        assert_eq!(held, 200);
     }
 }

@@ -103,6 +103,7 @@ impl Stream {
             );
         }
         // shipped: remember what was shipped and seen
+        self.detectors[i].shipped();
         let now = Instant::now();
         self.state
             .shipped(plan, found, outcome, activity, now, now - started);

@@ -72,12 +72,15 @@ pub struct Found {
 /// Contract: a pass reads the source through `source` only (short read-only statements), reads
 /// every row that may have changed at or above `bounds` (rows below them were seen by earlier
 /// passes; see [`crate::horizon`]), and returns them without shipping anything. A pass may be
-/// repeated with the same bounds at any time (after a failed publish, after a restart): it
-/// must not keep state that assumes its result was shipped.
+/// repeated with the same bounds at any time (after a failed publish, after a restart): what it
+/// keeps across passes moves on in [`ChangeDetector::shipped`], never in the pass itself.
 pub trait ChangeDetector: Send + Sync {
     fn detection(&self) -> Detection;
     fn interval(&self) -> Duration;
     /// Whether activity on the table since this detector's last pass may mean new results.
     fn wants(&self, before: &Activity, now: &Activity) -> bool;
     fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>>;
+    /// The last pass's result was shipped (or had nothing to ship): what the detector keeps
+    /// across passes may move on now, and only now.
+    fn shipped(&mut self) {}
 }
