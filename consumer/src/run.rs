@@ -164,7 +164,9 @@ async fn apply_batches(
     loop {
         tokio::select! {
             items = batches.recv() => {
-                let Some(items) = items else { return Ok(()) };
+                // no more batches: the collector ended, and how it ended is the consumer's end
+                // (a stop, or its error: this branch may win the race with the one below)
+                let Some(items) = items else { return collector_end((&mut collecting).await) };
                 match applier.apply(&items).await {
                     Ok(applied) => {
                         let _ = done.send((applied, items));
@@ -176,13 +178,18 @@ async fn apply_batches(
                 }
             }
             // the collector failed (or stopped) with no batch on its way
-            ended = &mut collecting, if batches.is_empty() => {
-                return match ended {
-                    Ok(result) => result,
-                    Err(e) => Err(RunError::Collector(e.to_string())),
-                };
-            }
+            ended = &mut collecting, if batches.is_empty() => return collector_end(ended),
         }
+    }
+}
+
+/// The collecting task's result: its own, or the reason it did not finish.
+fn collector_end(
+    ended: Result<Result<(), RunError>, tokio::task::JoinError>,
+) -> Result<(), RunError> {
+    match ended {
+        Ok(result) => result,
+        Err(e) => Err(RunError::Collector(e.to_string())),
     }
 }
 
