@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use tunnel_shared::testkit::{self as tk, Databases, PrivateBroker, Proc};
@@ -96,10 +96,14 @@ impl Case {
         self.broker = Some(broker);
     }
 
-    /// Identical within [`RECOVERY`], every committed event applied exactly once, `verify`
-    /// clean.
-    async fn assert_recovered(&mut self, procs: &[&Proc]) {
+    /// Identical within [`RECOVERY`] of `since` (the end of the fault), every committed event
+    /// applied exactly once, `verify` clean. Prints how long the recovery took.
+    async fn assert_recovered(&mut self, what: &str, since: Instant, procs: &[&Proc]) {
         tk::wait_identical(&self.dbs, "media", RECOVERY, procs).await;
+        eprintln!(
+            "fault '{what}': identical {:.1} s after the fault ended (load stopped 10 s after it)",
+            since.elapsed().as_secs_f64()
+        );
         let topic = format!("{}.public.media", self.prefix);
         let book = tk::bookkeeping(&self.dbs.target().await, &topic).await;
         let mut kafka = tk::kafka_config(&self.prefix, &self.group, 3);
@@ -137,11 +141,17 @@ async fn broker_sigkill_in_steady_state() {
     // the outage itself: 5 s without a broker, the load going on
     tokio::time::sleep(Duration::from_secs(5)).await;
     case.restart_broker().await;
+    let back = Instant::now();
     // the load goes on for a while after the restart
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
     assert!(load.await.unwrap() > 100, "the load made too few changes");
-    case.assert_recovered(&[&producer, &consumer]).await;
+    case.assert_recovered(
+        "broker SIGKILL in steady state",
+        back,
+        &[&producer, &consumer],
+    )
+    .await;
 }
 
 /// The broker is SIGKILLed while the consumer joins its group (right after it starts).
@@ -173,11 +183,43 @@ async fn broker_sigkill_while_the_consumer_joins() {
     case.broker().kill9();
     tokio::time::sleep(Duration::from_secs(5)).await;
     case.restart_broker().await;
+    let back = Instant::now();
     // the load goes on for a while after the restart
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
-    case.assert_recovered(&[&producer, &consumer]).await;
+    case.assert_recovered(
+        "broker SIGKILL while the consumer joins",
+        back,
+        &[&producer, &consumer],
+    )
+    .await;
+}
+
+/// A network partition: the broker stops answering (SIGSTOP) for longer than the consumer's
+/// session timeout (10 s), without closing a connection, then answers again (SIGCONT).
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_partitioned_longer_than_the_session_timeout() {
+    let mut case = Case::new().await;
+    let producer = Proc::start("producer", &case.config);
+    let consumer = Proc::start("consumer", &case.config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(
+        case.dbs.source_admin_url.clone(),
+        stop.clone(),
+        3,
+    ));
+    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    case.broker().pause(true);
+    // the partition itself: 15 s, past session.timeout.ms
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    case.broker().pause(false);
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    case.assert_recovered("broker partitioned 15 s", back, &[&producer, &consumer])
+        .await;
 }
 
 /// An operator changes a column of the consumer's bookkeeping by hand: the consumer stops with
