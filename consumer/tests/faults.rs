@@ -258,3 +258,55 @@ async fn a_bookkeeping_column_changed_by_hand_stops_the_consumer_with_the_reason
         "{log}"
     );
 }
+
+/// Repair requests that cannot name a row (a key of the wrong type, of the wrong length, not
+/// JSON at all) are logged and skipped: the producer goes on (it stopped, and stopped again at
+/// every restart, before).
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_repair_requests_are_skipped() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let dbs = Databases::create().await;
+    dbs.source()
+        .await
+        .batch_execute(&format!(
+            "{MEDIA}; INSERT INTO media (s3_path) VALUES ('/a')"
+        ))
+        .await
+        .unwrap();
+    let (prefix, group) = (tk::unique("f"), tk::unique("g"));
+    let config = tk::write_config(&dbs, &prefix, &group, &["media"], "");
+    let mut producer = Proc::start("producer", &config);
+    let consumer = Proc::start("consumer", &config);
+    tk::wait_identical(&dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    let kafka = tk::kafka_config(&prefix, &group, 3);
+    let sender: FutureProducer = tunnel_shared::kafka::producer_config(&kafka)
+        .create()
+        .unwrap();
+    for request in [
+        r#"{"keys": [["not a number"]]}"#,
+        r#"{"keys": [["1", "2"], []]}"#,
+        r#"{"keys": [["99999999999"]]}"#,
+        "not json",
+    ] {
+        sender
+            .send(
+                FutureRecord::to(&format!("{prefix}._repairs"))
+                    .key("public.media")
+                    .payload(request),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    tk::wait_for("the requests skipped", RECOVERY, || async {
+        (producer.log_text().matches("skipped").count() >= 4).then_some(())
+    })
+    .await;
+    dbs.source()
+        .await
+        .batch_execute("INSERT INTO media (s3_path) VALUES ('/b')")
+        .await
+        .unwrap();
+    tk::wait_identical(&dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    assert!(producer.running(), "{}", producer.log_text());
+}
