@@ -570,3 +570,70 @@ async fn events_read_back_from_the_topic_carry_debeziums_ops() {
     );
     drop(producer);
 }
+
+/// With the consumer stopped, the reconciliation does not ship the events still in flight
+/// again on every pass (they fill the topic with copies): it pauses, says so once, and picks up
+/// when the consumer applies again.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_pauses_while_the_consumer_applies_nothing() {
+    let (s, src) = setup_media(100, FAST).await;
+    let producer = Proc::start("producer", &s.config);
+    let mut consumer = Proc::start("consumer", &s.config);
+    tk::wait_identical(
+        &s.dbs,
+        "media",
+        Duration::from_secs(60),
+        &[&producer, &consumer],
+    )
+    .await;
+    consumer.kill9();
+    src.batch_execute("INSERT INTO media (s3_path) SELECT '/late' FROM generate_series(1, 50)")
+        .await
+        .unwrap();
+    // the application goes on writing: passes keep running
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (url, on) = (s.dbs.source_admin_url.clone(), writing.clone());
+    let writer = tokio::spawn(async move {
+        let client = tk::connect(&url).await;
+        let mut i = 0;
+        while on.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            client
+                .execute(
+                    "UPDATE media SET s3_path = $1, updated_at = now() WHERE id = $2",
+                    &[&format!("/w{i}"), &(i % 100 + 1)],
+                )
+                .await
+                .unwrap();
+            // the application's pace
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // the window in which passes (every 500 ms) used to ship the in-flight rows again and
+    // again: the assertion is about what does not happen in it
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let log = producer.log_text();
+    let reshipped = log
+        .lines()
+        .filter(|l| l.contains("shipped changes") && l.contains("detector=\"reconcile\""))
+        .count();
+    assert!(reshipped <= 1, "shipped again {reshipped} times:\n{log}");
+    assert_eq!(log.matches("reconciliation paused").count(), 1, "{log}");
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    let consumer = Proc::start("consumer", &s.config);
+    tk::wait_identical(
+        &s.dbs,
+        "media",
+        Duration::from_secs(60),
+        &[&producer, &consumer],
+    )
+    .await;
+    tk::wait_for("the resume", Duration::from_secs(30), || async {
+        producer
+            .log_text()
+            .contains("reconciliation resumed")
+            .then_some(())
+    })
+    .await;
+}

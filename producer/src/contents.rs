@@ -30,6 +30,7 @@ use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
 use crate::error::SourceError;
+use crate::lag::{self, ApplyWatch, Verdict};
 use crate::source::Activity;
 use crate::versions::{self, Versions, Written};
 
@@ -60,6 +61,8 @@ pub struct ContentScan {
     suspects: HashSet<Vec<String>>,
     /// What the pass in hand would make of `suspects` and `last_full`, kept once it is shipped.
     staged: Staged,
+    /// Whether the consumer applies what was shipped (passes pause while it does not).
+    applying: ApplyWatch,
     target_cfg: TargetConfig,
     target_table: String,
     target: Option<Client>,
@@ -83,6 +86,7 @@ impl ContentScan {
             by_versions,
             suspects: HashSet::new(),
             staged: Staged::default(),
+            applying: ApplyWatch::default(),
             target_cfg: target_cfg.clone(),
             target_table: qualified(table.target_schema(), table.target_name()),
             target: None,
@@ -130,6 +134,32 @@ impl ContentScan {
             .fold(horizon, i64::min);
         self.staged.suspects = Some(fresh.into_iter().collect());
         (confirmed, held)
+    }
+
+    /// Whether this pass is skipped because the consumer applies nothing of what was shipped
+    /// (every event in flight would look like a difference, and be shipped again).
+    async fn paused(&mut self, shipped: u64) -> bool {
+        let (bookkeeping, topic) = (
+            self.target_cfg.bookkeeping_schema.clone(),
+            self.topic.clone(),
+        );
+        let processed = match self.target().await {
+            Ok(target) => lag::processed(target, &bookkeeping, &topic).await,
+            Err(_) => None,
+        };
+        match self.applying.observe(processed, shipped) {
+            Verdict::Pause { first, unapplied } => {
+                if first {
+                    warn!(unapplied, "reconciliation paused: the consumer has applied nothing of the events shipped since its last progress; differences now would be events in flight, and nothing is shipped again until it applies");
+                }
+                true
+            }
+            Verdict::Resume => {
+                info!("reconciliation resumed: the consumer applies again");
+                false
+            }
+            Verdict::Compare => false,
+        }
     }
 
     /// Whether the periodic whole-table comparison is due.
@@ -181,6 +211,9 @@ impl ChangeDetector for ContentScan {
             // connected before the clock starts: the pass logs what the comparison costs
             if let Err(e) = self.target().await {
                 warn!(error = %e, "reconciliation skipped: the target cannot be read");
+                return Ok(Found::default());
+            }
+            if self.paused(ctx.checkpoint.events).await {
                 return Ok(Found::default());
             }
             match self.compare(&mut ctx).await? {

@@ -9,6 +9,7 @@ mod detectors;
 mod error;
 mod horizon;
 mod keyset;
+mod lag;
 mod publish;
 mod repair;
 mod setup;
