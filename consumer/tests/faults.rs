@@ -58,6 +58,11 @@ struct Case {
 
 impl Case {
     async fn new() -> Case {
+        Self::with_rows(500).await
+    }
+
+    /// `media` with `rows` rows before the pipeline starts.
+    async fn with_rows(rows: i64) -> Case {
         let broker = tokio::task::spawn_blocking(PrivateBroker::start)
             .await
             .unwrap();
@@ -65,7 +70,7 @@ impl Case {
         dbs.source()
             .await
             .batch_execute(&format!(
-                "{MEDIA}; INSERT INTO media (s3_path, format, type) SELECT '/seed/' || i, 'jpg', 1 FROM generate_series(1, 500) i"
+                "{MEDIA}; INSERT INTO media (s3_path, format, type) SELECT '/seed/' || i, 'jpg', 1 FROM generate_series(1, {rows}) i"
             ))
             .await
             .unwrap();
@@ -190,6 +195,49 @@ async fn broker_sigkill_while_the_consumer_joins() {
     load.await.unwrap();
     case.assert_recovered(
         "broker SIGKILL while the consumer joins",
+        back,
+        &[&producer, &consumer],
+    )
+    .await;
+}
+
+/// The broker is SIGKILLed in the middle of the snapshot, and started again 5 s later: the
+/// producer resumes after the last chunk Kafka has.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_sigkill_during_the_snapshot() {
+    let mut case = Case::with_rows(300_000).await;
+    let producer = Proc::start("producer", &case.config);
+    let consumer = Proc::start("consumer", &case.config);
+    let target = case.dbs.target().await;
+    tk::wait_for("the snapshot under way", RECOVERY, || async {
+        let n: i64 = target
+            .query_one("SELECT count(*) FROM media", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n > 10_000).then_some(())
+    })
+    .await;
+    assert!(
+        !producer.log_text().contains("snapshot done"),
+        "the snapshot ended before the fault: make the table larger"
+    );
+    case.broker().kill9();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    case.restart_broker().await;
+    let back = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(steady_load(
+        case.dbs.source_admin_url.clone(),
+        stop.clone(),
+        4,
+    ));
+    // the load goes on for a while after the restart
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    case.assert_recovered(
+        "broker SIGKILL during the snapshot",
         back,
         &[&producer, &consumer],
     )
