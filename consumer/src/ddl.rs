@@ -9,17 +9,7 @@ use tunnel_shared::schema::FieldShape;
 /// Serializes DDL between consumers that start together.
 const DDL_LOCK: i64 = 0x7475_6e6e_656c; // "tunnel"
 
-pub(crate) fn offsets_table(bookkeeping_schema: &str) -> String {
-    qualified(bookkeeping_schema, "offsets")
-}
-
-pub(crate) fn resolved_table(bookkeeping_schema: &str) -> String {
-    qualified(bookkeeping_schema, "dlq_resolved")
-}
-
-pub(crate) fn parked_table(bookkeeping_schema: &str) -> String {
-    qualified(bookkeeping_schema, "parked_keys")
-}
+pub(crate) use tunnel_shared::bookkeeping::{offsets_table, parked_table, resolved_table};
 
 pub(crate) async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(), PgError> {
     let sql = format!(

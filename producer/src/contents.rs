@@ -391,7 +391,7 @@ async fn whole_table(
 async fn parked_keys(target: &Client, bookkeeping: &str, topic: &str) -> HashSet<Vec<String>> {
     let sql = format!(
         "SELECT key FROM {} WHERE topic = $1",
-        qualified(bookkeeping, "parked_keys")
+        tunnel_shared::bookkeeping::parked_table(bookkeeping)
     );
     match target.query(&sql, &[&topic]).await {
         // each key is stored as a JSON array of its columns' text values

@@ -6,7 +6,7 @@
 //! once it applies again.
 
 use tokio_postgres::Client;
-use tunnel_shared::pg::qualified;
+use tunnel_shared::bookkeeping::offsets_table;
 
 /// What the consumer has processed (events applied or dead-lettered, over the topic's
 /// partitions, from its bookkeeping in the target), the last time that moved, against the
@@ -73,7 +73,7 @@ impl ApplyWatch {
 pub async fn processed(target: &Client, bookkeeping: &str, topic: &str) -> Option<i64> {
     let sql = format!(
         "SELECT coalesce(sum(applied_events + dead_lettered), 0)::int8 FROM {} WHERE topic = $1",
-        qualified(bookkeeping, "offsets")
+        offsets_table(bookkeeping)
     );
     let row = target.query_one(&sql, &[&topic]).await.ok()?;
     row.try_get(0).ok()

@@ -1,0 +1,20 @@
+//! The names of the consumer's bookkeeping tables in the target, in the schema the config
+//! names (`target.bookkeeping_schema`): the consumer creates and writes them, the producer's
+//! reconciliation reads them (parked keys, what the consumer has applied).
+
+use crate::pg::qualified;
+
+/// Per partition: the next offset to apply, and what was applied and dead-lettered.
+pub fn offsets_table(bookkeeping_schema: &str) -> String {
+    qualified(bookkeeping_schema, "offsets")
+}
+
+/// Keys with events in the DLQ.
+pub fn parked_table(bookkeeping_schema: &str) -> String {
+    qualified(bookkeeping_schema, "parked_keys")
+}
+
+/// DLQ entries already replayed.
+pub fn resolved_table(bookkeeping_schema: &str) -> String {
+    qualified(bookkeeping_schema, "dlq_resolved")
+}
