@@ -131,14 +131,18 @@ impl Publisher {
         })
     }
 
+    /// The current instance (a panic elsewhere while it was held leaves it as it was).
+    fn instance(&self) -> std::sync::MutexGuard<'_, Arc<KafkaProducer>> {
+        self.producer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The producer to use now. An instance that has hit a fatal error (a transaction the
     /// broker no longer knows after it restarted, say) can never ship again: a new one takes
     /// its place, with the same transactional id, unless it was fenced by another producer.
     async fn usable(&self) -> Result<Arc<KafkaProducer>, PublishError> {
-        let current = match self.producer.lock() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let current = self.instance().clone();
         let Some((code, reason)) = current.client().fatal_error() else {
             return Ok(current);
         };
@@ -147,10 +151,7 @@ impl Publisher {
         }
         tracing::warn!(error = %reason, "the transactional producer hit a fatal error: starting a new one");
         let fresh = start(&self.config).await?;
-        match self.producer.lock() {
-            Ok(mut p) => *p = fresh.clone(),
-            Err(poisoned) => *poisoned.into_inner() = fresh.clone(),
-        }
+        *self.instance() = fresh.clone();
         Ok(fresh)
     }
 
