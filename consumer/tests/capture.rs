@@ -319,17 +319,12 @@ async fn producer_killed_during_a_delete_pass_does_not_ship_the_table_again() {
     // every row was written just before the snapshot: a restart before the first watermark
     // pass has kept its bounds reads them all again (and ships them: its memory of the
     // snapshot's rows is gone), which is not what this test is about
-    tk::wait_for(
-        "the first watermark pass after the snapshot",
-        Duration::from_secs(60),
-        || async {
-            producer
-                .log_text()
-                .contains("first watermark pass after the snapshot done")
-                .then_some(())
-        },
-    )
-    .await;
+    producer
+        .wait_logged(
+            "first watermark pass after the snapshot done",
+            Duration::from_secs(60),
+        )
+        .await;
     src.batch_execute("DELETE FROM media WHERE id % 1000 = 0")
         .await
         .unwrap();
@@ -509,10 +504,9 @@ async fn ops_by_key(
 async fn events_read_back_from_the_topic_carry_debeziums_ops() {
     let (s, src) = setup_media(200, FAST).await;
     let producer = Proc::start("producer", &s.config);
-    tk::wait_for("the snapshot", Duration::from_secs(60), || async {
-        producer.log_text().contains("snapshot done").then_some(())
-    })
-    .await;
+    producer
+        .wait_logged("snapshot done", Duration::from_secs(60))
+        .await;
     src.batch_execute(
         "INSERT INTO media (id, s3_path) SELECT -i, '/neg' FROM generate_series(1, 5) i;
          INSERT INTO media (s3_path) SELECT '/new' FROM generate_series(1, 20);
@@ -629,11 +623,7 @@ async fn reconciliation_pauses_while_the_consumer_applies_nothing() {
         &[&producer, &consumer],
     )
     .await;
-    tk::wait_for("the resume", Duration::from_secs(30), || async {
-        producer
-            .log_text()
-            .contains("reconciliation resumed")
-            .then_some(())
-    })
-    .await;
+    producer
+        .wait_logged("reconciliation resumed", Duration::from_secs(30))
+        .await;
 }

@@ -47,6 +47,30 @@ async fn steady_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> usize {
     n
 }
 
+/// A steady load running until [`Load::end`].
+struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl Load {
+    fn start(dbs: &Databases, seed: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(steady_load(
+            dbs.source_admin_url.clone(),
+            stop.clone(),
+            seed,
+        ));
+        Load { stop, task }
+    }
+
+    /// Stops the load; how many changes it made.
+    async fn end(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
 /// A table under load, replicated through a private broker.
 struct Case {
     dbs: Databases,
@@ -88,6 +112,29 @@ impl Case {
 
     fn broker(&mut self) -> &mut PrivateBroker {
         self.broker.as_mut().expect("the broker")
+    }
+
+    /// The outage: SIGKILL, 5 s without a broker, a restart. Returns when it is back.
+    async fn broker_outage(&mut self) -> Instant {
+        self.broker().kill9();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        self.restart_broker().await;
+        Instant::now()
+    }
+
+    /// After a fault that ended at `back`: the load goes on for 10 s, then the pipeline must
+    /// recover ([`Case::assert_recovered`]). How many changes the load made.
+    async fn recover_under(
+        &mut self,
+        load: Load,
+        what: &str,
+        back: Instant,
+        procs: &[&Proc],
+    ) -> usize {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let changes = load.end().await;
+        self.assert_recovered(what, back, procs).await;
+        changes
     }
 
     async fn restart_broker(&mut self) {
@@ -135,28 +182,14 @@ async fn broker_sigkill_in_steady_state() {
     let mut case = Case::new().await;
     let producer = Proc::start("producer", &case.config);
     let consumer = Proc::start("consumer", &case.config);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(steady_load(
-        case.dbs.source_admin_url.clone(),
-        stop.clone(),
-        1,
-    ));
+    let load = Load::start(&case.dbs, 1);
     tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
-    case.broker().kill9();
-    // the outage itself: 5 s without a broker, the load going on
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    case.restart_broker().await;
-    let back = Instant::now();
-    // the load goes on for a while after the restart
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    stop.store(true, Ordering::Relaxed);
-    assert!(load.await.unwrap() > 100, "the load made too few changes");
-    case.assert_recovered(
-        "broker SIGKILL in steady state",
-        back,
-        &[&producer, &consumer],
-    )
-    .await;
+    let back = case.broker_outage().await;
+    let what = "broker SIGKILL in steady state";
+    let changes = case
+        .recover_under(load, what, back, &[&producer, &consumer])
+        .await;
+    assert!(changes > 100, "the load made too few changes");
 }
 
 /// The broker is SIGKILLed while the consumer joins its group (right after it starts).
@@ -164,12 +197,7 @@ async fn broker_sigkill_in_steady_state() {
 async fn broker_sigkill_while_the_consumer_joins() {
     let mut case = Case::new().await;
     let producer = Proc::start("producer", &case.config);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(steady_load(
-        case.dbs.source_admin_url.clone(),
-        stop.clone(),
-        2,
-    ));
+    let load = Load::start(&case.dbs, 2);
     let target = case.dbs.target().await;
     let consumer = Proc::start("consumer", &case.config);
     // the consumer has connected once (its bookkeeping exists), not yet applied anything
@@ -185,20 +213,10 @@ async fn broker_sigkill_while_the_consumer_joins() {
             .map(|_| ())
     })
     .await;
-    case.broker().kill9();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    case.restart_broker().await;
-    let back = Instant::now();
-    // the load goes on for a while after the restart
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    case.assert_recovered(
-        "broker SIGKILL while the consumer joins",
-        back,
-        &[&producer, &consumer],
-    )
-    .await;
+    let back = case.broker_outage().await;
+    let what = "broker SIGKILL while the consumer joins";
+    case.recover_under(load, what, back, &[&producer, &consumer])
+        .await;
 }
 
 /// The broker is SIGKILLed in the middle of the snapshot, and started again 5 s later: the
@@ -222,26 +240,11 @@ async fn broker_sigkill_during_the_snapshot() {
         !producer.log_text().contains("snapshot done"),
         "the snapshot ended before the fault: make the table larger"
     );
-    case.broker().kill9();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    case.restart_broker().await;
-    let back = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(steady_load(
-        case.dbs.source_admin_url.clone(),
-        stop.clone(),
-        4,
-    ));
-    // the load goes on for a while after the restart
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    case.assert_recovered(
-        "broker SIGKILL during the snapshot",
-        back,
-        &[&producer, &consumer],
-    )
-    .await;
+    let back = case.broker_outage().await;
+    let load = Load::start(&case.dbs, 4);
+    let what = "broker SIGKILL during the snapshot";
+    case.recover_under(load, what, back, &[&producer, &consumer])
+        .await;
 }
 
 /// A network partition: the broker stops answering (SIGSTOP) for longer than the consumer's
@@ -251,22 +254,15 @@ async fn broker_partitioned_longer_than_the_session_timeout() {
     let mut case = Case::new().await;
     let producer = Proc::start("producer", &case.config);
     let consumer = Proc::start("consumer", &case.config);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(steady_load(
-        case.dbs.source_admin_url.clone(),
-        stop.clone(),
-        3,
-    ));
+    let load = Load::start(&case.dbs, 3);
     tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
     case.broker().pause(true);
     // the partition itself: 15 s, past session.timeout.ms
     tokio::time::sleep(Duration::from_secs(15)).await;
     case.broker().pause(false);
     let back = Instant::now();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
-    case.assert_recovered("broker partitioned 15 s", back, &[&producer, &consumer])
+    let what = "broker partitioned 15 s";
+    case.recover_under(load, what, back, &[&producer, &consumer])
         .await;
 }
 

@@ -382,6 +382,14 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until its log holds `text`, or panics after `timeout`.
+    pub async fn wait_logged(&self, text: &str, timeout: Duration) {
+        wait_for(&format!("'{text}' in the log"), timeout, || async {
+            self.log_text().contains(text).then_some(())
+        })
+        .await
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
