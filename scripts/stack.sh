@@ -412,6 +412,9 @@ export TUNNEL_TARGET_URL='postgres://tunnel_writer:$WRITER_PASSWORD@127.0.0.1:$T
 export TUNNEL_KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT'
 export TUNNEL_REGISTRY_URL='http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7'
 export TUNNEL_KAFKA_LIBS='$KAFKA_HOME/libs'
+export TUNNEL_PG_BINDIR='$(pg_bindir || true)'
+export TUNNEL_REGISTRY_JAVA='$(registry_java || true)'
+export TUNNEL_REGISTRY_JAR='$APICURIO_HOME/quarkus-run.jar'
 ENV
 }
 

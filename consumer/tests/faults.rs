@@ -1,180 +1,18 @@
 //! Fault injection: the pipeline under a steady load of inserts, updates and deletes while a
 //! piece of its infrastructure fails, each case ending with the target identical to the source
-//! within a stated bound, every event applied exactly once, and `verify` clean. The broker is a
-//! private one ([`PrivateBroker`]), so killing it disturbs no other test.
+//! within a stated bound, every event applied exactly once, and `verify` clean. The server a
+//! case breaks (broker, registry, source or target PostgreSQL) is a private one, so breaking it
+//! disturbs no other test. Each case prints how long the pipeline took to recover.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure is a panic
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+#[path = "faults/case.rs"]
+mod case;
+
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
-use tunnel_shared::testkit::{self as tk, Databases, PrivateBroker, Proc};
-
-const MEDIA: &str = "CREATE TABLE media (
-    id serial PRIMARY KEY,
-    s3_path varchar(1024),
-    format varchar(5),
-    type smallint,
-    updated_at timestamp DEFAULT now())";
-
-/// How long the pipeline may take to be identical again once the fault is over.
-const RECOVERY: Duration = Duration::from_secs(90);
-
-/// Inserts, updates and deletes at about 20 a second until `stop`; returns how many it made.
-async fn steady_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> usize {
-    let client = tk::connect(&url).await;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let id: i32 = rng.gen_range(1..=500);
-        let sql = match rng.gen_range(0..10) {
-            0..=4 => "INSERT INTO media (s3_path, format, type) VALUES ('/load', 'jpg', 1)",
-            5..=8 => "UPDATE media SET s3_path = '/u' || id, updated_at = now() WHERE id = (SELECT id FROM media ORDER BY abs(id - $1) LIMIT 1)",
-            _ => "DELETE FROM media WHERE id = (SELECT id FROM media ORDER BY abs(id - $1) LIMIT 1)",
-        };
-        let result = if sql.contains("$1") {
-            client.execute(sql, &[&id]).await
-        } else {
-            client.execute(sql, &[]).await
-        };
-        result.unwrap();
-        n += 1;
-        // the load's own pace, not a wait for a condition
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    n
-}
-
-/// A steady load running until [`Load::end`].
-struct Load {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<usize>,
-}
-
-impl Load {
-    fn start(dbs: &Databases, seed: u64) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(steady_load(
-            dbs.source_admin_url.clone(),
-            stop.clone(),
-            seed,
-        ));
-        Load { stop, task }
-    }
-
-    /// Stops the load; how many changes it made.
-    async fn end(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap()
-    }
-}
-
-/// A table under load, replicated through a private broker.
-struct Case {
-    dbs: Databases,
-    broker: Option<PrivateBroker>,
-    config: std::path::PathBuf,
-    prefix: String,
-    group: String,
-}
-
-impl Case {
-    async fn new() -> Case {
-        Self::with_rows(500).await
-    }
-
-    /// `media` with `rows` rows before the pipeline starts.
-    async fn with_rows(rows: i64) -> Case {
-        let broker = tokio::task::spawn_blocking(PrivateBroker::start)
-            .await
-            .unwrap();
-        let dbs = Databases::create().await;
-        dbs.source()
-            .await
-            .batch_execute(&format!(
-                "{MEDIA}; INSERT INTO media (s3_path, format, type) SELECT '/seed/' || i, 'jpg', 1 FROM generate_series(1, {rows}) i"
-            ))
-            .await
-            .unwrap();
-        let (prefix, group) = (tk::unique("f"), tk::unique("g"));
-        let config = tk::write_config(&dbs, &prefix, &group, &["media"], "");
-        tk::use_brokers(&config, &broker.brokers());
-        Case {
-            dbs,
-            broker: Some(broker),
-            config,
-            prefix,
-            group,
-        }
-    }
-
-    fn broker(&mut self) -> &mut PrivateBroker {
-        self.broker.as_mut().expect("the broker")
-    }
-
-    /// The outage: SIGKILL, 5 s without a broker, a restart. Returns when it is back.
-    async fn broker_outage(&mut self) -> Instant {
-        self.broker().kill9();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        self.restart_broker().await;
-        Instant::now()
-    }
-
-    /// After a fault that ended at `back`: the load goes on for 10 s, then the pipeline must
-    /// recover ([`Case::assert_recovered`]). How many changes the load made.
-    async fn recover_under(
-        &mut self,
-        load: Load,
-        what: &str,
-        back: Instant,
-        procs: &[&Proc],
-    ) -> usize {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let changes = load.end().await;
-        self.assert_recovered(what, back, procs).await;
-        changes
-    }
-
-    async fn restart_broker(&mut self) {
-        let mut broker = self.broker.take().expect("the broker");
-        let broker = tokio::task::spawn_blocking(move || {
-            broker.restart();
-            broker
-        })
-        .await
-        .unwrap();
-        self.broker = Some(broker);
-    }
-
-    /// Identical within [`RECOVERY`] of `since` (the end of the fault), every committed event
-    /// applied exactly once, `verify` clean. Prints how long the recovery took.
-    async fn assert_recovered(&mut self, what: &str, since: Instant, procs: &[&Proc]) {
-        tk::wait_identical(&self.dbs, "media", RECOVERY, procs).await;
-        eprintln!(
-            "fault '{what}': identical {:.1} s after the fault ended (load stopped 10 s after it)",
-            since.elapsed().as_secs_f64()
-        );
-        let topic = format!("{}.public.media", self.prefix);
-        let book = tk::bookkeeping(&self.dbs.target().await, &topic).await;
-        let mut kafka = tk::kafka_config(&self.prefix, &self.group, 3);
-        kafka.brokers = self.broker().brokers();
-        let (t, upto) = (topic.clone(), book.clone());
-        let counts = tokio::task::spawn_blocking(move || tk::count_messages(&kafka, &t, &upto))
-            .await
-            .unwrap();
-        for (partition, (_, applied)) in &book {
-            assert_eq!(
-                counts.get(partition).copied().unwrap_or(0),
-                *applied,
-                "partition {partition}: events in the topic vs events applied"
-            );
-        }
-        let (code, out) = tk::verify(&self.config, &[]);
-        assert_eq!(code, 0, "verify after recovery: {out}");
-    }
-}
+use case::{Case, Load, Private, MEDIA, RECOVERY};
+use tunnel_shared::testkit::{self as tk, Databases, Proc};
 
 /// The broker is SIGKILLed while the pipeline streams, and started again 5 s later.
 #[tokio::test(flavor = "multi_thread")]
@@ -223,7 +61,15 @@ async fn broker_sigkill_while_the_consumer_joins() {
 /// producer resumes after the last chunk Kafka has.
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_sigkill_during_the_snapshot() {
-    let mut case = Case::with_rows(300_000).await;
+    let mut case = Case::build(
+        Private {
+            broker: true,
+            ..Private::default()
+        },
+        300_000,
+        "",
+    )
+    .await;
     let producer = Proc::start("producer", &case.config);
     let consumer = Proc::start("consumer", &case.config);
     let target = case.dbs.target().await;
@@ -353,4 +199,232 @@ async fn malformed_repair_requests_are_skipped() {
         .unwrap();
     tk::wait_identical(&dbs, "media", RECOVERY, &[&producer, &consumer]).await;
     assert!(producer.running(), "{}", producer.log_text());
+}
+
+/// Waits until the target's `media` has more than `rows` rows (the snapshot is under way).
+async fn wait_target_rows(dbs: &Databases, rows: i64) {
+    let target = dbs.target().await;
+    tk::wait_for("the snapshot under way", RECOVERY, || async {
+        let n: i64 = target
+            .query_one("SELECT count(*) FROM media", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n > rows).then_some(())
+    })
+    .await;
+}
+
+fn broker_only() -> Private {
+    Private {
+        broker: true,
+        ..Private::default()
+    }
+}
+
+/// The broker is SIGKILLed while the group rebalances: a second consumer joins, the first has
+/// just given up its partitions.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_sigkill_during_a_rebalance() {
+    let mut case = Case::new().await;
+    let producer = Proc::start("producer", &case.config);
+    let first = Proc::start("consumer", &case.config);
+    let load = Load::start(&case.dbs, 5);
+    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &first]).await;
+    let second = Proc::start("consumer", &case.config);
+    first.wait_logged("partitions revoked", RECOVERY).await;
+    let back = case.broker_outage().await;
+    let what = "broker SIGKILL during a rebalance";
+    case.recover_under(load, what, back, &[&producer, &first, &second])
+        .await;
+}
+
+/// The broker is SIGKILLed while rows that break a rule go to the DLQ: after it, the target
+/// holds exactly the rows that pass, every event is counted once (applied or dead-lettered),
+/// and the DLQ holds one entry per event dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_sigkill_while_rows_go_to_the_dlq() {
+    let rule = "[[tables.rules]]\nname = \"known_type\"\ncheck = \"type in (1, 2)\"\n";
+    let mut case = Case::build(broker_only(), 500, rule).await;
+    let producer = Proc::start("producer", &case.config);
+    let consumer = Proc::start("consumer", &case.config);
+    let load = Load::start(&case.dbs, 6);
+    let target = case.dbs.target().await;
+    tk::wait_for("rows dead-lettered", RECOVERY, || async {
+        let n: i64 = target
+            .query_one(
+                "SELECT coalesce(sum(dead_lettered), 0)::int8 FROM tunnel.offsets",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+    let back = case.broker_outage().await;
+    // the load goes on for 10 s after the fault, as in the other cases
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    load.end().await;
+    let passing = "(SELECT * FROM media WHERE type <> 3)";
+    tk::wait_identical(&case.dbs, passing, RECOVERY, &[&producer, &consumer]).await;
+    eprintln!(
+        "fault 'broker SIGKILL during DLQ writes': identical (rows that pass) {:.1} s after the fault ended",
+        back.elapsed().as_secs_f64()
+    );
+    case.assert_each_event_handled_once().await;
+    let dead: i64 = target
+        .query_one(
+            "SELECT coalesce(sum(dead_lettered), 0)::int8 FROM tunnel.offsets",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (code, out, err) = tk::consumer_cli(&["dlq", "list"], &case.config, &[]);
+    assert_eq!(code, 0, "dlq list: {out}{err}");
+    let pending: i64 = out
+        .split_whitespace()
+        .skip_while(|w| !w.ends_with(".dlq:"))
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("dlq list: {out}"));
+    assert_eq!(pending, dead, "DLQ entries vs events dead-lettered: {out}");
+}
+
+/// The registry is SIGKILLed, and while it is down the producer and the consumer are killed
+/// and started again (they cannot reach it when they start): both wait for it, nothing goes to
+/// the DLQ, and they resume once it is back (10 s later).
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_sigkill_while_the_pipeline_restarts() {
+    let mut case = Case::build(
+        Private {
+            broker: true,
+            registry: true,
+            ..Private::default()
+        },
+        500,
+        "",
+    )
+    .await;
+    let mut producer = Proc::start("producer", &case.config);
+    let mut consumer = Proc::start("consumer", &case.config);
+    let load = Load::start(&case.dbs, 7);
+    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    case.kill_registry();
+    producer.kill9();
+    consumer.kill9();
+    let producer = Proc::start("producer", &case.config);
+    let consumer = Proc::start("consumer", &case.config);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let back = case.restart_registry().await;
+    let what = "registry SIGKILL, producer and consumer restarted without it";
+    case.recover_under(load, what, back, &[&producer, &consumer])
+        .await;
+    let target = case.dbs.target().await;
+    let dead: i64 = target
+        .query_one(
+            "SELECT coalesce(sum(dead_lettered), 0)::int8 FROM tunnel.offsets",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "events dead-lettered while the registry was down");
+}
+
+/// A PostgreSQL server (the source's or the target's) stops the hard way
+/// (`pg_ctl stop -m immediate`) in steady state and starts 5 s later.
+async fn postgres_immediate_stop(source: bool, seed: u64) {
+    let private = Private {
+        source,
+        target: !source,
+        ..Private::default()
+    };
+    let mut case = Case::build(private, 500, "").await;
+    let producer = Proc::start("producer", &case.config);
+    let consumer = Proc::start("consumer", &case.config);
+    let load = Load::start(&case.dbs, seed);
+    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    let back = case.postgres_outage(source).await;
+    let which = if source { "source" } else { "target" };
+    let what = format!("{which} PostgreSQL immediate stop");
+    case.recover_under(load, &what, back, &[&producer, &consumer])
+        .await;
+}
+
+/// The target stops: the consumer waits and resumes; what it had not committed it applies
+/// again from the offsets stored in the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn target_postgres_immediate_stop() {
+    postgres_immediate_stop(false, 8).await;
+}
+
+/// The source stops: the producer waits and resumes (the load's own statements fail
+/// meanwhile).
+#[tokio::test(flavor = "multi_thread")]
+async fn source_postgres_immediate_stop() {
+    postgres_immediate_stop(true, 9).await;
+}
+
+/// The producer (`producer`) or the consumer is SIGKILLed in the middle of a 300k-row
+/// snapshot and started again at once.
+async fn sigkill_during_the_snapshot(producer_dies: bool, seed: u64) {
+    let mut case = Case::build(Private::default(), 300_000, "").await;
+    let mut producer = Proc::start("producer", &case.config);
+    let mut consumer = Proc::start("consumer", &case.config);
+    wait_target_rows(&case.dbs, 10_000).await;
+    assert!(
+        !producer.log_text().contains("snapshot done"),
+        "the snapshot ended before the fault: make the table larger"
+    );
+    let victim = if producer_dies {
+        &mut producer
+    } else {
+        &mut consumer
+    };
+    victim.kill9();
+    let what = if producer_dies {
+        "producer"
+    } else {
+        "consumer"
+    };
+    *victim = Proc::start(what, &case.config);
+    let back = Instant::now();
+    let load = Load::start(&case.dbs, seed);
+    let what = format!("{what} SIGKILL during the snapshot");
+    case.recover_under(load, &what, back, &[&producer, &consumer])
+        .await;
+}
+
+/// The producer resumes after the last chunk Kafka has.
+#[tokio::test(flavor = "multi_thread")]
+async fn producer_sigkill_during_the_snapshot() {
+    sigkill_during_the_snapshot(true, 10).await;
+}
+
+/// The consumer resumes from the offsets stored in the target.
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_sigkill_during_the_snapshot() {
+    sigkill_during_the_snapshot(false, 11).await;
+}
+
+/// The consumer is SIGKILLed while it joins its group (before its first batch) and the
+/// producer in steady state; both are started again at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn producer_and_consumer_sigkill_at_start_and_in_steady_state() {
+    let mut case = Case::build(Private::default(), 500, "").await;
+    let mut producer = Proc::start("producer", &case.config);
+    let load = Load::start(&case.dbs, 12);
+    let mut consumer = Proc::start("consumer", &case.config);
+    consumer.wait_logged("consuming", RECOVERY).await;
+    consumer.kill9();
+    let consumer = Proc::start("consumer", &case.config);
+    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    producer.kill9();
+    let producer = Proc::start("producer", &case.config);
+    let back = Instant::now();
+    let what = "consumer SIGKILL at group join, producer SIGKILL in steady state";
+    case.recover_under(load, what, back, &[&producer, &consumer])
+        .await;
 }

@@ -2,7 +2,6 @@
 //! the jars the stack installed (`TUNNEL_KAFKA_LIBS`), so that a fault test can SIGKILL, restart
 //! or pause it without disturbing the stack's broker and the tests that use it.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
-use super::{env_or, unique};
+use super::{env_or, free_port, unique};
 
 /// A broker process; stopped and its data removed when dropped.
 pub struct PrivateBroker {
@@ -18,13 +17,6 @@ pub struct PrivateBroker {
     port: u16,
     child: Option<Child>,
     libs: String,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind a free port: {e}"));
-    l.local_addr()
-        .unwrap_or_else(|e| panic!("local addr: {e}"))
-        .port()
 }
 
 fn java(libs: &str) -> Command {

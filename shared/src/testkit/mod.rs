@@ -3,8 +3,12 @@
 //! groups, and a config file that points at them.
 
 mod broker;
+mod postgres;
+mod registry;
 
 pub use broker::PrivateBroker;
+pub use postgres::PrivatePostgres;
+pub use registry::PrivateRegistry;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,6 +48,15 @@ pub fn registry_url() -> String {
         "TUNNEL_REGISTRY_URL",
         "http://127.0.0.1:8081/apis/ccompat/v7",
     )
+}
+
+/// A TCP port nothing listens on now (for a private server of a test).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("bind a free port: {e}"));
+    l.local_addr()
+        .unwrap_or_else(|e| panic!("local addr: {e}"))
+        .port()
 }
 
 /// A short random lowercase name with a prefix, e.g. `t_k3j9x2ab`.
@@ -89,22 +102,37 @@ pub struct Databases {
 }
 
 impl Databases {
+    /// Fresh databases on the stack's source and target servers.
     pub async fn create() -> Databases {
+        Self::create_on(None, None).await
+    }
+
+    /// Fresh databases, the source's and the target's on private servers where given (for a
+    /// test that stops one of them), else on the stack's.
+    pub async fn create_on(
+        source: Option<&PrivatePostgres>,
+        target: Option<&PrivatePostgres>,
+    ) -> Databases {
         let name = unique("t");
-        let admin = connect(&source_admin_url()).await;
+        let (admin_url, reader_url) = match source {
+            Some(pg) => pg.source_urls(),
+            None => (source_admin_url(), source_reader_url()),
+        };
+        let target_url = target.map_or_else(target_url, PrivatePostgres::target_url);
+        let admin = connect(&admin_url).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap_or_else(|e| panic!("create source database {name}: {e}"));
-        let target = connect(&target_url()).await;
+        let target = connect(&target_url).await;
         target
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap_or_else(|e| panic!("create target database {name}: {e}"));
         Databases {
-            source_admin_url: with_database(&source_admin_url(), &name),
-            source_reader_url: with_database(&source_reader_url(), &name),
-            target_url: with_database(&target_url(), &name),
+            source_admin_url: with_database(&admin_url, &name),
+            source_reader_url: with_database(&reader_url, &name),
+            target_url: with_database(&target_url, &name),
             name,
         }
     }
@@ -199,6 +227,18 @@ pub fn add_producer_settings(config: &std::path::Path, settings: &str) {
     std::fs::write(config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
 }
 
+/// Points a config written by [`write_config`] at another registry (a [`PrivateRegistry`]).
+pub fn use_registry(config: &std::path::Path, url: &str) {
+    let text = std::fs::read_to_string(config)
+        .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+    let text = text.replacen(
+        &format!("url = \"{}\"", registry_url()),
+        &format!("url = \"{url}\""),
+        1,
+    );
+    std::fs::write(config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+}
+
 /// Points a config written by [`write_config`] at other brokers (a [`PrivateBroker`]).
 pub fn use_brokers(config: &std::path::Path, brokers: &str) {
     let text = std::fs::read_to_string(config)
@@ -214,11 +254,12 @@ pub fn use_brokers(config: &std::path::Path, brokers: &str) {
 /// Waits until `table` holds the same rows in the target as in the source, or panics after
 /// `timeout` with both sides' sizes and the processes' logs.
 pub async fn wait_identical(dbs: &Databases, table: &str, timeout: Duration, procs: &[&Proc]) {
-    let (src, tgt) = (dbs.source().await, dbs.target().await);
     let deadline = Instant::now() + timeout;
+    // connections made again after a failed read: the servers may be restarting
+    let (mut src, mut tgt) = (None, None);
     loop {
-        let a = try_table_text(&src, table).await;
-        let b = try_table_text(&tgt, table).await;
+        let a = read_reconnecting(&mut src, &dbs.source_admin_url, table).await;
+        let b = read_reconnecting(&mut tgt, &dbs.target_url, table).await;
         if a.is_some() && a == b {
             return;
         }
@@ -233,6 +274,27 @@ pub async fn wait_identical(dbs: &Databases, table: &str, timeout: Duration, pro
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// [`try_table_text`] on `client`, connecting first when there is none; a failed read drops
+/// the connection, so the next call makes a new one.
+async fn read_reconnecting(
+    client: &mut Option<Client>,
+    url: &str,
+    table: &str,
+) -> Option<Vec<String>> {
+    if client.is_none() {
+        let (c, conn) = tokio_postgres::connect(url, NoTls).await.ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        *client = Some(c);
+    }
+    let text = try_table_text(client.as_ref()?, table).await;
+    if text.is_none() {
+        *client = None;
+    }
+    text
 }
 
 /// Runs `tunnel-consumer verify` on a config; its exit code and what it printed.

@@ -1,0 +1,123 @@
+//! A schema registry of a test's own (Apicurio, the stack's jar and Java, `TUNNEL_REGISTRY_JAR`
+//! and `TUNNEL_REGISTRY_JAVA`), storing its schemas in a Kafka topic (kafkasql) of the broker it
+//! is given, as the stack's registry does; a fault test can SIGKILL and restart it, and it
+//! reads its schemas back from the topic.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{env_or, free_port, unique};
+
+/// A registry process; killed and its directory removed when dropped.
+pub struct PrivateRegistry {
+    dir: PathBuf,
+    port: u16,
+    management_port: u16,
+    brokers: String,
+    child: Option<Child>,
+}
+
+impl PrivateRegistry {
+    /// Starts a registry on free ports keeping its schemas on `brokers`; returns once it
+    /// answers. Blocking: call it from `spawn_blocking` in an async test.
+    pub fn start(brokers: &str) -> PrivateRegistry {
+        let dir = std::env::temp_dir().join(unique("tunnel_registry"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let mut registry = PrivateRegistry {
+            dir,
+            port: free_port(),
+            management_port: free_port(),
+            brokers: brokers.to_string(),
+            child: None,
+        };
+        registry.restart();
+        registry
+    }
+
+    /// The Confluent-compatible API's URL, for `registry.url`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/apis/ccompat/v7", self.port)
+    }
+
+    /// Starts the registry (again, on the same ports and topic) and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the registry is running");
+        let (java, jar) = (
+            env_or("TUNNEL_REGISTRY_JAVA", ""),
+            env_or("TUNNEL_REGISTRY_JAR", ""),
+        );
+        assert!(
+            !java.is_empty() && !jar.is_empty(),
+            "TUNNEL_REGISTRY_JAVA / TUNNEL_REGISTRY_JAR are not set: run the tests through scripts/test.sh (or eval \"$(scripts/stack.sh env)\")"
+        );
+        let log = std::fs::File::create(self.dir.join("registry.log"))
+            .unwrap_or_else(|e| panic!("registry log: {e}"));
+        let err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("registry log: {e}"));
+        let child = Command::new(java)
+            .current_dir(&self.dir)
+            .args(["-Xms64m", "-Xmx384m", "-Dquarkus.http.host=127.0.0.1"])
+            .arg(format!("-Dquarkus.http.port={}", self.port))
+            .arg("-Dquarkus.management.host=127.0.0.1")
+            .arg(format!(
+                "-Dquarkus.management.port={}",
+                self.management_port
+            ))
+            .arg("-Dapicurio.storage.kind=kafkasql")
+            .arg(format!(
+                "-Dapicurio.kafkasql.bootstrap.servers={}",
+                self.brokers
+            ))
+            .arg("-jar")
+            .arg(jar)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the registry: {e}"));
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(120));
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let url = format!("{}/subjects", self.url());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let ok = Command::new("curl")
+                .args(["-fs", "-o", "/dev/null", "--max-time", "3", &url])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "the private registry exited ({status}); see {}",
+                    self.dir.join("registry.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "the private registry did not answer within {timeout:?}; see {}",
+            self.dir.join("registry.log").display()
+        );
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
