@@ -513,3 +513,59 @@ async fn a_table_without_primary_key_is_refused() {
     let line = run_expecting_failure("producer", &config);
     assert!(line.contains("has no primary key"), "{line}");
 }
+
+/// A table whose `bigint` ids are random over the whole range (negative ones, `i64::MIN + 1`,
+/// `i64::MAX`): the snapshot, the key scan, the delete scan and reconciliation (silent updates)
+/// all work on key spans wider than 2^63 (they overflowed before), and `verify` is clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_63_bit_ids_replicate_inserts_silent_updates_and_deletes() {
+    let p = Pipeline::with_config(
+        "CREATE TABLE media (id bigint PRIMARY KEY, s3_path text, updated_at timestamp DEFAULT now())",
+        "reconcile_interval_ms = 1000\ndelete_interval_ms = 500",
+    )
+    .await;
+    let mut ids: Vec<i64> = vec![i64::MIN + 1, -1, 0, 1, i64::MAX];
+    let mut rng = rand::thread_rng();
+    ids.extend((0..2000).map(|_| rng.gen::<i64>()));
+    ids.sort_unstable();
+    ids.dedup();
+    let src = p.dbs.source().await;
+    src.execute(
+        "INSERT INTO media (id, s3_path) SELECT i, '/seed' FROM unnest($1::int8[]) i",
+        &[&ids],
+    )
+    .await
+    .unwrap();
+    let producer = Proc::start("producer", &p.config);
+    let consumer = Proc::start("consumer", &p.config);
+    let timeout = Duration::from_secs(90);
+    p.wait_identical("snapshot", timeout, &[&producer, &consumer])
+        .await;
+    let new: Vec<i64> = (0..200).map(|_| rng.gen::<i64>()).collect();
+    let gone: Vec<i64> = ids.iter().copied().step_by(7).collect();
+    let silent: Vec<i64> = ids.iter().copied().skip(3).step_by(11).collect();
+    src.execute(
+        "INSERT INTO media (id, s3_path) SELECT i, '/new' FROM unnest($1::int8[]) i ON CONFLICT DO NOTHING",
+        &[&new],
+    )
+    .await
+    .unwrap();
+    src.execute("DELETE FROM media WHERE id = ANY($1)", &[&gone])
+        .await
+        .unwrap();
+    // updated_at stays: only reconciliation can see these
+    src.execute(
+        "UPDATE media SET s3_path = '/silent' WHERE id = ANY($1)",
+        &[&silent],
+    )
+    .await
+    .unwrap();
+    p.wait_identical(
+        "inserts, deletes, silent updates",
+        timeout,
+        &[&producer, &consumer],
+    )
+    .await;
+    let (code, out) = tk::verify(&p.config, &[]);
+    assert_eq!(code, 0, "verify: {out}");
+}

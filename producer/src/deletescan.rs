@@ -46,8 +46,9 @@ impl ChangeDetector for DeleteScan {
             let table = ctx.source.table().clone();
             let mut stack = vec![(lo, hi)];
             while let Some((lo, hi)) = stack.pop() {
-                let span = (i128::from(hi) - i128::from(lo) + 1).min(i128::from(i64::MAX)) as i64;
-                if span <= self.leaf_span {
+                // widths in i128: a span of random 63-bit keys is wider than i64 can hold
+                let span = i128::from(hi) - i128::from(lo) + 1;
+                if span <= i128::from(self.leaf_span) {
                     let present: HashSet<i64> =
                         ctx.source.keys_between(lo, hi).await?.into_iter().collect();
                     found.scanned += present.len() as u64;
@@ -60,15 +61,22 @@ impl ChangeDetector for DeleteScan {
                     }
                     continue;
                 }
-                let width = (span + self.fanout - 1) / self.fanout;
+                let fanout = i128::from(self.fanout);
+                // at most 2^64 / 2 for a fanout of 2 or more: fits
+                let width = i64::try_from((span + fanout - 1) / fanout).unwrap_or(i64::MAX);
                 let buckets = ctx.source.key_buckets(lo, hi, width).await?;
                 found.scanned += buckets.iter().map(|b| b.1 as u64).sum::<u64>();
                 for i in 0..self.fanout {
-                    let from = lo.saturating_add(i.saturating_mul(width));
-                    if from > hi {
+                    // bucket i holds lo + i * width ..= lo + (i + 1) * width - 1, as in SQL
+                    let from = i128::from(lo) + i128::from(i) * i128::from(width);
+                    if from > i128::from(hi) {
                         break;
                     }
-                    let to = from.saturating_add(width - 1).min(hi);
+                    let to = (from + i128::from(width) - 1).min(i128::from(hi));
+                    // both within lo..=hi, so within i64
+                    let (Ok(from), Ok(to)) = (i64::try_from(from), i64::try_from(to)) else {
+                        break;
+                    };
                     let ours = shipped.aggregate(from..=to);
                     if ours.count == 0 {
                         continue; // nothing shipped here, so nothing to delete

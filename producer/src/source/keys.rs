@@ -20,10 +20,16 @@ impl Source {
         let Some(k) = self.integer_key() else {
             return Ok(Vec::new());
         };
+        // `k - lo` overflows int8 when the range is wider than 2^63: numeric then
+        let bucket = if i128::from(hi) - i128::from(lo) <= i128::from(i64::MAX) {
+            format!("(({k}::int8 - $1::int8) / $3::int8)::int8")
+        } else {
+            format!("div({k}::numeric - $1::int8::numeric, $3::int8::numeric)::int8")
+        };
         let rows = self
             .index_only(
                 &format!(
-                    "SELECT (({k}::int8 - $1::int8) / $3::int8)::int8, count(*)::int8, sum({k}::int8)::text, bit_xor({k}::int8)
+                    "SELECT {bucket}, count(*)::int8, sum({k}::int8)::text, bit_xor({k}::int8)
                        FROM {} WHERE {k} BETWEEN $1::int8 AND $2::int8 GROUP BY 1",
                     qualified(&self.table.schema, &self.table.name)
                 ),
