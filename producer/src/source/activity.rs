@@ -71,13 +71,10 @@ impl Source {
         let row = self
             .client
             .query_one(
-                &format!(
-                    "SELECT current_setting('server_version_num')::int >= 140000,
-                            pg_relation_size('{t}'::regclass) / current_setting('block_size')::int8,
-                            (SELECT CASE WHEN relpages > 0 THEN reltuples / relpages ELSE 0 END FROM pg_class WHERE oid = '{t}'::regclass)::float8",
-                    t = qualified(&self.table.schema, &self.table.name)
-                ),
-                &[],
+                "SELECT current_setting('server_version_num')::int >= 140000,
+                        pg_relation_size($1::text::regclass) / current_setting('block_size')::int8,
+                        (SELECT CASE WHEN relpages > 0 THEN reltuples / relpages ELSE 0 END FROM pg_class WHERE oid = $1::text::regclass)::float8",
+                &[&qualified(&self.table.schema, &self.table.name)],
             )
             .await
             .map_err(PgError::query("reading the table's size"))?;
@@ -97,17 +94,22 @@ impl Source {
             .query_one(
                 &format!(
                     "SELECT (SELECT min({name}) FROM {t})::int8, (SELECT max({name}) FROM {t})::int8,
-                            (SELECT GREATEST(reltuples, 0)::int8 FROM pg_class WHERE oid = '{t}'::regclass)",
+                            (SELECT GREATEST(reltuples, 0)::int8 FROM pg_class WHERE oid = $1::text::regclass)",
                     t = qualified(&self.table.schema, &self.table.name)
                 ),
-                &[],
+                &[&qualified(&self.table.schema, &self.table.name)],
             )
             .await
             .map_err(PgError::query("reading the key span"))?;
         let (min, max, estimate): (Option<i64>, Option<i64>, i64) =
             (row.get(0), row.get(1), row.get(2));
         Ok(match (min, max) {
-            (Some(lo), Some(hi)) if (hi - lo) / 20 <= estimate.max(1000) => Some((lo, hi)),
+            // in i128: random 63-bit keys span more than i64 holds
+            (Some(lo), Some(hi))
+                if (i128::from(hi) - i128::from(lo)) / 20 <= i128::from(estimate.max(1000)) =>
+            {
+                Some((lo, hi))
+            }
             _ => None,
         })
     }
