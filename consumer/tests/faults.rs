@@ -292,9 +292,10 @@ async fn broker_sigkill_while_rows_go_to_the_dlq() {
     assert_eq!(pending, dead, "DLQ entries vs events dead-lettered: {out}");
 }
 
-/// The registry is SIGKILLed, and while it is down the producer and the consumer are killed
-/// and started again (they cannot reach it when they start): both wait for it, nothing goes to
-/// the DLQ, and they resume once it is back (10 s later).
+/// The registry is SIGKILLed while events the consumer has not decoded yet wait in the topic,
+/// and while it is down the producer and the consumer are killed and started again (they cannot
+/// reach it when they start): both wait for it, nothing goes to the DLQ, and they resume once
+/// it is back (10 s later).
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_sigkill_while_the_pipeline_restarts() {
     let mut case = Case::build(
@@ -311,9 +312,11 @@ async fn registry_sigkill_while_the_pipeline_restarts() {
     let mut consumer = Proc::start("consumer", &case.config);
     let load = Load::start(&case.dbs, 7);
     tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    // events the consumer has not decoded yet wait in the topic when the registry dies
+    consumer.kill9();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     case.kill_registry();
     producer.kill9();
-    consumer.kill9();
     let producer = Proc::start("producer", &case.config);
     let consumer = Proc::start("consumer", &case.config);
     tokio::time::sleep(Duration::from_secs(10)).await;
