@@ -424,3 +424,115 @@ async fn a_rule_on_a_column_the_table_lacks_stops_producer_and_consumer_at_start
         );
     }
 }
+
+/// The `dlq show` output, unparsed.
+fn show_text(config: &Path, extra: &[&str]) -> String {
+    let (code, out, err) = tk::consumer_cli(&["dlq", "show"], config, extra);
+    assert_eq!(code, 0, "dlq show failed: {out}{err}");
+    out
+}
+
+/// `dlq replay` output, checked to contain `want`.
+fn replay(config: &Path, extra: &[&str], want: &str) {
+    let (code, out, err) = tk::consumer_cli(&["dlq", "replay"], config, extra);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(want), "wanted '{want}' in:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dlq_larger_than_what_its_reader_holds_is_listed_shown_and_replayed_whole() {
+    const ROWS: i32 = 1500;
+    const PARKED: i32 = 30;
+    let rule = "[[tables.rules]]\nname = \"type_ok\"\ncheck = \"type < 90\"\n";
+    let s = setup(MEDIA, "media", rule).await;
+    let src = s.dbs.source().await;
+    let tgt = s.dbs.target().await;
+    src.batch_execute(&format!(
+        "INSERT INTO media (id, s3_path, format, type)
+         SELECT g, '/m' || g, 'jpg', 99 FROM generate_series(1, {ROWS}) g"
+    ))
+    .await
+    .unwrap();
+    let producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    let procs = [&producer, &consumer];
+    wait_pending(&s.config, ROWS as usize, &procs).await;
+    // later (valid) events of parked keys follow them
+    src.batch_execute(&format!(
+        "UPDATE media SET type = 1, updated_at = now() WHERE id <= {PARKED}"
+    ))
+    .await
+    .unwrap();
+    let all = (ROWS + PARKED) as usize;
+    let list = wait_pending(&s.config, all, &procs).await;
+    assert_eq!(count_of(&list, "rule 'type_ok'"), ROWS as usize, "{list}");
+    assert_eq!(count_of(&list, "parked"), PARKED as usize, "{list}");
+
+    // shown in DLQ order, up to the limit
+    let out = show_text(&s.config, &["--limit", "3"]);
+    let (json, more) = out
+        .rsplit_once("(more entries: raise --limit)")
+        .unwrap_or_else(|| panic!("no note of more entries:\n{out}"));
+    assert!(more.trim().is_empty(), "{out}");
+    let shown: Vec<Json> = serde_json::Deserializer::from_str(json)
+        .into_iter::<Json>()
+        .map(Result::unwrap)
+        .collect();
+    let positions: Vec<(i64, i64)> = shown
+        .iter()
+        .map(|e| {
+            let d = &e["dlq"];
+            (
+                d["partition"].as_i64().unwrap(),
+                d["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(positions, [(0, 0), (0, 1), (0, 2)], "{out}");
+
+    // every entry fails again and is sent back while the DLQ is read: the replay reads only
+    // what the DLQ held when it began
+    replay(
+        &s.config,
+        &[],
+        &format!("{all} entries replayed: 0 were applied, {all} were sent back"),
+    );
+    let list = wait_pending(&s.config, all, &procs).await;
+    assert!(
+        list.contains(&format!("{all} resolved by replay")),
+        "{list}"
+    );
+
+    // fixed: the parked entries bring the earlier entries of their keys along
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("type < 90", "type < 100")).unwrap();
+    let two = 2 * PARKED;
+    replay(
+        &s.config,
+        &["--reason", "parked"],
+        &format!("{two} entries replayed: {two} were applied, 0 were sent back"),
+    );
+    let rest = (ROWS - PARKED) as usize;
+    replay(
+        &s.config,
+        &[],
+        &format!("{rest} entries replayed: {rest} were applied, 0 were sent back"),
+    );
+    let list = wait_pending(&s.config, 0, &procs).await;
+    let resolved = 2 * all;
+    assert!(
+        list.contains(&format!("{resolved} resolved by replay")),
+        "{list}"
+    );
+    let types: Vec<(i16, i64)> = tgt
+        .query(
+            "SELECT type, count(*) FROM media GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(types, [(1, PARKED as i64), (99, (ROWS - PARKED) as i64)]);
+}

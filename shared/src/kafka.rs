@@ -247,19 +247,10 @@ pub fn read_to_end(
     use rdkafka::{Offset, TopicPartitionList};
 
     let consumer = reader(kafka, &format!("{topic}.reader"))?;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut partitions: Vec<i32> = Vec::new();
-    for p in metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-    {
-        // an empty partition has no end to report until a fetch waits out `fetch.wait.max.ms`
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        if high > low {
-            partitions.push(p);
-        }
-    }
+    let partitions: Vec<i32> = non_empty_partitions(&consumer, topic, timeout)?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     if partitions.is_empty() {
         return Ok(());
     }
@@ -283,6 +274,104 @@ pub fn read_to_end(
             Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => {}
             Some(Err(e)) if is_transient(&e) => {}
             Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The partitions of `topic` that hold messages, in id order, each with its end (the offset
+/// its next message will get) as a `read_committed` reader sees it now. A topic that does not
+/// exist has none.
+pub fn partition_ends(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>, KafkaError> {
+    let consumer = reader(kafka, &format!("{topic}.reader"))?;
+    let mut ends = non_empty_partitions(&consumer, topic, timeout)?;
+    ends.sort_unstable();
+    Ok(ends)
+}
+
+/// The partitions of `topic` that hold messages, each with its end.
+fn non_empty_partitions(
+    consumer: &rdkafka::consumer::BaseConsumer<EndIsExpected>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>, KafkaError> {
+    use rdkafka::consumer::Consumer;
+
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut partitions = Vec::new();
+    for p in metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+    {
+        // an empty partition has no end to report until a fetch waits out `fetch.wait.max.ms`
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        if high > low {
+            partitions.push((p, high));
+        }
+    }
+    Ok(partitions)
+}
+
+/// Reads the partitions `ends` names (see [`partition_ends`]) one after the other, each from
+/// its beginning up to its end, handing each message to `each`: in partition, then offset
+/// order, and without the messages written since the ends were taken. `each` returns
+/// [`ControlFlow::Break`](std::ops::ControlFlow::Break) to stop the reading. Only one partition
+/// is assigned at a time, so what librdkafka fetches ahead is bounded by its queue settings
+/// (`queued.max.messages.kbytes`). `idle_timeout` bounds each wait for the broker: the time
+/// `each` takes does not count.
+pub fn read_partitions(
+    kafka: &KafkaConfig,
+    topic: &str,
+    ends: &[(i32, i64)],
+    idle_timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> std::ops::ControlFlow<()>,
+) -> Result<(), KafkaError> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    if ends.is_empty() {
+        return Ok(());
+    }
+    let consumer = reader(kafka, &format!("{topic}.reader"))?;
+    for &(partition, end) in ends {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        let mut deadline = std::time::Instant::now() + idle_timeout;
+        loop {
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                // left over from the partition before (there should be none)
+                Some(Ok(m)) if m.partition() != partition => {}
+                Some(Ok(m)) => {
+                    let offset = m.offset();
+                    if offset >= end {
+                        break;
+                    }
+                    if each(&m).is_break() {
+                        return Ok(());
+                    }
+                    if offset + 1 >= end {
+                        break;
+                    }
+                    deadline = std::time::Instant::now() + idle_timeout;
+                }
+                // the end, when the last messages before it are not data (transaction markers)
+                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break,
+                Some(Err(KafkaError::PartitionEOF(_)))
+                | Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => {}
+                Some(Err(e)) if is_transient(&e) => {}
+                Some(Err(e)) => return Err(e),
+            }
         }
     }
     Ok(())

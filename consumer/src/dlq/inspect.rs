@@ -14,24 +14,27 @@ use super::select::Filter;
 use crate::error::DlqCliError;
 use crate::model::header;
 
-/// Prints, per table, the pending entries counted by reason, and how many were replayed.
+/// Prints, per table, the pending entries counted by reason, and how many were replayed: counted
+/// as the DLQ is read, without holding its entries.
 pub(crate) async fn list(config: &Config, table: Option<&str>) -> Result<(), DlqCliError> {
     let scope = Scope::open(config, table).await?;
     for t in &scope.tables {
-        let entries = read::read_all(&config.kafka, &t.dlq_topic).await?;
-        let resolved = read::resolved(&scope.target, scope.bk(), &t.dlq_topic).await?;
+        let snapshot = read::Snapshot::take(&config.kafka, &t.dlq_topic).await?;
+        let resolved = read::resolved_positions(&scope.target, scope.bk(), &t.dlq_topic).await?;
         let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
-        let mut pending = 0;
-        for e in &entries {
-            if !resolved.contains_key(&(e.partition, e.offset)) {
+        let (mut pending, mut replayed) = (0, 0);
+        let mut entries = snapshot.headers(&config.kafka);
+        while let Some(e) = entries.next().await? {
+            if resolved.contains(&(e.partition, e.offset)) {
+                replayed += 1;
+            } else {
                 pending += 1;
                 *by_reason.entry(e.reason_group()).or_default() += 1;
             }
         }
         println!(
-            "{}: {pending} pending, {} resolved by replay",
-            t.dlq_topic,
-            entries.len() - pending
+            "{}: {pending} pending, {replayed} resolved by replay",
+            t.dlq_topic
         );
         for (reason, n) in by_reason {
             println!("  {n:>8}  {reason}");
@@ -50,15 +53,19 @@ pub(crate) struct ShowOptions {
 
 /// Prints the chosen entries as JSON, one object per entry: position, status, headers, and the
 /// key and value decoded with their writer schemas (or the bytes in hex when they do not
-/// decode, with the reason).
+/// decode, with the reason), as the DLQ is read.
 pub(crate) async fn show(config: &Config, opts: &ShowOptions) -> Result<(), DlqCliError> {
     let scope = Scope::open(config, opts.table.as_deref()).await?;
     let registry = Registry::new(&config.registry.url)?;
     let mut shown = 0;
     for t in &scope.tables {
-        let entries = read::read_all(&config.kafka, &t.dlq_topic).await?;
+        let snapshot = read::Snapshot::take(&config.kafka, &t.dlq_topic).await?;
         let resolved = read::resolved(&scope.target, scope.bk(), &t.dlq_topic).await?;
-        for e in entries.iter().filter(|e| opts.filter.matches(e)) {
+        let mut entries = snapshot.entries(&config.kafka);
+        while let Some(e) = entries.next().await? {
+            if !opts.filter.matches(&e) {
+                continue;
+            }
             let status = resolved.get(&(e.partition, e.offset));
             if status.is_some() && !opts.all {
                 continue;

@@ -5,9 +5,10 @@
 //! replay applies nothing twice. With `--dry-run` the writes run in a transaction that is rolled
 //! back, and nothing is sent to the DLQ.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use rdkafka::error::KafkaError;
 use tokio_postgres::{Client, Transaction};
 use tunnel_shared::config::Config;
 use tunnel_shared::key::KeyText;
@@ -16,7 +17,7 @@ use tunnel_shared::registry::Registry;
 
 use super::read::{self, DlqEntry};
 use super::scope::{Scope, ScopeTable};
-use super::select::Filter;
+use super::select::{Choice, Filter};
 use super::writer::DlqWriter;
 use crate::decode::Decoder;
 use crate::error::DlqCliError;
@@ -44,7 +45,9 @@ pub(crate) async fn replay(config: &Config, opts: &ReplayOptions) -> Result<(), 
     Ok(())
 }
 
-/// Replays the chosen pending entries of one table's DLQ, a chunk per transaction.
+/// Replays the chosen pending entries of one table's DLQ, a chunk per transaction, as they are
+/// read: the DLQ is streamed (see [`Choice`] for when it is read twice), never held whole. The
+/// entries read are those the DLQ held when the replay began, not those it sends back.
 async fn replay_table(
     client: &mut Client,
     config: &Config,
@@ -54,70 +57,50 @@ async fn replay_table(
     opts: &ReplayOptions,
 ) -> Result<(), DlqCliError> {
     let bk = config.target.bookkeeping_schema.as_str();
-    let entries = read::read_all(&config.kafka, &t.dlq_topic).await?;
-    let resolved = read::resolved(client, bk, &t.dlq_topic).await?;
-    let pending: Vec<&DlqEntry> = entries
-        .iter()
-        .filter(|e| !resolved.contains_key(&(e.partition, e.offset)))
-        .collect();
-    let chosen = choose(&pending, &opts.filter);
-    if chosen.is_empty() {
+    let snapshot = read::Snapshot::take(&config.kafka, &t.dlq_topic).await?;
+    let resolved = read::resolved_positions(client, bk, &t.dlq_topic).await?;
+    let pending = |e: &DlqEntry| !resolved.contains(&(e.partition, e.offset));
+    let mut choice = Choice::new(&opts.filter);
+    if choice.needs_first_pass() {
+        let mut entries = snapshot.headers(&config.kafka);
+        while let Some(e) = entries.next().await? {
+            if pending(&e) {
+                choice.see(&e);
+            }
+        }
+    }
+    let chosen = |e: &DlqEntry| pending(e) && choice.takes(e);
+    let mut entries = snapshot.entries(&config.kafka);
+    let mut chunk = next_chunk(&mut entries, &chosen).await?;
+    if chunk.is_empty() {
         println!("{}: nothing to replay", t.dlq_topic);
         return Ok(());
     }
-    let rules = t
-        .table
-        .parsed_rules()
-        .map_err(|e| DlqCliError::Config(format!("table {}: {e}", t.table.qualified())))?;
-    let source_topic: Arc<str> = Arc::from(t.source_topic.as_str());
-    let mut replay = TableReplay {
-        client,
-        writer,
-        bk,
-        table: t,
-        dry_run: opts.dry_run,
-        intake: Intake::new(
-            Decoder::new(registry.clone()),
-            HashMap::from([(source_topic.clone(), rules)]),
-        ),
-        source_topic,
-        target: TargetTable {
-            schema: t.table.target_schema().to_string(),
-            name: t.table.target_name().to_string(),
-        },
-        table_ready: false,
-        failed_keys: HashSet::new(),
-        applied: 0,
-        back: Vec::new(),
-    };
-    for chunk in chosen.chunks(CHUNK) {
-        replay.chunk(chunk).await?;
+    let mut replay = TableReplay::new(client, config, registry, writer, t, opts)?;
+    let mut replayed = 0;
+    while !chunk.is_empty() {
+        replay.chunk(&chunk).await?;
+        replayed += chunk.len();
+        chunk = next_chunk(&mut entries, &chosen).await?;
     }
-    replay.report(chosen.len());
+    replay.report(replayed);
     Ok(())
 }
 
-/// The pending entries the filter picks, plus the earlier pending entries of the same keys:
-/// a key's entries are replayed in their order or not at all.
-fn choose<'a>(pending: &[&'a DlqEntry], filter: &Filter) -> Vec<&'a DlqEntry> {
-    let mut picked: BTreeSet<usize> = BTreeSet::new();
-    let mut last_of_key: HashMap<KeyText, usize> = HashMap::new();
-    for (i, e) in pending.iter().enumerate() {
-        if filter.matches(e) {
-            picked.insert(i);
-            if let Some(k) = e.key_text() {
-                last_of_key.insert(k, i);
-            }
+/// The next (up to) `CHUNK` entries that `chosen` keeps.
+async fn next_chunk(
+    entries: &mut read::Entries,
+    chosen: &impl Fn(&DlqEntry) -> bool,
+) -> Result<Vec<DlqEntry>, KafkaError> {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    while chunk.len() < CHUNK {
+        match entries.next().await? {
+            Some(e) if chosen(&e) => chunk.push(e),
+            Some(_) => {}
+            None => break,
         }
     }
-    for (i, e) in pending.iter().enumerate() {
-        if let Some(k) = e.key_text() {
-            if last_of_key.get(&k).is_some_and(|&last| i <= last) {
-                picked.insert(i);
-            }
-        }
-    }
-    picked.into_iter().map(|i| pending[i]).collect()
+    Ok(chunk)
 }
 
 /// What a replayed entry, taken in again, calls for before anything is written.
@@ -199,13 +182,50 @@ struct TableReplay<'a> {
     /// Keys with an entry that failed again in this replay: their later entries follow it.
     failed_keys: HashSet<KeyText>,
     applied: usize,
-    /// The entries sent back to the DLQ.
-    back: Vec<Rejected>,
+    /// Entries sent back to the DLQ (each is printed once its chunk is done: a replay keeps
+    /// no entry beyond its chunk).
+    sent_back: usize,
 }
 
-impl TableReplay<'_> {
+impl<'a> TableReplay<'a> {
+    /// The replay of table `t`'s entries, with the table's rules as the config has them now.
+    fn new(
+        client: &'a mut Client,
+        config: &'a Config,
+        registry: &Arc<Registry>,
+        writer: &'a mut DlqWriter,
+        t: &'a ScopeTable<'a>,
+        opts: &ReplayOptions,
+    ) -> Result<Self, DlqCliError> {
+        let rules = t
+            .table
+            .parsed_rules()
+            .map_err(|e| DlqCliError::Config(format!("table {}: {e}", t.table.qualified())))?;
+        let source_topic: Arc<str> = Arc::from(t.source_topic.as_str());
+        Ok(TableReplay {
+            client,
+            writer,
+            bk: config.target.bookkeeping_schema.as_str(),
+            table: t,
+            dry_run: opts.dry_run,
+            intake: Intake::new(
+                Decoder::new(registry.clone()),
+                HashMap::from([(source_topic.clone(), rules)]),
+            ),
+            source_topic,
+            target: TargetTable {
+                schema: t.table.target_schema().to_string(),
+                name: t.table.target_name().to_string(),
+            },
+            table_ready: false,
+            failed_keys: HashSet::new(),
+            applied: 0,
+            sent_back: 0,
+        })
+    }
+
     /// Replays `chunk` in one transaction.
-    async fn chunk(&mut self, chunk: &[&DlqEntry]) -> Result<(), DlqCliError> {
+    async fn chunk(&mut self, chunk: &[DlqEntry]) -> Result<(), DlqCliError> {
         let items = self.take(chunk).await;
         self.ensure_table(&items).await?;
         let (bk, topic) = (self.bk, self.table.source_topic.as_str());
@@ -262,12 +282,20 @@ impl TableReplay<'_> {
                 .await
                 .map_err(PgError::query("committing a replay"))?;
         }
-        self.back.extend(requeue);
+        for r in &requeue {
+            println!(
+                "  {} -> {}: {}",
+                r.replay_of.as_deref().unwrap_or("?"),
+                r.class,
+                r.reason
+            );
+        }
+        self.sent_back += requeue.len();
         Ok(())
     }
 
     /// The entries of `chunk` taken in again, as the consumer would take them.
-    async fn take(&mut self, chunk: &[&DlqEntry]) -> Vec<Item> {
+    async fn take(&mut self, chunk: &[DlqEntry]) -> Vec<Item> {
         let mut items = Vec::with_capacity(chunk.len());
         for e in chunk {
             let raw = Raw {
@@ -299,7 +327,7 @@ impl TableReplay<'_> {
         Ok(())
     }
 
-    /// Prints what the replay of `replayed` entries did.
+    /// Prints what the replay of `replayed` entries did (after the entries sent back).
     fn report(&self, replayed: usize) {
         let verb = if self.dry_run { "would be" } else { "were" };
         println!(
@@ -307,16 +335,8 @@ impl TableReplay<'_> {
             self.table.dlq_topic,
             if self.dry_run { " (dry run)" } else { "" },
             self.applied,
-            self.back.len()
+            self.sent_back
         );
-        for r in &self.back {
-            println!(
-                "  {} -> {}: {}",
-                r.replay_of.as_deref().unwrap_or("?"),
-                r.class,
-                r.reason
-            );
-        }
     }
 }
 
@@ -369,24 +389,6 @@ mod tests {
             value: None,
             headers,
         }
-    }
-
-    #[test]
-    fn choosing_an_entry_takes_the_earlier_pending_entries_of_its_key() {
-        let entries = [
-            entry(0, Some("a"), "rule"),
-            entry(1, Some("b"), "rule"),
-            entry(2, Some("a"), "parked"),
-            entry(3, None, "wire_format"),
-            entry(4, Some("a"), "parked"),
-        ];
-        let pending: Vec<&DlqEntry> = entries.iter().collect();
-        let filter = Filter {
-            offsets: Some((2, 3)),
-            ..Filter::default()
-        };
-        let offsets: Vec<i64> = choose(&pending, &filter).iter().map(|e| e.offset).collect();
-        assert_eq!(offsets, [0, 2, 3]);
     }
 
     #[test]
