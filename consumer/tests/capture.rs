@@ -10,6 +10,10 @@ use rand::Rng;
 use tokio_postgres::Client;
 use tunnel_shared::testkit::{self as tk, Databases, Proc};
 
+/// Debezium's meaning of each op, read back from the topic.
+#[path = "capture/ops.rs"]
+mod ops;
+
 const MEDIA: &str = "CREATE TABLE media (
     id serial PRIMARY KEY, s3_path varchar(1024), format varchar(5), type smallint,
     updated_at timestamp DEFAULT now())";
@@ -452,117 +456,6 @@ async fn periodic_whole_table_pass_repairs_a_target_changed_behind_the_pipeline(
     wait_verified(&s.config, Duration::from_secs(30), &[&producer, &consumer]).await;
     let log = producer.log_text();
     assert!(log.contains("whole_table"), "{log}");
-}
-
-/// Every event of `topic` in order per key: its key and op (`r`, `c`, `u`, `d`; `T` for a
-/// tombstone), read back from Kafka and decoded with the writer schemas in the registry.
-async fn ops_by_key(
-    kafka: &tunnel_shared::config::KafkaConfig,
-    topic: &str,
-) -> std::collections::BTreeMap<i64, String> {
-    let (k, t) = (kafka.clone(), topic.to_string());
-    let raw = tokio::task::spawn_blocking(move || {
-        // a key's messages are all in one partition, read in offset order
-        let mut raw: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        tunnel_shared::kafka::read_to_end(&k, &t, Duration::from_secs(60), |m| {
-            use rdkafka::Message;
-            raw.push((
-                m.key().unwrap_or_default().to_vec(),
-                m.payload().map(<[u8]>::to_vec),
-            ));
-        })
-        .unwrap();
-        raw
-    })
-    .await
-    .unwrap();
-    let registry = tunnel_shared::registry::Registry::new(&tk::registry_url()).unwrap();
-    let mut ops = std::collections::BTreeMap::<i64, String>::new();
-    for (key, value) in raw {
-        let (_, body) = tunnel_shared::wire::parse(&key).unwrap();
-        let id = tunnel_shared::datum::Reader::new(body).read_long().unwrap();
-        let op = match value {
-            None => 'T',
-            Some(v) => {
-                let (schema_id, mut body) = tunnel_shared::wire::parse(&v).unwrap();
-                let schema = registry.schema(schema_id).await.unwrap();
-                let datum = apache_avro::from_avro_datum(&schema, &mut body, None).unwrap();
-                let event = tunnel_shared::event::decode_envelope(datum).unwrap();
-                event.op.code().chars().next().unwrap()
-            }
-        };
-        ops.entry(id).or_default().push(op);
-    }
-    ops
-}
-
-/// Read back from the topic, every event means what Debezium's does: `r` for the snapshot, `c`
-/// exactly for a key not shipped before (or deleted since), `u` for one that was, `d` and a
-/// tombstone for a delete. Rows written below the highest key are found by the watermark scan
-/// alone, which shipped them as updates before.
-#[tokio::test(flavor = "multi_thread")]
-async fn events_read_back_from_the_topic_carry_debeziums_ops() {
-    let (s, src) = setup_media(200, FAST).await;
-    let producer = Proc::start("producer", &s.config);
-    producer
-        .wait_logged("snapshot done", Duration::from_secs(60))
-        .await;
-    src.batch_execute(
-        "INSERT INTO media (id, s3_path) SELECT -i, '/neg' FROM generate_series(1, 5) i;
-         INSERT INTO media (s3_path) SELECT '/new' FROM generate_series(1, 20);
-         UPDATE media SET s3_path = '/u', updated_at = now() WHERE id BETWEEN 1 AND 10;
-         DELETE FROM media WHERE id BETWEEN 11 AND 15;",
-    )
-    .await
-    .unwrap();
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    let prefix = text
-        .lines()
-        .find_map(|l| l.strip_prefix("topic_prefix = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap()
-        .to_string();
-    let kafka = tk::kafka_config(&prefix, "unused", 3);
-    let topic = format!("{prefix}.public.media");
-    let deleted = |ops: &std::collections::BTreeMap<i64, String>| {
-        (11..=15).all(|k| ops.get(&k).is_some_and(|o| o.ends_with("dT")))
-    };
-    tk::wait_for("the deletes", Duration::from_secs(60), || async {
-        deleted(&ops_by_key(&kafka, &topic).await).then_some(())
-    })
-    .await;
-    // two deleted keys written again, below the highest key
-    src.batch_execute("INSERT INTO media (id, s3_path) VALUES (11, '/again'), (12, '/again')")
-        .await
-        .unwrap();
-    let ops = tk::wait_for("every change", Duration::from_secs(60), || async {
-        let ops = ops_by_key(&kafka, &topic).await;
-        let done = (-5..=-1).chain(201..=220).all(|k| ops.contains_key(&k))
-            && [11, 12]
-                .iter()
-                .all(|k| ops[k].contains("dT") && !ops[k].ends_with("dT"))
-            && (1..=10).all(|k| ops[&k].contains('u'));
-        done.then_some(ops)
-    })
-    .await;
-    for (key, seq) in &ops {
-        let expected_first = if (1..=200).contains(key) { 'r' } else { 'c' };
-        assert_eq!(seq.chars().next(), Some(expected_first), "key {key}: {seq}");
-        // a create only first, or after the key's delete and tombstone
-        for (i, _) in seq.match_indices('c').filter(|(i, _)| *i > 0) {
-            assert!(seq[..i].ends_with("dT"), "key {key}: {seq}");
-        }
-        assert!(
-            !seq.contains("dTu"),
-            "key {key}: an update after a delete: {seq}"
-        );
-    }
-    assert_eq!(
-        ops[&1].as_str().chars().filter(|c| *c == 'u').count(),
-        1,
-        "{ops:?}"
-    );
-    drop(producer);
 }
 
 /// With the consumer stopped, the reconciliation does not ship the events still in flight

@@ -1,19 +1,13 @@
 //! The set of keys already shipped, for tables with a single integer primary key: a compact
-//! `RoaringTreemap`, never stored in the source. It is rebuilt at start from the compacted
-//! topic (a key whose latest message is not a tombstone is shipped) and kept current as events
-//! are shipped.
+//! `RoaringTreemap`, never stored in the source, kept as [`crate::shipped::ShippedKeys`] (which
+//! rebuilds it at start from the compacted topic and keeps it current as events are shipped).
+//! Besides telling inserts from updates, it is what delete scans compare with the source:
+//! aggregates and lists of key ranges.
 
 use std::ops::RangeInclusive;
 
-use std::time::{Duration, Instant};
-
 use roaring::RoaringTreemap;
-use tracing::info;
-use tunnel_shared::config::Config;
 use tunnel_shared::event::{ChangeEvent, Op};
-use tunnel_shared::kafka;
-
-use crate::error::CheckpointError;
 
 /// Maps an `i64` onto a `u64` in the same order (the sign bit flipped).
 fn to_u64(k: i64) -> u64 {
@@ -38,15 +32,15 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    fn insert(&mut self, k: i64) {
+    pub(crate) fn insert(&mut self, k: i64) {
         self.keys.insert(to_u64(k));
     }
 
-    fn remove(&mut self, k: i64) {
+    pub(crate) fn remove(&mut self, k: i64) {
         self.keys.remove(to_u64(k));
     }
 
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.keys.len()
     }
 
@@ -76,14 +70,8 @@ impl KeySet {
     }
 
     /// Whether `k` has been shipped (and not deleted since).
-    pub fn contains(&self, k: i64) -> bool {
+    pub(crate) fn contains(&self, k: i64) -> bool {
         self.keys.contains(to_u64(k))
-    }
-
-    /// Whether the single integer key of an event's row has been shipped; `None` for another
-    /// kind of key.
-    pub fn contains_key(&self, key: &[apache_avro::types::Value]) -> Option<bool> {
-        key_i64(key).map(|k| self.contains(k))
     }
 
     /// The keys of a range, in order.
@@ -92,7 +80,7 @@ impl KeySet {
     }
 
     /// Keeps the set current with events just shipped: a delete removes its key, any other
-    /// event adds it. The one place shipped events reach the set (snapshot and passes alike).
+    /// event adds it (through [`crate::shipped::ShippedKeys::apply`]).
     pub fn apply(&mut self, events: &[ChangeEvent]) {
         for e in events {
             if let Some(k) = key_i64(&e.key) {
@@ -106,66 +94,18 @@ impl KeySet {
     }
 
     /// Serialized size, for logs.
-    pub fn serialized_bytes(&self) -> u64 {
+    pub(crate) fn serialized_bytes(&self) -> u64 {
         self.keys.serialized_size() as u64
     }
 }
 
 /// A single integer key's value.
-fn key_i64(key: &[apache_avro::types::Value]) -> Option<i64> {
+pub(crate) fn key_i64(key: &[apache_avro::types::Value]) -> Option<i64> {
     match key {
         [apache_avro::types::Value::Int(k)] => Some(i64::from(*k)),
         [apache_avro::types::Value::Long(k)] => Some(*k),
         _ => None,
     }
-}
-
-/// The keys shipped so far, from the compacted topic: a key whose latest message is a value is
-/// shipped, a key whose latest message is a tombstone is not.
-pub async fn rebuild(config: &Config, topic: &str) -> Result<KeySet, CheckpointError> {
-    let (kafka, topic) = (config.kafka.clone(), topic.to_string());
-    let started = Instant::now();
-    let read = tokio::task::spawn_blocking(move || {
-        let mut keys = KeySet::default();
-        let mut messages = 0u64;
-        let result = kafka::read_to_end(&kafka, &topic, Duration::from_secs(600), |m| {
-            use rdkafka::Message;
-            messages += 1;
-            let key = m
-                .key()
-                .and_then(|k| tunnel_shared::wire::parse(k).ok())
-                .and_then(|(_, body)| tunnel_shared::datum::Reader::new(body).read_long().ok());
-            if let Some(k) = key {
-                if m.payload().is_some() {
-                    keys.insert(k);
-                } else {
-                    keys.remove(k);
-                }
-            }
-        });
-        result
-            .map(|()| (keys, messages))
-            .map_err(|source| (topic, source))
-    })
-    .await;
-    let (keys, messages) = match read {
-        Ok(Ok(v)) => v,
-        Ok(Err((topic, source))) => return Err(CheckpointError::Read { topic, source }),
-        Err(_) => {
-            return Err(CheckpointError::Read {
-                topic: config.kafka.topic_prefix.clone(),
-                source: rdkafka::error::KafkaError::Canceled,
-            })
-        }
-    };
-    info!(
-        keys = keys.len(),
-        messages,
-        bytes = keys.serialized_bytes(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "rebuilt the shipped key set from the topic"
-    );
-    Ok(keys)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod lag;
 mod publish;
 mod repair;
 mod setup;
+mod shipped;
 mod snapshot;
 mod source;
 mod stream;

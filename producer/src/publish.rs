@@ -131,6 +131,11 @@ impl Publisher {
         })
     }
 
+    /// How this publisher encodes the table's events (and keys).
+    pub fn encoder(&self) -> &EventEncoder {
+        &self.encoder
+    }
+
     /// The current instance (a panic elsewhere while it was held leaves it as it was).
     fn instance(&self) -> std::sync::MutexGuard<'_, Arc<KafkaProducer>> {
         self.producer

@@ -18,16 +18,16 @@ use tunnel_shared::schema;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{CheckpointError, PublishError, WorkerError, SETUP_ATTEMPTS};
-use crate::keyset::{self, KeySet};
 use crate::publish::Publisher;
+use crate::shipped::{self, ShippedKeys};
 use crate::source::Source;
 
 /// What a table's worker starts with.
 pub struct Prepared {
     pub link: Link,
     pub checkpoint: Checkpoint,
-    /// The keys shipped so far, for tables with a single integer key.
-    pub keyset: Option<KeySet>,
+    /// The keys shipped so far.
+    pub shipped: ShippedKeys,
 }
 
 /// A table's ends: the source it reads and the publisher it ships with, what reconnecting to
@@ -99,10 +99,10 @@ pub async fn prepare(
     check_rules(&table, &info)?;
     let (publisher, checkpoint) = publisher_and_checkpoint(&config, &table, &info).await?;
     // nothing was ever shipped for a table without a checkpoint: no topic to read back
-    let keyset = match info.integer_key() {
-        Some(_) if checkpoint.snapshot.started_at_micros == 0 => Some(KeySet::default()),
-        Some(_) => Some(keyset::rebuild(&config, &config.topic(&table)).await?),
-        None => None,
+    let none_yet = ShippedKeys::empty(&info, publisher.encoder());
+    let shipped = match checkpoint.snapshot.started_at_micros {
+        0 => none_yet,
+        _ => shipped::rebuild(&config, &config.topic(&table), none_yet).await?,
     };
     let link = Link {
         config,
@@ -114,7 +114,7 @@ pub async fn prepare(
     Ok(Prepared {
         link,
         checkpoint,
-        keyset,
+        shipped,
     })
 }
 

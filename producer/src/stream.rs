@@ -81,7 +81,7 @@ impl Stream {
         let ctx = PassContext {
             source: self.link.source_mut(),
             bounds: plan.bounds(),
-            shipped: self.state.keyset(),
+            shipped: self.state.shipped_keys().integer(),
             checkpoint: self.state.checkpoint(),
         };
         let found = self.detectors[i].pass(ctx).await?;

@@ -47,12 +47,12 @@ impl Worker {
         let Prepared {
             mut link,
             checkpoint,
-            keyset,
+            shipped,
         } = self.prepared;
         let p = &link.config().producer;
         let (margins, chunk_rows) = (Margins::from_config(p), p.snapshot_chunk_rows);
         let checkpoint_interval = Duration::from_millis(p.checkpoint_interval_ms);
-        let mut snapshot = Snapshot::new(chunk_rows, margins, checkpoint, keyset);
+        let mut snapshot = Snapshot::new(chunk_rows, margins, checkpoint, shipped);
         let mut backoff = Backoff::default();
         while !snapshot.done() {
             let (source, publisher, stop) = link.ends();
@@ -71,7 +71,7 @@ impl Worker {
         // streaming starts from the bounds the snapshot recorded
         let Snapshotted {
             checkpoint,
-            keyset,
+            shipped,
             remembered,
         } = snapshot.finish();
         let state = CaptureState::new(
@@ -79,7 +79,7 @@ impl Worker {
             margins,
             checkpoint_interval,
             checkpoint,
-            keyset,
+            shipped,
             remembered,
             self.started,
         );

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tunnel_shared::event::{ChangeEvent, Detection, Op};
 
 use super::detector::Found;
-use crate::keyset::KeySet;
+use crate::shipped::ShippedKeys;
 
 struct CacheEntry {
     hash: u64,
@@ -46,15 +46,14 @@ impl ContentCache {
     /// The events a pass's result becomes, with Debezium's meaning of each operation. A row
     /// whose hash is the one last shipped is no change (except for a repair, which ships what
     /// it was asked for). A row is an insert (`c`) exactly when its key has not been shipped
-    /// (or was deleted since), which `shipped`, the shipped key set of a table with a single
-    /// integer key, knows whichever detector found the row; else it is an update (`u`).
-    /// Without a key set, a row never shipped by this producer's memory is an insert when the
-    /// key scan found it and an update otherwise. Gone keys are deletes (`d`).
+    /// (or was deleted since), which `shipped` knows for every kind of key whichever detector
+    /// found the row (and whatever this cache has forgotten); else it is an update (`u`). Gone
+    /// keys are deletes (`d`).
     pub fn changes(
         &self,
         found: &Found,
         detection: Detection,
-        shipped: Option<&KeySet>,
+        shipped: &ShippedKeys,
         ts_ms: i64,
     ) -> Vec<ChangeEvent> {
         let mut events = Vec::new();
@@ -63,11 +62,11 @@ impl ContentCache {
             if cached.is_some_and(|e| e.hash == r.hash) && detection != Detection::Repair {
                 continue;
             }
-            let new = match shipped.and_then(|keys| keys.contains_key(&r.key)) {
-                Some(known) => !known,
-                None => cached.is_none() && detection == Detection::KeyScan,
+            let op = if shipped.contains(&r.key) {
+                Op::Update
+            } else {
+                Op::Create
             };
-            let op = if new { Op::Create } else { Op::Update };
             events.push(ChangeEvent {
                 op,
                 key: r.key.clone(),
@@ -153,8 +152,17 @@ pub(super) mod tests {
         events.iter().map(|e| (e.op, e.key[0].clone())).collect()
     }
 
+    /// The integer keys `keys` shipped.
+    pub fn shipped(keys: &[i64]) -> ShippedKeys {
+        let mut set = crate::keyset::KeySet::default();
+        for k in keys {
+            set.insert(*k);
+        }
+        ShippedKeys::Integer(set)
+    }
+
     #[test]
-    fn unchanged_rows_are_dropped_changed_ones_are_updates_new_ones_depend_on_the_detector() {
+    fn unchanged_rows_are_dropped_changed_ones_are_updates_new_ones_creates_whoever_finds_them() {
         let mut cache = ContentCache::new(2);
         cache.remember(
             [(vec!["1".to_string()], 10), (vec!["2".to_string()], 20)],
@@ -165,7 +173,8 @@ pub(super) mod tests {
             gone: vec![gone(4)],
             ..Default::default()
         };
-        let by_key = cache.changes(&found, Detection::KeyScan, None, 5);
+        let keys = shipped(&[1, 2, 4]);
+        let by_key = cache.changes(&found, Detection::KeyScan, &keys, 5);
         assert_eq!(
             ops(&by_key),
             vec![
@@ -178,8 +187,55 @@ pub(super) mod tests {
             .iter()
             .all(|e| e.detected_by == Detection::KeyScan && e.ts_ms == 5));
         assert!(by_key[2].after.is_none());
-        let by_watermark = cache.changes(&found, Detection::Watermark, None, 5);
-        assert_eq!(by_watermark[1].op, Op::Update);
+        let by_watermark = cache.changes(&found, Detection::Watermark, &keys, 5);
+        assert_eq!(ops(&by_watermark), ops(&by_key));
+    }
+
+    /// A row of a text or composite key: the cache's memory does not decide, the shipped keys
+    /// do, whichever detector found it.
+    #[test]
+    fn a_composite_key_is_a_create_exactly_when_it_was_never_shipped_whoever_finds_it() {
+        use crate::shipped::tests::{hashed, key};
+        let row = |tenant: &str, id: i32, hash| SourceRow {
+            key_text: vec![tenant.to_string(), id.to_string()],
+            key: key(tenant, id),
+            row: vec![Some(Value::String(tenant.into())), Some(Value::Int(id))],
+            hash,
+            watermark: Some(1),
+        };
+        let mut keys = hashed();
+        let cache = ContentCache::new(2);
+        let found = Found {
+            rows: vec![row("a", 1, 10), row("b", 1, 20)],
+            ..Default::default()
+        };
+        for detection in [
+            Detection::Watermark,
+            Detection::KeyScan,
+            Detection::Reconcile,
+        ] {
+            let events = cache.changes(&found, detection, &keys, 5);
+            assert!(events.iter().all(|e| e.op == Op::Create), "{detection:?}");
+        }
+        // shipped (a restarted producer's cache has forgotten it, the shipped keys have not)
+        keys.apply(&cache.changes(&found, Detection::Watermark, &keys, 5));
+        let again = cache.changes(&found, Detection::Watermark, &keys, 5);
+        assert!(again.iter().all(|e| e.op == Op::Update));
+        // deleted, then written again
+        let deleted = Found {
+            gone: vec![GoneKey {
+                key_text: vec!["a".into(), "1".into()],
+                key: key("a", 1),
+            }],
+            ..Default::default()
+        };
+        keys.apply(&cache.changes(&deleted, Detection::Reconcile, &keys, 5));
+        let ops: Vec<Op> = cache
+            .changes(&found, Detection::Watermark, &keys, 5)
+            .iter()
+            .map(|e| e.op)
+            .collect();
+        assert_eq!(ops, vec![Op::Create, Op::Update]);
     }
 
     #[test]
@@ -190,10 +246,11 @@ pub(super) mod tests {
             rows: vec![row(1, 10, None)],
             ..Default::default()
         };
+        let keys = shipped(&[1]);
         assert!(cache
-            .changes(&found, Detection::Watermark, None, 5)
+            .changes(&found, Detection::Watermark, &keys, 5)
             .is_empty());
-        let repaired = cache.changes(&found, Detection::Repair, None, 5);
+        let repaired = cache.changes(&found, Detection::Repair, &keys, 5);
         assert_eq!(ops(&repaired), vec![(Op::Update, Value::Long(1))]);
     }
 

@@ -22,8 +22,8 @@ use tunnel_shared::event::{ChangeEvent, Detection, Op};
 use crate::checkpoint::{Checkpoint, SnapshotPhase};
 use crate::error::WorkerError;
 use crate::horizon::{Bounds, Margins};
-use crate::keyset::KeySet;
 use crate::publish::Shipper;
+use crate::shipped::ShippedKeys;
 use crate::source::{SourceReader, SourceRow};
 
 use progress::Progress;
@@ -39,7 +39,7 @@ type Pending = Option<(Checkpoint, Vec<SourceRow>)>;
 /// What streaming starts from once the snapshot is done.
 pub struct Snapshotted {
     pub checkpoint: Checkpoint,
-    pub keyset: Option<KeySet>,
+    pub shipped: ShippedKeys,
     /// Rows shipped that the first watermark pass reads again: key (text form) and hash.
     pub remembered: HashMap<Vec<String>, u64>,
 }
@@ -55,7 +55,7 @@ pub struct Snapshot {
     margins: Margins,
     /// What was shipped last, or (during the scan) the chunk read ahead of it.
     checkpoint: Checkpoint,
-    keyset: Option<KeySet>,
+    shipped: ShippedKeys,
     remembered: HashMap<Vec<String>, u64>,
 }
 
@@ -64,13 +64,13 @@ impl Snapshot {
         chunk_rows: i64,
         margins: Margins,
         checkpoint: Checkpoint,
-        keyset: Option<KeySet>,
+        shipped: ShippedKeys,
     ) -> Self {
         Self {
             chunk_rows,
             margins,
             checkpoint,
-            keyset,
+            shipped,
             remembered: HashMap::new(),
         }
     }
@@ -82,7 +82,7 @@ impl Snapshot {
     pub fn finish(self) -> Snapshotted {
         Snapshotted {
             checkpoint: self.checkpoint,
-            keyset: self.keyset,
+            shipped: self.shipped,
             remembered: self.remembered,
         }
     }
@@ -275,9 +275,7 @@ impl Snapshot {
     /// consumer applies without effect. Without this it would ship every one of them a second
     /// time (a row that breaks a validation rule would then be in the DLQ twice).
     fn record(&mut self, shipped: Shipped) {
-        if let Some(keys) = &mut self.keyset {
-            keys.apply(&shipped.events);
-        }
+        self.shipped.apply(&shipped.events);
         for (key, hash) in shipped.recent {
             if self.remembered.len() >= SNAPSHOT_CACHE_ROWS {
                 break;

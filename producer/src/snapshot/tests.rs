@@ -10,6 +10,7 @@ use tunnel_shared::fault::Classify;
 use super::*;
 use crate::error::{PublishError, SourceError};
 use crate::horizon::Probe;
+use crate::keyset::KeySet;
 
 /// The time of every probe: the snapshot starts then.
 const AT: i64 = 10_000_000;
@@ -140,16 +141,15 @@ impl Recorder {
 }
 
 fn snapshot() -> Snapshot {
+    snapshot_with(ShippedKeys::Integer(KeySet::default()))
+}
+
+fn snapshot_with(shipped: ShippedKeys) -> Snapshot {
     let margins = Margins {
         overlap_micros: 100,
         max_wait_micros: i64::MAX,
     };
-    Snapshot::new(
-        2,
-        margins,
-        Checkpoint::new("public.media"),
-        Some(KeySet::default()),
-    )
+    Snapshot::new(2, margins, Checkpoint::new("public.media"), shipped)
 }
 
 fn never() -> watch::Receiver<bool> {
@@ -189,7 +189,10 @@ async fn chunks_are_shipped_with_their_checkpoints_and_the_result_handed_to_stre
     assert_eq!(done.checkpoint.max_key, Some(vec!["5".to_string()]));
     assert_eq!(done.checkpoint.max_watermark, Some(AT - 1));
     assert_eq!(done.checkpoint.reconciled_xmin, Some(42));
-    assert_eq!(done.keyset.unwrap().keys(0..=10), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        done.shipped.integer().unwrap().keys(0..=10),
+        vec![1, 2, 3, 4, 5]
+    );
     let mut remembered: Vec<_> = done.remembered.into_iter().collect();
     remembered.sort();
     assert_eq!(
@@ -237,7 +240,36 @@ async fn after_a_failed_publish_the_snapshot_resumes_from_what_was_shipped() {
     assert_eq!(keys.last(), Some(&vec![5]));
     let done = s.finish();
     assert_eq!(done.checkpoint.snapshot.phase, SnapshotPhase::Done);
-    assert_eq!(done.keyset.unwrap().keys(0..=10), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        done.shipped.integer().unwrap().keys(0..=10),
+        vec![1, 2, 3, 4, 5]
+    );
+}
+
+/// A table whose key is kept as hashes (any key but a single integer one) learns the
+/// snapshot's keys the same way.
+#[tokio::test]
+async fn the_snapshots_keys_are_shipped_keys_whatever_the_key() {
+    let mut table = Table::new(5, &[]);
+    let info = tunnel_shared::catalog::TableInfo {
+        schema: "public".into(),
+        name: "media".into(),
+        columns: vec![tunnel_shared::catalog::Column {
+            name: "id".into(),
+            type_name: "bigint".into(),
+            kind: tunnel_shared::catalog::ColumnKind::Int8,
+            nullable: false,
+        }],
+        key: vec![0],
+        watermark: None,
+    };
+    let shipper = Recorder::default();
+    let mut s = snapshot_with(crate::shipped::tests::hashed_for(&info));
+    s.run(&mut table, &shipper, &never()).await.unwrap();
+    let done = s.finish();
+    assert!(done.shipped.integer().is_none());
+    assert!((1..=5).all(|k| done.shipped.contains(&[Value::Long(k)])));
+    assert!(!done.shipped.contains(&[Value::Long(6)]));
 }
 
 #[tokio::test]

@@ -67,6 +67,12 @@ impl EventEncoder {
     }
 
     pub fn encode_key(&self, key: &[Value]) -> Result<Vec<u8>, EventError> {
+        Ok(wire::frame(self.key_id, &self.key_body(key)?))
+    }
+
+    /// The key's Avro datum, what [`EventEncoder::encode_key`] frames: the bytes a key message
+    /// of the topic holds after the wire format's header.
+    pub fn key_body(&self, key: &[Value]) -> Result<Vec<u8>, EventError> {
         let bad = |message: String| EventError::Encode {
             what: "key".into(),
             message,
@@ -82,7 +88,7 @@ impl EventEncoder {
         for (spec, v) in self.key_specs.iter().zip(key) {
             datum::write_field(&mut body, *spec, Some(v)).map_err(bad)?;
         }
-        Ok(wire::frame(self.key_id, &body))
+        Ok(body)
     }
 
     pub fn encode_value(&self, event: &ChangeEvent) -> Result<Vec<u8>, EventError> {
@@ -178,6 +184,7 @@ mod tests {
         assert_eq!((kid, vid), (1, 2));
         let key = apache_avro::from_avro_datum(&key_schema, &mut &kbody[..], None).unwrap();
         assert_eq!(decode_key(key).unwrap(), vec![Value::Int(5)]);
+        assert_eq!(enc.key_body(&ev.key).unwrap(), kbody);
         let value = apache_avro::from_avro_datum(&value_schema, &mut &vbody[..], None).unwrap();
         let d = decode_envelope(value).unwrap();
         assert_eq!(d.op, Op::Update);

@@ -23,7 +23,7 @@ use super::cache::ContentCache;
 use super::detector::Found;
 use crate::checkpoint::Checkpoint;
 use crate::horizon::{Bounds, Horizon, Margins, Probe};
-use crate::keyset::KeySet;
+use crate::shipped::ShippedKeys;
 use crate::source::Activity;
 
 /// A detector as the state sees it.
@@ -108,8 +108,8 @@ pub struct CaptureState {
     checkpoint_interval: Duration,
     slots: Vec<Slot>,
     cache: ContentCache,
-    /// The keys shipped so far, for tables with a single integer key (delete scans).
-    keyset: Option<KeySet>,
+    /// The keys shipped so far: inserts or updates, and what delete scans compare.
+    shipped: ShippedKeys,
     checkpoint: Checkpoint,
     tick: u64,
     /// Whether rows of the snapshot are remembered for the first watermark pass after it.
@@ -128,7 +128,7 @@ impl CaptureState {
         margins: Margins,
         checkpoint_interval: Duration,
         checkpoint: Checkpoint,
-        keyset: Option<KeySet>,
+        shipped: ShippedKeys,
         remembered: HashMap<Vec<String>, u64>,
         started: Instant,
     ) -> Self {
@@ -155,7 +155,7 @@ impl CaptureState {
             checkpoint_interval,
             slots,
             cache,
-            keyset,
+            shipped,
             checkpoint,
             tick: 0,
             snapshot_rows_remembered,
@@ -167,8 +167,8 @@ impl CaptureState {
         &self.checkpoint
     }
 
-    pub fn keyset(&self) -> Option<&KeySet> {
-        self.keyset.as_ref()
+    pub fn shipped_keys(&self) -> &ShippedKeys {
+        &self.shipped
     }
 
     /// When the next detector is due.
@@ -236,9 +236,7 @@ impl CaptureState {
     /// shipped now (`now`: for the checkpoint's interval; `ts_ms`: the events' time).
     pub fn outcome(&self, plan: &Plan, found: &Found, ts_ms: i64, now: Instant) -> Outcome {
         let detection = self.slots[plan.slot].detection;
-        let events = self
-            .cache
-            .changes(found, detection, self.keyset.as_ref(), ts_ms);
+        let events = self.cache.changes(found, detection, &self.shipped, ts_ms);
         let mut next = self.checkpoint.clone();
         next.bounds = self.restart_bounds(plan.slot, &plan.observed);
         if let Some(upto) = found.repairs_upto {
@@ -321,9 +319,7 @@ impl CaptureState {
         slot.bounds = plan.observed;
         slot.last_activity = Some(activity.clone());
         slot.last_tick = tick;
-        if let Some(keys) = &mut self.keyset {
-            keys.apply(&outcome.events);
-        }
+        self.shipped.apply(&outcome.events);
         let last_ticks: Vec<u64> = self.slots.iter().map(|s| s.last_tick).collect();
         self.cache.shipped(found, plan.slot, tick, &last_ticks);
         self.checkpoint = outcome.next;

@@ -6,7 +6,9 @@ use apache_avro::types::Value;
 use tunnel_shared::event::Op;
 
 use super::super::cache::tests::{gone, row};
+use super::super::detector::GoneKey;
 use super::*;
+use crate::keyset::KeySet;
 use crate::source::SourceRow;
 
 const KEY_SCAN: usize = 0;
@@ -35,6 +37,24 @@ fn checkpoint(ts: i64, max_watermark: Option<i64>) -> Checkpoint {
 }
 
 fn state_with(cp: Checkpoint, remembered: &[(i64, u64)], started: Instant) -> CaptureState {
+    let remembered = remembered
+        .iter()
+        .map(|(k, h)| (vec![k.to_string()], *h))
+        .collect();
+    state_keys(
+        cp,
+        ShippedKeys::Integer(KeySet::default()),
+        remembered,
+        started,
+    )
+}
+
+fn state_keys(
+    cp: Checkpoint,
+    shipped: ShippedKeys,
+    remembered: HashMap<Vec<String>, u64>,
+    started: Instant,
+) -> CaptureState {
     let spec = |detection, ms| SlotSpec {
         detection,
         interval: Duration::from_millis(ms),
@@ -51,11 +71,8 @@ fn state_with(cp: Checkpoint, remembered: &[(i64, u64)], started: Instant) -> Ca
         },
         Duration::from_secs(60),
         cp,
-        Some(KeySet::default()),
-        remembered
-            .iter()
-            .map(|(k, h)| (vec![k.to_string()], *h))
-            .collect(),
+        shipped,
+        remembered,
         started,
     )
 }
@@ -122,7 +139,10 @@ fn a_pass_repeated_after_a_failed_publish_ships_the_same_and_keeps_its_bounds() 
         Duration::ZERO,
     );
     assert_eq!(s.checkpoint().max_key, key("12"));
-    assert_eq!(s.keyset().unwrap().keys(0..=100), vec![11, 12]);
+    assert_eq!(
+        s.shipped_keys().integer().unwrap().keys(0..=100),
+        vec![11, 12]
+    );
     let plan = s.plan(KEY_SCAN, probe(3_000));
     assert!(s
         .outcome(&plan, &f(), 7, Instant::now())
@@ -174,6 +194,85 @@ fn a_row_is_a_create_exactly_when_its_key_was_never_shipped_whoever_finds_it() {
         Instant::now(),
     );
     assert_eq!(ops(&o), vec![(Op::Create, Value::Long(2))]);
+}
+
+/// The same for a composite key (text, integer), which has no single integer to keep: rows the
+/// watermark scan finds are inserts when new, updates once shipped, inserts again after their
+/// delete; and a restarted producer, its cache empty, knows them from the shipped keys alone.
+#[test]
+fn a_composite_key_row_is_a_create_exactly_when_its_key_was_never_shipped_whoever_finds_it() {
+    use crate::shipped::tests::{hashed, key};
+    let row = |tenant: &str, id: i32, hash| SourceRow {
+        key_text: vec![tenant.to_string(), id.to_string()],
+        key: key(tenant, id),
+        row: vec![Some(Value::String(tenant.into())), Some(Value::Int(id))],
+        hash,
+        watermark: Some(6_000),
+    };
+    let ops = |o: &Outcome| -> Vec<(Op, Vec<Value>)> {
+        o.events().iter().map(|e| (e.op, e.key.clone())).collect()
+    };
+    let mut s = state_keys(
+        checkpoint(5_000, None),
+        hashed(),
+        HashMap::new(),
+        Instant::now(),
+    );
+    // below the key scan's bound: found by the watermark scan alone
+    let plan = s.plan(WATERMARK, probe(1_000));
+    let f = found(vec![row("a", 1, 10), row("a", 2, 20)]);
+    let o = s.outcome(&plan, &f, 0, Instant::now());
+    assert_eq!(
+        ops(&o),
+        vec![(Op::Create, key("a", 1)), (Op::Create, key("a", 2))]
+    );
+    s.shipped(
+        plan,
+        f,
+        o,
+        &Activity::default(),
+        Instant::now(),
+        Duration::ZERO,
+    );
+    // changed, and one of them deleted (reconciliation finds it gone)
+    let plan = s.plan(WATERMARK, probe(2_000));
+    let o = s.outcome(&plan, &found(vec![row("a", 1, 11)]), 0, Instant::now());
+    assert_eq!(ops(&o), vec![(Op::Update, key("a", 1))]);
+    let deleted = Found {
+        gone: vec![GoneKey {
+            key_text: vec!["a".into(), "2".into()],
+            key: key("a", 2),
+        }],
+        ..Default::default()
+    };
+    pass(&mut s, RECONCILE, 3_000, deleted);
+    // a restart: the shipped keys as read back from the topic, nothing in the cache
+    let mut restarted = state_keys(
+        s.checkpoint().clone(),
+        s.shipped_keys().clone(),
+        HashMap::new(),
+        Instant::now(),
+    );
+    let plan = restarted.plan(WATERMARK, probe(4_000));
+    let f = found(vec![row("a", 1, 11), row("a", 2, 21), row("b", 1, 30)]);
+    let o = restarted.outcome(&plan, &f, 0, Instant::now());
+    assert_eq!(
+        ops(&o),
+        vec![
+            (Op::Update, key("a", 1)),
+            (Op::Create, key("a", 2)),
+            (Op::Create, key("b", 1)),
+        ]
+    );
+    restarted.shipped(
+        plan,
+        f,
+        o,
+        &Activity::default(),
+        Instant::now(),
+        Duration::ZERO,
+    );
+    assert!(restarted.shipped_keys().contains(&key("a", 2)));
 }
 
 #[test]
