@@ -203,6 +203,8 @@ mod tests {
                 type_name: "integer".into(),
                 kind: ColumnKind::Int4,
                 nullable: false,
+                attnum: 0,
+                default: None,
             }],
             key: vec![0],
             watermark: None,

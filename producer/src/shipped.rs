@@ -230,6 +230,8 @@ pub(crate) mod tests {
             type_name: type_name.into(),
             kind,
             nullable: false,
+            attnum: 0,
+            default: None,
         };
         TableInfo {
             schema: "public".into(),

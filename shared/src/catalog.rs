@@ -110,6 +110,10 @@ pub struct Column {
     pub type_name: String,
     pub kind: ColumnKind,
     pub nullable: bool,
+    /// The column's number in the table (`attnum`): it stays when the column is renamed.
+    pub attnum: i16,
+    /// The default expression as PostgreSQL prints it (`pg_get_expr`), if there is one.
+    pub default: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,8 +254,11 @@ SELECT a.attname::text,
        NOT a.attnotnull,
        COALESCE((SELECT k.n FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(att, n) WHERE k.att = a.attnum), 0)::int4,
        c.relkind::text,
-       has_table_privilege(c.oid, 'SELECT')
+       has_table_privilege(c.oid, 'SELECT'),
+       a.attnum,
+       pg_get_expr(d.adbin, d.adrelid)
   FROM pg_catalog.pg_attribute a
+  LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
@@ -300,6 +307,8 @@ pub async fn load_table(
             type_name: row.get(1),
             kind: ColumnKind::from_catalog(&typname, typmod),
             nullable: row.get(4),
+            attnum: row.get(8),
+            default: row.get(9),
         });
     }
     if key.is_empty() {
@@ -358,6 +367,8 @@ mod tests {
             type_name: type_name.into(),
             kind,
             nullable: true,
+            attnum: 0,
+            default: None,
         }
     }
 

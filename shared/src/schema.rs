@@ -92,13 +92,22 @@ fn record(
             });
         }
         let ty = field_type(c.kind);
-        let mut f = if c.nullable && !all_required {
-            json!({"name": field, "type": ["null", ty], "default": null})
-        } else {
+        // A row's fields are all optional, NOT NULL columns too (`pg.nullable` says which
+        // are): a column added later, or renamed, then keeps the schema BACKWARD compatible.
+        let mut f = if all_required {
             json!({"name": field, "type": ty})
+        } else {
+            json!({"name": field, "type": ["null", ty], "default": null})
         };
         f["pg.name"] = json!(c.name);
         f["pg.type"] = json!(c.type_name);
+        if !all_required {
+            f["pg.attnum"] = json!(c.attnum);
+            f["pg.nullable"] = json!(c.nullable);
+            if let Some(d) = &c.default {
+                f["pg.default"] = json!(d);
+            }
+        }
         fields.push(f);
     }
     Ok(json!({"type": "record", "name": name, "fields": fields}))
@@ -350,6 +359,8 @@ mod tests {
             type_name: String::from(type_name),
             kind,
             nullable,
+            attnum: 0,
+            default: None,
         };
         TableInfo {
             schema: "public".into(),

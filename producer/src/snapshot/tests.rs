@@ -259,6 +259,8 @@ async fn the_snapshots_keys_are_shipped_keys_whatever_the_key() {
             type_name: "bigint".into(),
             kind: tunnel_shared::catalog::ColumnKind::Int8,
             nullable: false,
+            attnum: 0,
+            default: None,
         }],
         key: vec![0],
         watermark: None,
