@@ -67,6 +67,17 @@ pub enum WorkerError {
     Checkpoint(#[from] CheckpointError),
     #[error("table {table}: {source}")]
     Rule { table: String, source: RuleError },
+    /// The table's shape changed in a way the replica cannot follow: this table stops, the
+    /// others go on.
+    #[error("table {table} stopped: {problem}")]
+    Shape { table: String, problem: String },
+}
+
+impl WorkerError {
+    /// Whether the error stops only its table: the producer's other tables go on.
+    pub fn stops_only_the_table(&self) -> bool {
+        matches!(self, WorkerError::Shape { .. })
+    }
 }
 
 impl Classify for WorkerError {
@@ -79,7 +90,9 @@ impl Classify for WorkerError {
             WorkerError::Checkpoint(e) => e.class(),
             // a derived schema the registry refuses, or a rule on a column the table lacks:
             // the table or the config must change
-            WorkerError::Schema(_) | WorkerError::Rule { .. } => ErrorClass::Fatal,
+            WorkerError::Schema(_) | WorkerError::Rule { .. } | WorkerError::Shape { .. } => {
+                ErrorClass::Fatal
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ mod lag;
 mod publish;
 mod repair;
 mod setup;
+mod shape;
 mod shipped;
 mod snapshot;
 mod source;
@@ -29,7 +30,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing::Instrument;
 use tunnel_shared::config::Config;
@@ -53,6 +53,17 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Has the next run snapshot a table again into the same target table, under the table's
+    /// current schema even when the registry would refuse it (after a column changed type).
+    /// Stop the producer first: this fences it.
+    Resync {
+        /// The TOML config file (see config/example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The table, as in the config (`schema.name`, or `name` for the public schema).
+        #[arg(long)]
+        table: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,7 +72,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Run { config } = cli.command;
+    let config = match cli.command {
+        Command::Run { config } => config,
+        Command::Resync { config, table } => {
+            let config = Arc::new(Config::load(&config)?);
+            return worker::resync(config, &table).await;
+        }
+    };
     let config = Arc::new(Config::load(&config)?);
     let stop_rx = tunnel_shared::shutdown::on_signal();
     let mut tasks = tokio::task::JoinSet::new();
@@ -71,21 +88,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tasks.spawn(
             async move {
                 let name = table.qualified();
-                let worker = worker::Worker::start(config, table, stop)
-                    .await
-                    .with_context(|| format!("table {name}"))?;
-                worker.run().await.with_context(|| format!("table {name}"))
+                let result = match worker::Worker::start(config, table, stop).await {
+                    Ok(worker) => worker.run().await,
+                    Err(e) => Err(e),
+                };
+                (name, result)
             }
             .instrument(span),
         );
     }
-    let mut first_error = None;
+    let (mut first_error, mut stopped_tables) = (None, Vec::new());
     while let Some(result) = tasks.join_next().await {
-        let result = result.map_err(anyhow::Error::from).and_then(|r| r);
-        if let Err(e) = result {
-            first_error.get_or_insert(e);
-            tasks.abort_all();
+        match result {
+            Ok((_, Ok(()))) => {}
+            // a table whose shape the replica cannot follow stops alone
+            Ok((_, Err(e))) if e.stops_only_the_table() => {
+                tracing::error!(error = %e, "table stopped; the other tables go on");
+                stopped_tables.push(e.to_string());
+            }
+            Ok((name, Err(e))) => {
+                first_error.get_or_insert(anyhow::Error::from(e).context(format!("table {name}")));
+                tasks.abort_all();
+            }
+            Err(e) => {
+                first_error.get_or_insert(anyhow::Error::from(e));
+                tasks.abort_all();
+            }
         }
+    }
+    if first_error.is_none() && !stopped_tables.is_empty() {
+        first_error = Some(anyhow::anyhow!(stopped_tables.join("; ")));
     }
     match first_error {
         Some(e) => Err(e),

@@ -88,6 +88,26 @@ pub async fn prepare(
     table: TableConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Prepared, WorkerError> {
+    prepare_with(config, table, shutdown, Registration::Checked).await
+}
+
+/// How a table's schemas are registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Only when the registry finds them compatible with the registered ones.
+    Checked,
+    /// Whatever the registry would say (`resync`): the subject's level is NONE while they are
+    /// registered, then set back.
+    Forced,
+}
+
+/// [`prepare`], registering the schemas as `registration` says.
+pub async fn prepare_with(
+    config: Arc<Config>,
+    table: TableConfig,
+    shutdown: watch::Receiver<bool>,
+    registration: Registration,
+) -> Result<Prepared, WorkerError> {
     let source = connect(&config, &table, "connecting to the source").await?;
     let info = source.table().clone();
     info!(
@@ -97,11 +117,13 @@ pub async fn prepare(
         "read the source catalog"
     );
     check_rules(&table, &info)?;
-    let (publisher, checkpoint) = publisher_and_checkpoint(&config, &table, &info).await?;
+    let (publisher, checkpoint) =
+        publisher_and_checkpoint(&config, &table, &info, registration).await?;
     // nothing was ever shipped for a table without a checkpoint: no topic to read back
     let none_yet = ShippedKeys::empty(&info, publisher.encoder());
-    let shipped = match checkpoint.snapshot.started_at_micros {
-        0 => none_yet,
+    // (a table snapshotted again after a DDL or a resync has shipped events before)
+    let shipped = match (checkpoint.snapshot.started_at_micros, checkpoint.events) {
+        (0, 0) => none_yet,
         _ => shipped::rebuild(&config, &config.topic(&table), none_yet).await?,
     };
     let link = Link {
@@ -150,10 +172,11 @@ async fn publisher_and_checkpoint(
     config: &Config,
     table: &TableConfig,
     info: &TableInfo,
+    registration: Registration,
 ) -> Result<(Publisher, Checkpoint), WorkerError> {
     let topic = config.topic(table);
     let cp_topic = config.checkpoint_topic();
-    let encoder = schemas_and_topics(config, info, &topic, &cp_topic).await?;
+    let encoder = schemas_and_topics(config, info, &topic, &cp_topic, registration).await?;
     // the checkpoint is read while the transactional producer fences older ones
     let kcfg = config.kafka.clone();
     let (t2, key2) = (cp_topic.clone(), table.qualified());
@@ -203,13 +226,21 @@ async fn schemas_and_topics(
     info: &TableInfo,
     topic: &str,
     cp_topic: &str,
+    registration: Registration,
 ) -> Result<EventEncoder, WorkerError> {
     let schemas = schema::derive(info, &config.kafka.topic_prefix)?;
     let registry = Registry::new(&config.registry.url)?;
     let admin = kafka::admin(&config.kafka)?;
     let repair_topic = config.repair_topic();
     let ((key_id, value_id), ()) = tokio::try_join!(
-        register_schemas(&registry, topic, &schemas, &config.registry.compatibility),
+        register_schemas(
+            &registry,
+            topic,
+            info,
+            &schemas,
+            &config.registry.compatibility,
+            registration
+        ),
         ensure_topics(&admin, &config.kafka, topic, cp_topic, &repair_topic),
     )?;
     Ok(EventEncoder::new(schemas, key_id, value_id, info).map_err(PublishError::from)?)
@@ -220,11 +251,33 @@ async fn schemas_and_topics(
 async fn register_schemas(
     registry: &Registry,
     topic: &str,
+    info: &TableInfo,
     schemas: &schema::TableSchemas,
     compatibility: &str,
+    registration: Registration,
 ) -> Result<(u32, u32), WorkerError> {
     let key_subject = format!("{topic}-key");
     let value_subject = format!("{topic}-value");
+    // a changed table's new schemas are checked before anything is registered
+    for (subject, json) in [
+        (&key_subject, &schemas.key_json),
+        (&value_subject, &schemas.value_json),
+    ] {
+        if registration == Registration::Forced {
+            retry("setting schema compatibility", SETUP_ATTEMPTS, || {
+                registry.set_compatibility(subject, "NONE")
+            })
+            .await?;
+            continue;
+        }
+        let compatible = retry("checking schema compatibility", SETUP_ATTEMPTS, || {
+            registry.is_compatible(subject, json)
+        })
+        .await?;
+        if !compatible {
+            return Err(incompatible(registry, subject, info, compatibility).await);
+        }
+    }
     let ids = tokio::try_join!(
         retry("registering the key schema", SETUP_ATTEMPTS, || {
             registry.register(&key_subject, &schemas.key_json)
@@ -244,6 +297,47 @@ async fn register_schemas(
     };
     tokio::try_join!(compatible(&key_subject), compatible(&value_subject))?;
     Ok(ids)
+}
+
+/// The error of a table whose new schema the registry refuses: the columns whose type changed
+/// since the registered schema (when it can be read), and the ways out.
+async fn incompatible(
+    registry: &Registry,
+    subject: &str,
+    info: &TableInfo,
+    compatibility: &str,
+) -> WorkerError {
+    let registered = match registry.latest_id(subject).await {
+        Ok(Some(id)) => registry.schema(id).await.ok(),
+        _ => None,
+    };
+    let mut changes: Vec<String> = Vec::new();
+    if let Some(fields) = registered.and_then(|s| schema::row_fields(&s, "value").ok()) {
+        for c in &info.columns {
+            if let Some(f) = fields.iter().find(|f| f.column == c.name) {
+                if f.pg_type != c.type_name {
+                    changes.push(format!(
+                        "column {} changed from {} to {}",
+                        c.name, f.pg_type, c.type_name
+                    ));
+                }
+            }
+        }
+    }
+    let what = if subject.ends_with("-key") {
+        "the primary key changed (its columns or their types)".to_string()
+    } else if changes.is_empty() {
+        "the table's new shape".to_string()
+    } else {
+        changes.join(", ")
+    };
+    let table = info.qualified_name();
+    WorkerError::Shape {
+        problem: format!(
+            "{what}: the schema registry refuses the new schema of {subject} under {compatibility} compatibility (consumers of the topic could not read its events). Ways out: change the column back; or stop the producer, run `tunnel-producer resync --config <file> --table {table}` (it registers the new schema and has the next run snapshot the table again into the same target table), and start the producer"
+        ),
+        table,
+    }
 }
 
 /// Creates the table's topic, the checkpoint topic and the repair topic where missing (all at

@@ -12,6 +12,26 @@ use crate::error::WorkerError;
 use crate::setup::Link;
 use crate::source::Activity;
 
+/// Whether a failed read is what a DDL between the catalog read and the statement causes: a
+/// prepared statement whose result changed (`0A000`), a column or table that no longer exists
+/// (`42703`, `42P01`), a column of another type (`42804`).
+pub fn shape_may_have_changed(e: &WorkerError) -> bool {
+    let WorkerError::Source(crate::error::SourceError::Pg(pg)) = e else {
+        return false;
+    };
+    matches!(pg.sqlstate(), Some("0A000" | "42703" | "42P01" | "42804"))
+}
+
+/// Why streaming ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// The table's shape changed (a DDL, or the table dropped or renamed): the worker sets the
+    /// table up again from its new catalog.
+    ShapeChanged,
+}
+
 pub struct Stream {
     link: Link,
     /// By slot, as in `state`.
@@ -30,7 +50,7 @@ impl Stream {
 
     /// Runs the detectors as they fall due until shutdown; a pass that fails transiently is
     /// tried again after a back-off (its state did not move).
-    pub async fn run(mut self) -> Result<(), WorkerError> {
+    pub async fn run(mut self) -> Result<Ended, WorkerError> {
         let mut backoff = Backoff::default();
         info!("streaming changes");
         while !self.link.stopping() {
@@ -41,7 +61,12 @@ impl Stream {
                 _ = shutdown.changed() => continue,
             }
             match self.tick().await {
-                Ok(()) => backoff.reset(),
+                Ok(true) => return Ok(Ended::ShapeChanged),
+                Ok(false) => backoff.reset(),
+                Err(e) if shape_may_have_changed(&e) => {
+                    info!(error = %e, "a read failed as after a DDL: setting the table up again");
+                    return Ok(Ended::ShapeChanged);
+                }
                 Err(e) if e.is_transient() => {
                     backoff.wait_after("a pass", &e).await;
                     self.link.reconnect_if_closed().await?;
@@ -50,13 +75,18 @@ impl Stream {
             }
         }
         info!("stopped");
-        Ok(())
+        Ok(Ended::Stopped)
     }
 
     /// Runs the detectors that are due and may find something, each pass shipped on its own so
     /// that a slow pass (the watermark scan of a large table) never delays a fast one.
-    async fn tick(&mut self) -> Result<(), WorkerError> {
+    /// Whether the table's shape changed (then no detector ran).
+    async fn tick(&mut self) -> Result<bool, WorkerError> {
         let activity = self.link.source().activity().await?;
+        if self.link.source().shape_changed(&activity) {
+            info!("the table's columns changed: setting the table up again");
+            return Ok(true);
+        }
         let detectors = &self.detectors;
         let run = self.state.due(Instant::now(), &activity, |i, before, now| {
             detectors[i].wants(before, now)
@@ -64,7 +94,7 @@ impl Stream {
         for i in run {
             self.pass(i, &activity).await?;
         }
-        Ok(())
+        Ok(false)
     }
 
     /// One pass of detector `i`: probe, read, ship what changed with the checkpoint, and only

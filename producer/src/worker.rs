@@ -1,27 +1,35 @@
 //! One table's worker: sets the table up ([`crate::setup`]), runs the snapshot until it is
 //! done ([`crate::snapshot`]), then streams changes ([`crate::stream`]) until asked to stop.
+//! When the table's shape changes while it streams (a DDL), it sets the table up again from the
+//! new catalog (new schemas, checked against the registry before they are registered) and goes
+//! on from its checkpoint; after a column was added it snapshots the table again, since only
+//! the source knows that column's values in the rows that exist ([`crate::shape`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tracing::{info, warn};
+use tunnel_shared::catalog::{CatalogError, TableInfo};
 use tunnel_shared::config::{Config, TableConfig};
 use tunnel_shared::fault::Classify;
 use tunnel_shared::retry::Backoff;
 
 use crate::capture::{CaptureState, ChangeDetector};
+use crate::checkpoint::Checkpoint;
 use crate::detectors;
-use crate::error::WorkerError;
+use crate::error::{SourceError, WorkerError};
 use crate::horizon::Margins;
 use crate::setup::{self, Prepared};
+use crate::shape::ShapeChange;
 use crate::snapshot::{Snapshot, Snapshotted};
-use crate::stream::Stream;
+use crate::stream::{shape_may_have_changed, Ended, Stream};
 
 pub struct Worker {
+    config: Arc<Config>,
+    table: TableConfig,
+    shutdown: watch::Receiver<bool>,
     prepared: Prepared,
-    detectors: Vec<Box<dyn ChangeDetector>>,
-    /// When the worker started: detectors are first due from then.
-    started: Instant,
 }
 
 impl Worker {
@@ -32,57 +40,173 @@ impl Worker {
         table: TableConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, WorkerError> {
-        let prepared = setup::prepare(config, table.clone(), shutdown).await?;
-        let link = &prepared.link;
-        let detectors = detectors::for_table(link.config(), &table, link.source().table());
+        let prepared = setup::prepare(config.clone(), table.clone(), shutdown.clone()).await?;
         Ok(Self {
+            config,
+            table,
+            shutdown,
             prepared,
-            detectors,
-            started: Instant::now(),
         })
     }
 
-    /// Snapshot (if not done), then stream until shutdown.
+    /// Snapshot (if not done), then stream until shutdown; set up again after each change of
+    /// the table's shape.
     pub async fn run(self) -> Result<(), WorkerError> {
-        let Prepared {
-            mut link,
-            checkpoint,
-            shipped,
-        } = self.prepared;
-        let p = &link.config().producer;
-        let (margins, chunk_rows) = (Margins::from_config(p), p.snapshot_chunk_rows);
-        let checkpoint_interval = Duration::from_millis(p.checkpoint_interval_ms);
-        let mut snapshot = Snapshot::new(chunk_rows, margins, checkpoint, shipped);
-        let mut backoff = Backoff::default();
-        while !snapshot.done() {
-            let (source, publisher, stop) = link.ends();
-            match snapshot.run(source, publisher, stop).await {
-                Ok(()) if link.stopping() => return Ok(()),
-                Ok(()) => {}
-                Err(e) if e.is_transient() => {
-                    backoff
-                        .wait_after("a snapshot chunk (resuming from the last shipped key)", &e)
-                        .await;
-                    link.reconnect_if_closed().await?;
-                }
-                Err(e) => return Err(e),
+        let Worker {
+            config,
+            table,
+            shutdown,
+            mut prepared,
+        } = self;
+        loop {
+            let before = prepared.link.source().table().clone();
+            if run_prepared(prepared, &table).await? == Ended::Stopped {
+                return Ok(());
             }
+            prepared = setup::prepare(config.clone(), table.clone(), shutdown.clone())
+                .await
+                .map_err(|e| gone(e, &table))?;
+            after_shape_change(&before, &mut prepared, &table)?;
         }
-        // streaming starts from the bounds the snapshot recorded
-        let Snapshotted {
-            checkpoint,
-            shipped,
-            remembered,
-        } = snapshot.finish();
-        let state = CaptureState::new(
-            &detectors::specs(&self.detectors),
-            margins,
-            checkpoint_interval,
-            checkpoint,
-            shipped,
-            remembered,
-            self.started,
+    }
+}
+
+/// A table that is no longer there when it is set up again was dropped or renamed: it stops
+/// alone.
+fn gone(e: WorkerError, table: &TableConfig) -> WorkerError {
+    match e {
+        WorkerError::Source(SourceError::Catalog(CatalogError::NotFound(_))) => WorkerError::Shape {
+            table: table.qualified(),
+            problem: "the table was dropped or renamed. Ways out: restore it under its name, or change the table's name in the config (a renamed table is replicated anew: `tunnel-producer resync`)".into(),
+        },
+        other => other,
+    }
+}
+
+/// What a change of the table's shape means for the worker set up again: a changed primary
+/// key stops the table; an added column resets the checkpoint to a new snapshot.
+fn after_shape_change(
+    before: &TableInfo,
+    prepared: &mut Prepared,
+    table: &TableConfig,
+) -> Result<(), WorkerError> {
+    let change = ShapeChange::between(before, prepared.link.source().table());
+    if change.key_changed {
+        return Err(WorkerError::Shape {
+            table: table.qualified(),
+            problem: format!(
+                "{}: the replica's key would no longer name the same rows. Ways out: restore the key, or replicate the table anew (another topic_prefix or target table, then `tunnel-producer resync --table {}`)",
+                change.describe(),
+                table.qualified()
+            ),
+        });
+    }
+    let again = change.snapshot_again();
+    info!(
+        change = %change.describe(),
+        snapshot_again = again,
+        "the table's shape changed: set up with its new schema"
+    );
+    if again {
+        prepared.checkpoint = prepared.checkpoint.snapshot_again();
+    }
+    Ok(())
+}
+
+/// Snapshot (if not done), then stream until shutdown or a change of the table's shape.
+async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, WorkerError> {
+    let Prepared {
+        mut link,
+        checkpoint,
+        shipped,
+    } = prepared;
+    let started = Instant::now();
+    let detectors: Vec<Box<dyn ChangeDetector>> =
+        detectors::for_table(link.config(), table, link.source().table());
+    let p = &link.config().producer;
+    let (margins, chunk_rows) = (Margins::from_config(p), p.snapshot_chunk_rows);
+    let checkpoint_interval = Duration::from_millis(p.checkpoint_interval_ms);
+    let mut snapshot = Snapshot::new(chunk_rows, margins, checkpoint, shipped);
+    let mut backoff = Backoff::default();
+    while !snapshot.done() {
+        let (source, publisher, stop) = link.ends();
+        match snapshot.run(source, publisher, stop).await {
+            Ok(()) if link.stopping() => return Ok(Ended::Stopped),
+            Ok(()) => {}
+            Err(e) if shape_may_have_changed(&e) => {
+                warn!(error = %e, "a snapshot read failed as after a DDL: setting the table up again");
+                return Ok(Ended::ShapeChanged);
+            }
+            Err(e) if e.is_transient() => {
+                backoff
+                    .wait_after("a snapshot chunk (resuming from the last shipped key)", &e)
+                    .await;
+                link.reconnect_if_closed().await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // streaming starts from the bounds the snapshot recorded
+    let Snapshotted {
+        checkpoint,
+        shipped,
+        remembered,
+    } = snapshot.finish();
+    let state = CaptureState::new(
+        &detectors::specs(&detectors),
+        margins,
+        checkpoint_interval,
+        checkpoint,
+        shipped,
+        remembered,
+        started,
+    );
+    Stream::new(link, detectors, state).run().await
+}
+
+/// `tunnel-producer resync`: registers the table's current schemas whatever the registry would
+/// say, and ships a checkpoint that has the next run snapshot the table again (into the same
+/// target table: the snapshot's events are upserts).
+pub async fn resync(config: Arc<Config>, table: &str) -> anyhow::Result<()> {
+    let Some(t) = config
+        .tables
+        .iter()
+        .find(|t| t.qualified() == table || (t.schema == "public" && t.name == table))
+        .cloned()
+    else {
+        let known: Vec<String> = config.tables.iter().map(TableConfig::qualified).collect();
+        anyhow::bail!(
+            "table {table} is not in the config (its tables: {})",
+            known.join(", ")
         );
-        Stream::new(link, self.detectors, state).run().await
+    };
+    let (_stop, shutdown) = watch::channel(false);
+    let prepared = setup::prepare_with(config, t.clone(), shutdown, setup::Registration::Forced)
+        .await
+        .map_err(|e| anyhow::anyhow!("table {}: {e}", t.qualified()))?;
+    let checkpoint = prepared.checkpoint.snapshot_again();
+    prepared
+        .link
+        .publisher()
+        .publish(&[], &checkpoint)
+        .await
+        .map_err(|e| anyhow::anyhow!("table {}: shipping the checkpoint: {e}", t.qualified()))?;
+    println!(
+        "{}: schemas registered; the next `tunnel-producer run` snapshots the table again",
+        t.qualified()
+    );
+    Ok(())
+}
+
+impl Checkpoint {
+    /// The checkpoint of a table to snapshot again: what the stream had reached is dropped
+    /// (the new snapshot records it anew); the count of events and the repair requests read
+    /// are kept.
+    fn snapshot_again(&self) -> Checkpoint {
+        Checkpoint {
+            events: self.events,
+            repairs_offset: self.repairs_offset,
+            ..Checkpoint::new(&self.table)
+        }
     }
 }

@@ -72,6 +72,41 @@ impl Registry {
             })
     }
 
+    /// Whether `schema_json` may be registered under `subject` at its compatibility level, as
+    /// the registry judges it against the latest version (`POST
+    /// /compatibility/subjects/{subject}/versions/latest`); a subject without versions takes any.
+    pub async fn is_compatible(
+        &self,
+        subject: &str,
+        schema_json: &str,
+    ) -> Result<bool, RegistryError> {
+        let url = format!(
+            "{}/compatibility/subjects/{}/versions/latest",
+            self.base, subject
+        );
+        let body = serde_json::json!({ "schemaType": "AVRO", "schema": schema_json });
+        let answer = self
+            .send_json(reqwest::Method::POST, &url, &body, || {
+                format!("the compatibility check for subject {subject}")
+            })
+            .await;
+        match answer {
+            Ok(a) => a
+                .get("is_compatible")
+                .and_then(serde_json::Value::as_bool)
+                .ok_or_else(|| RegistryError::Refused {
+                    what: format!("the compatibility check for subject {subject}"),
+                    message: format!("the answer says nothing of compatibility: {a}"),
+                    retryable: false,
+                }),
+            // some registries answer 404 for a subject without versions
+            Err(RegistryError::Refused { message, .. }) if message.starts_with("HTTP 404") => {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sets a subject's compatibility level (`PUT /config/{subject}`).
     pub async fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), RegistryError> {
         let url = format!("{}/config/{}", self.base, subject);

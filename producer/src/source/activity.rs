@@ -16,6 +16,22 @@ pub struct Activity {
     pub updated: i64,
     pub deleted: i64,
     pub wal: String,
+    /// The table's shape: its columns (number, name, type, nullability, default) and primary
+    /// key, hashed; `None` when the table is gone (dropped or renamed). See [`columns_sql`].
+    pub columns: Option<String>,
+}
+
+/// The fingerprint of a table's shape as an SQL expression, `param` the placeholder of its
+/// qualified name: read with every activity probe, from the catalog's indexes, so that a DDL is
+/// noticed between two passes.
+pub(super) fn columns_sql(param: &str) -> String {
+    format!(
+        "(SELECT md5(string_agg(a.attnum || ':' || a.attname || ':' || format_type(a.atttypid, a.atttypmod)
+                 || ':' || a.attnotnull || ':' || coalesce(pg_get_expr(d.adbin, d.adrelid), ''), ',' ORDER BY a.attnum))
+                 || ':' || coalesce((SELECT indkey::text FROM pg_index WHERE indrelid = to_regclass({param}) AND indisprimary), '')
+            FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+           WHERE a.attrelid = to_regclass({param}) AND a.attnum > 0 AND NOT a.attisdropped)"
+    )
 }
 
 impl Source {
@@ -23,11 +39,12 @@ impl Source {
         let row = self
             .client
             .query_one(
-                "SELECT COALESCE((SELECT n_tup_ins FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2), 0),
+                &format!("SELECT COALESCE((SELECT n_tup_ins FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2), 0),
                         COALESCE((SELECT n_tup_upd FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2), 0),
                         COALESCE((SELECT n_tup_del FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2), 0),
-                        (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
-                &[&self.table.schema, &self.table.name],
+                        (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
+                        {}", columns_sql("$3")),
+                &[&self.table.schema, &self.table.name, &qualified(&self.table.schema, &self.table.name)],
             )
             .await
             .map_err(PgError::query("reading the table's activity"))?;
@@ -36,6 +53,7 @@ impl Source {
             updated: row.get(1),
             deleted: row.get(2),
             wal: row.get::<_, Option<String>>(3).unwrap_or_default(),
+            columns: row.get(4),
         })
     }
 

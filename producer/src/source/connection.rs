@@ -17,6 +17,8 @@ pub struct Source {
     pub(super) statements: Statements,
     pub(super) throttle: Throttle,
     pub(super) read_rows: u64,
+    /// The table's shape when its catalog was read ([`super::activity::columns_sql`]).
+    pub(super) columns: Option<String>,
 }
 
 impl Source {
@@ -34,6 +36,15 @@ impl Source {
             canonical_text: false,
         };
         let client = pg::connect(&cfg.url, &session).await?;
+        // read before the catalog: a change in between is then noticed at the first probe
+        let columns: Option<String> = client
+            .query_one(
+                &format!("SELECT {}", super::activity::columns_sql("$1")),
+                &[&pg::qualified(&table.schema, &table.name)],
+            )
+            .await
+            .map_err(pg::PgError::query("reading the table's shape"))?
+            .get(0);
         let info = catalog::load_table(
             &client,
             &table.schema,
@@ -48,6 +59,7 @@ impl Source {
             statements,
             throttle: Throttle::new(max_rows_per_second),
             read_rows: 0,
+            columns,
         })
     }
 
@@ -68,6 +80,12 @@ impl Source {
 
     pub fn table(&self) -> &TableInfo {
         &self.table
+    }
+
+    /// Whether the table's shape in `activity` is another than the one this connection read
+    /// its catalog with: a DDL (or the table dropped or renamed) since.
+    pub fn shape_changed(&self, activity: &super::Activity) -> bool {
+        activity.columns != self.columns
     }
 
     /// Rows read from the table since the start.
