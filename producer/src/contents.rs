@@ -63,6 +63,17 @@ pub struct ContentScan {
     staged: Staged,
     /// Whether the consumer applies what was shipped (passes pause while it does not).
     applying: ApplyWatch,
+    /// The events shipped by the table (all detectors) and processed by the consumer when the
+    /// last pass ran, and whether either had moved since the pass before. A pass that compared
+    /// a target still applying events in flight (a delete found nowhere else, of a row whose
+    /// insert was on its way) must be followed by one more, even when the table is quiet
+    /// since: passes go on until one finds both still.
+    progress_at_last_pass: (u64, Option<i64>),
+    progress_moved: bool,
+    /// Whether the last comparison found the target different, and the table's activity then:
+    /// passes go on while it differs (the consumer may be catching up), each skipped cheaply
+    /// while neither the source, nor what was shipped, nor what was processed has moved.
+    differed: Option<Activity>,
     target_cfg: TargetConfig,
     target_table: String,
     target: Option<Client>,
@@ -87,6 +98,9 @@ impl ContentScan {
             suspects: HashSet::new(),
             staged: Staged::default(),
             applying: ApplyWatch::default(),
+            progress_at_last_pass: (0, None),
+            progress_moved: false,
+            differed: None,
             target_cfg: target_cfg.clone(),
             target_table: qualified(table.target_schema(), table.target_name()),
             target: None,
@@ -137,7 +151,8 @@ impl ContentScan {
     }
 
     /// Whether this pass is skipped because the consumer applies nothing of what was shipped
-    /// (every event in flight would look like a difference, and be shipped again).
+    /// (every event in flight would look like a difference, and be shipped again). Notes
+    /// whether the events shipped or processed moved since the last pass.
     async fn paused(&mut self, shipped: u64) -> bool {
         let (bookkeeping, topic) = (
             self.target_cfg.bookkeeping_schema.clone(),
@@ -147,6 +162,9 @@ impl ContentScan {
             Ok(target) => lag::processed(target, &bookkeeping, &topic).await,
             Err(_) => None,
         };
+        let progress = (shipped, processed);
+        self.progress_moved = progress != self.progress_at_last_pass;
+        self.progress_at_last_pass = progress;
         match self.applying.observe(processed, shipped) {
             Verdict::Pause { first, unapplied } => {
                 if first {
@@ -196,9 +214,13 @@ impl ChangeDetector for ContentScan {
     }
     fn wants(&self, before: &Activity, now: &Activity) -> bool {
         // a whole-table comparison also finds what changed in the target alone; differences
-        // seen once are looked at again
+        // seen once are looked at again, and so is a target compared while events were on
+        // their way to it
         self.full_due()
             || !self.suspects.is_empty()
+            || self.progress_moved
+            || self.differed.is_some()
+            || self.applying.is_paused()
             || before.inserted != now.inserted
             || before.updated != now.updated
             || before.deleted != now.deleted
@@ -216,8 +238,21 @@ impl ChangeDetector for ContentScan {
             if self.paused(ctx.checkpoint.events).await {
                 return Ok(Found::default());
             }
+            let activity = ctx.source.activity().await?;
+            if self.differed.as_ref() == Some(&activity)
+                && !self.progress_moved
+                && self.suspects.is_empty()
+                && !self.full_due()
+            {
+                // the same comparison would find the same
+                return Ok(Found::default());
+            }
             match self.compare(&mut ctx).await? {
-                Some(compared) => self.found(&mut ctx, compared).await,
+                Some(compared) => {
+                    let differs = !compared.diff.is_empty();
+                    self.differed = differs.then_some(activity);
+                    self.found(&mut ctx, compared).await
+                }
                 None => Ok(Found::default()),
             }
         })

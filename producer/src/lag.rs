@@ -33,6 +33,12 @@ pub enum Verdict {
 }
 
 impl ApplyWatch {
+    /// Whether passes are paused: they are then tried at every interval, to resume as soon as
+    /// the consumer applies again.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// `processed`: what the consumer has processed now (`None` when its bookkeeping cannot
     /// be read: nothing is paused on a guess); `shipped`: the events the producer has shipped.
     /// The consumer has stopped when it processed nothing since the last pass although the
