@@ -62,8 +62,9 @@ pub fn constant_default(expr: &str) -> Option<&str> {
 fn strip_keyword<'a>(s: &'a str, word: &str) -> Option<&'a str> {
     let head = s.get(..word.len())?;
     let rest = &s[word.len()..];
-    (head.eq_ignore_ascii_case(word) && !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'))
-        .then_some(rest)
+    (head.eq_ignore_ascii_case(word)
+        && !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+    .then_some(rest)
 }
 
 /// The content of a quoted literal whose opening quote is already read, and what follows its

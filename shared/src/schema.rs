@@ -272,8 +272,7 @@ pub fn row_fields(schema: &Schema, what: &str) -> Result<Vec<FieldShape>, Schema
                         })?,
                 ),
             };
-            let default = attr("pg.default")
-                .and_then(|d| constant_default(&d).map(str::to_string));
+            let default = attr("pg.default").and_then(|d| constant_default(&d).map(str::to_string));
             Ok(FieldShape {
                 field: f.name.clone(),
                 column: attr("pg.name").unwrap_or_else(|| f.name.clone()),

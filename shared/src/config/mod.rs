@@ -383,7 +383,10 @@ name = "media"
     fn the_schema_change_policy_is_read_and_checked() {
         let text = format!("{MINIMAL}on_schema_change = \"keep_dropped\"\n");
         let c = Config::parse(&text, "t.toml", &[]).unwrap();
-        assert_eq!(c.tables[0].on_schema_change, SchemaChangePolicy::KeepDropped);
+        assert_eq!(
+            c.tables[0].on_schema_change,
+            SchemaChangePolicy::KeepDropped
+        );
         let text = format!("{MINIMAL}on_schema_change = \"drop_all\"\n");
         let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
         assert!(err.contains("drop_all"), "{err}");
