@@ -14,6 +14,7 @@ use tunnel_shared::registry::RegistryError;
 use tunnel_shared::schema::SchemaError;
 use tunnel_shared::wire::WireError;
 
+use crate::evolve::EvolveError;
 use crate::model::class;
 
 /// Why a message could not be decoded.
@@ -116,6 +117,12 @@ pub(crate) enum ApplyError {
     Pg(#[from] PgError),
     #[error(transparent)]
     Dlq(#[from] DlqError),
+    /// The target refused a step of a schema change.
+    #[error(transparent)]
+    Ddl(Box<DdlRefused>),
+    /// A schema change the replica cannot follow.
+    #[error("table {table}: {source}")]
+    Evolve { table: String, source: EvolveError },
 }
 
 impl Classify for ApplyError {
@@ -123,8 +130,26 @@ impl Classify for ApplyError {
         match self {
             ApplyError::Pg(e) => e.class(),
             ApplyError::Dlq(e) => e.class(),
+            // a lost connection or a lock timeout is tried again; a refusal (a value that
+            // does not convert, a cast that does not exist) is not, however often
+            ApplyError::Ddl(refused) => match refused.source.class() {
+                ErrorClass::Transient => ErrorClass::Transient,
+                _ => ErrorClass::Fatal,
+            },
+            ApplyError::Evolve { .. } => ErrorClass::Fatal,
         }
     }
+}
+
+/// A step of a schema change that the target refused, with what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("table {table}, column {column}: the target refused to change {change} ({source}); {hint}")]
+pub(crate) struct DdlRefused {
+    pub(crate) table: String,
+    pub(crate) column: String,
+    pub(crate) change: String,
+    pub(crate) hint: String,
+    pub(crate) source: PgError,
 }
 
 /// What stops `tunnel-consumer run`.
@@ -303,6 +328,32 @@ mod tests {
             source: KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut),
         };
         assert_eq!(busy.class(), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn a_refused_schema_change_stops_the_consumer_unless_the_target_was_away() {
+        let refused = |source| {
+            ApplyError::Ddl(Box::new(DdlRefused {
+                table: "public.media".into(),
+                column: "format".into(),
+                change: "its type from text to integer".into(),
+                hint: "convert it by hand".into(),
+                source,
+            }))
+        };
+        let e = refused(bad_url());
+        assert_eq!(e.class(), ErrorClass::Fatal);
+        let text = e.to_string();
+        for part in ["public.media", "format", "text to integer", "by hand"] {
+            assert!(text.contains(part), "{text}");
+        }
+        let gone = ApplyError::Evolve {
+            table: "public.media".into(),
+            source: EvolveError::KeyColumnGone {
+                column: "id".into(),
+            },
+        };
+        assert_eq!(gone.class(), ErrorClass::Fatal);
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod ddl;
 mod decode;
 mod dlq;
 mod error;
+mod evolve;
 mod intake;
 mod model;
 mod offsets;
@@ -14,6 +15,7 @@ mod park;
 mod plan;
 mod rows;
 mod run;
+mod schemas;
 mod target;
 mod verify;
 

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use apache_avro::Schema;
+use tunnel_shared::config::SchemaChangePolicy;
 use tunnel_shared::event::{EnvelopeLayout, RecordLayout, TextEvent};
 use tunnel_shared::key::KeyText;
 use tunnel_shared::schema::FieldShape;
@@ -106,6 +107,45 @@ impl Item {
 pub(crate) struct TargetTable {
     pub(crate) schema: String,
     pub(crate) name: String,
+    /// What the table does when the source's columns change.
+    pub(crate) policy: SchemaChangePolicy,
+    /// The table's columns with the source columns they hold, as last read in a transaction
+    /// that serialized with schema changes; empty when not read (rows then go to the columns
+    /// of their writer schema's names).
+    pub(crate) columns: Arc<[TargetColumn]>,
+}
+
+impl TargetTable {
+    /// A table whose columns are not read yet.
+    pub(crate) fn new(schema: &str, name: &str, policy: SchemaChangePolicy) -> Self {
+        Self {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            policy,
+            columns: Arc::from([]),
+        }
+    }
+
+    /// `schema.name`, for messages.
+    pub(crate) fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// A column of a replica table, and the source column it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TargetColumn {
+    pub(crate) name: String,
+    /// The source column's attnum; `None` for a column known by name only (the table was
+    /// created, or last evolved, from a schema without attnums).
+    pub(crate) attnum: Option<i16>,
+    /// As `format_type` prints it.
+    pub(crate) pg_type: String,
+    pub(crate) nullable: bool,
+    /// As `pg_get_expr` prints it.
+    pub(crate) default: Option<String>,
+    /// Part of the primary key.
+    pub(crate) in_key: bool,
 }
 
 /// A topic's partition.

@@ -9,7 +9,9 @@ use tokio_postgres::types::ToSql;
 use tunnel_shared::event::Op;
 use tunnel_shared::key::KeyText;
 use tunnel_shared::pg::{qualified, quote_ident, PgError};
+use tunnel_shared::schema::{is_type_name, FieldShape};
 
+use crate::evolve;
 use crate::model::{Entry, TargetTable, WriterSchema};
 
 /// Rows written with one value schema.
@@ -120,19 +122,81 @@ async fn write(
         delete(tx, target, &table, key_schema, keys).await?;
     }
     for group in upserts.values() {
-        let UpsertGroup {
-            value_schema,
-            entries,
-            ..
-        } = group;
-        if entries.iter().all(|e| is_insert(e))
-            && copy_in(tx, &table, &value_schema.fields, entries).await?
+        let columns = Columns::of(target, &group.value_schema.fields);
+        if group.entries.iter().all(|e| is_insert(e))
+            && copy_in(tx, &table, &columns, &group.entries).await?
         {
             continue;
         }
-        upsert(tx, target, &table, group).await?;
+        upsert(tx, target, &table, group, &columns).await?;
     }
     Ok(())
+}
+
+/// The fields of a writer schema that the target table has a column for: their positions in
+/// the row, and their shapes named and typed as the target's columns. An older schema's
+/// fields go to the columns that hold them now (renamed ones found, dropped ones left out);
+/// the columns it does not know keep their value (their default in a new row).
+struct Columns {
+    positions: Vec<usize>,
+    shapes: Vec<FieldShape>,
+}
+
+impl Columns {
+    fn of(target: &TargetTable, fields: &[FieldShape]) -> Self {
+        if target.columns.is_empty() {
+            // not read: the writer's own columns
+            return Self {
+                positions: (0..fields.len()).collect(),
+                shapes: fields.to_vec(),
+            };
+        }
+        let mut out = Self {
+            positions: Vec::with_capacity(fields.len()),
+            shapes: Vec::with_capacity(fields.len()),
+        };
+        let held = evolve::project(&target.columns, fields);
+        for (i, (f, m)) in fields.iter().zip(held).enumerate() {
+            let Some(c) = m.and_then(|m| target.columns.get(m)) else {
+                continue;
+            };
+            out.positions.push(i);
+            out.shapes.push(FieldShape {
+                column: c.name.clone(),
+                // the target's own catalog's spelling, when it has the usual shape
+                pg_type: if is_type_name(&c.pg_type) {
+                    c.pg_type.clone()
+                } else {
+                    f.pg_type.clone()
+                },
+                ..f.clone()
+            });
+        }
+        out
+    }
+
+    /// The key's columns: each field's target column (its own name when none holds it).
+    fn key(target: &TargetTable, fields: &[FieldShape]) -> Vec<FieldShape> {
+        let held = evolve::project(&target.columns, fields);
+        fields
+            .iter()
+            .zip(held)
+            .map(|(f, m)| match m.and_then(|m| target.columns.get(m)) {
+                Some(c) => FieldShape {
+                    column: c.name.clone(),
+                    ..f.clone()
+                },
+                None => f.clone(),
+            })
+            .collect()
+    }
+
+    /// The values of a row for these columns.
+    fn values<'r>(&'r self, row: &'r [Option<String>]) -> impl Iterator<Item = Option<&'r str>> {
+        self.positions
+            .iter()
+            .map(|&i| row.get(i).and_then(|v| v.as_deref()))
+    }
 }
 
 /// Deletes the rows of `keys` (of one key schema) from `table`.
@@ -143,7 +207,7 @@ async fn delete(
     key_schema: &WriterSchema,
     keys: &[&KeyText],
 ) -> Result<(), PgError> {
-    let shapes = &key_schema.fields;
+    let shapes = &Columns::key(target, &key_schema.fields);
     let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(keys.len()); shapes.len()];
     for k in keys {
         for (i, v) in k.iter().enumerate() {
@@ -170,20 +234,21 @@ async fn upsert(
     target: &TargetTable,
     table: &str,
     group: &UpsertGroup<'_>,
+    shapes: &Columns,
 ) -> Result<(), PgError> {
-    let shapes = &group.value_schema.fields;
     let mut columns: Vec<Vec<Option<String>>> =
-        vec![Vec::with_capacity(group.entries.len()); shapes.len()];
+        vec![Vec::with_capacity(group.entries.len()); shapes.shapes.len()];
     for e in &group.entries {
         let Some((ev, _)) = &e.message.event else {
             continue;
         };
         let Some(after) = &ev.after else { continue };
-        for (column, t) in columns.iter_mut().zip(after) {
-            column.push(t.clone());
+        for (column, t) in columns.iter_mut().zip(shapes.values(after)) {
+            column.push(t.map(str::to_string));
         }
     }
-    let sql = upsert_sql(table, shapes, &group.key_schema.fields);
+    let key = Columns::key(target, &group.key_schema.fields);
+    let sql = upsert_sql(table, &shapes.shapes, &key);
     execute_columns(tx, &sql, &columns, || {
         format!("upserting into {}.{}", target.schema, target.name)
     })
@@ -193,11 +258,7 @@ async fn upsert(
 
 /// `INSERT ... ON CONFLICT` of rows of `shapes` keyed by `key`: a row that exists is updated
 /// only when it differs.
-fn upsert_sql(
-    table: &str,
-    shapes: &[tunnel_shared::schema::FieldShape],
-    key: &[tunnel_shared::schema::FieldShape],
-) -> String {
+fn upsert_sql(table: &str, shapes: &[FieldShape], key: &[FieldShape]) -> String {
     let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
     let key_cols: Vec<String> = key.iter().map(|s| quote_ident(&s.column)).collect();
     let non_key: Vec<&String> = cols.iter().filter(|c| !key_cols.contains(c)).collect();
@@ -255,7 +316,7 @@ fn is_insert(e: &Entry) -> bool {
 async fn copy_in(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
-    shapes: &[tunnel_shared::schema::FieldShape],
+    columns: &Columns,
     entries: &[&Entry],
 ) -> Result<bool, PgError> {
     use futures::SinkExt;
@@ -274,15 +335,19 @@ async fn copy_in(
             continue;
         };
         let Some(after) = &ev.after else { continue };
-        for (i, v) in after.iter().take(shapes.len()).enumerate() {
+        for (i, v) in columns.values(after).enumerate() {
             if i > 0 {
                 buf.push(b'\t');
             }
-            copy_text(&mut buf, v.as_deref());
+            copy_text(&mut buf, v);
         }
         buf.push(b'\n');
     }
-    let cols: Vec<String> = shapes.iter().map(|s| quote_ident(&s.column)).collect();
+    let cols: Vec<String> = columns
+        .shapes
+        .iter()
+        .map(|s| quote_ident(&s.column))
+        .collect();
     tx.batch_execute("SAVEPOINT tunnel_copy")
         .await
         .map_err(PgError::query("setting a savepoint"))?;
@@ -354,7 +419,7 @@ fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
 
 /// `SELECT u.c0::<type>, ... FROM unnest($1::text[], ...) AS u(c0, ...)`: the rows of the
 /// text-array parameters, cast to the fields' types.
-fn unnest_select(shapes: &[tunnel_shared::schema::FieldShape]) -> String {
+fn unnest_select(shapes: &[FieldShape]) -> String {
     let casts: Vec<String> = shapes
         .iter()
         .enumerate()
@@ -414,12 +479,14 @@ mod tests {
 
     #[test]
     fn an_upsert_updates_only_rows_that_differ_and_a_key_only_table_does_nothing() {
-        let f = |c: &str| tunnel_shared::schema::FieldShape {
+        let f = |c: &str| FieldShape {
             field: c.into(),
             column: c.into(),
             pg_type: "text".into(),
             nullable: true,
             scale: None,
+            attnum: None,
+            default: None,
         };
         let (id, name) = (f("id"), f("name"));
         let sql = upsert_sql("t", &[id.clone(), name], std::slice::from_ref(&id));
@@ -429,6 +496,63 @@ mod tests {
         );
         let sql = upsert_sql("t", std::slice::from_ref(&id), std::slice::from_ref(&id));
         assert!(sql.ends_with(r#"ON CONFLICT ("id") DO NOTHING"#), "{sql}");
+    }
+
+    #[test]
+    fn an_older_schema_writes_only_the_columns_that_hold_its_fields() {
+        use std::sync::Arc;
+
+        use tunnel_shared::config::SchemaChangePolicy;
+
+        use crate::model::TargetColumn;
+
+        let field = |c: &str, attnum: i16, pg_type: &str| FieldShape {
+            field: c.into(),
+            column: c.into(),
+            pg_type: pg_type.into(),
+            nullable: true,
+            scale: None,
+            attnum: Some(attnum),
+            default: None,
+        };
+        let col = |c: &str, attnum: i16, pg_type: &str| TargetColumn {
+            name: c.into(),
+            attnum: Some(attnum),
+            pg_type: pg_type.into(),
+            nullable: true,
+            default: None,
+            in_key: attnum == 1,
+        };
+        // the old schema: id, s3_path, format; since then s3_path became path (and bigger),
+        // format was dropped, label added
+        let old = [
+            field("id", 1, "integer"),
+            field("s3_path", 2, "character varying(10)"),
+            field("format", 3, "text"),
+        ];
+        let mut target = TargetTable::new("public", "media", SchemaChangePolicy::Evolve);
+        target.columns = Arc::from(vec![
+            col("id", 1, "integer"),
+            col("path", 2, "character varying(50)"),
+            col("label", 4, "text"),
+        ]);
+        let columns = Columns::of(&target, &old);
+        assert_eq!(columns.positions, [0, 1]);
+        let row = [Some("7".to_string()), Some("a/b".to_string()), None];
+        let values: Vec<Option<&str>> = columns.values(&row).collect();
+        assert_eq!(values, [Some("7"), Some("a/b")]);
+        let key = Columns::key(&target, &old[..1]);
+        let sql = upsert_sql("t", &columns.shapes, &key);
+        assert_eq!(
+            sql,
+            "INSERT INTO t AS t (\"id\", \"path\") SELECT u.c0::integer, u.c1::character varying(50) \
+             FROM unnest($1::text[], $2::text[]) AS u(c0, c1) ON CONFLICT (\"id\") DO UPDATE SET \
+             \"path\" = EXCLUDED.\"path\" WHERE ROW(t.\"path\")::text IS DISTINCT FROM ROW(EXCLUDED.\"path\")::text",
+            "label is left out: its default in a new row, its value in an updated one"
+        );
+        // columns not read yet: the writer's own
+        let unread = TargetTable::new("public", "media", SchemaChangePolicy::Evolve);
+        assert_eq!(Columns::of(&unread, &old).positions, [0, 1, 2]);
     }
 
     #[test]

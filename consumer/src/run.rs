@@ -32,6 +32,7 @@ use crate::error::{ApplyError, RunError};
 use crate::intake::Intake;
 use crate::model::{dlq_topic, Applied, Item, TargetTable};
 use crate::park::ParkedCache;
+use crate::schemas::Schemas;
 use crate::target::BatchTransaction;
 
 const SETUP_ATTEMPTS: u32 = 20;
@@ -76,6 +77,7 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
         ready: HashSet::new(),
         dlq,
         parked: ParkedCache::default(),
+        schemas: Schemas::default(),
     };
     // the collector runs on a task of its own, one batch ahead: decoding the next batch uses
     // the other core while this one is applied (within one task they would only take turns)
@@ -118,10 +120,7 @@ async fn prepare_tables(
         tables.rules.insert(topic.clone(), table_rules);
         tables.targets.insert(
             topic,
-            TargetTable {
-                schema: t.target_schema().to_string(),
-                name: t.target_name().to_string(),
-            },
+            TargetTable::new(t.target_schema(), t.target_name(), t.on_schema_change),
         );
     }
     Ok(tables)
@@ -204,6 +203,8 @@ struct Applier {
     ready: HashSet<Arc<str>>,
     dlq: DlqWriter,
     parked: ParkedCache,
+    /// The target tables' columns, kept up with the events' schemas.
+    schemas: Schemas,
 }
 
 impl Applier {
@@ -242,7 +243,13 @@ impl Applier {
     ) -> Result<Applied, ApplyError> {
         let bk = &self.config.target.bookkeeping_schema;
         let tx = BatchTransaction::begin(&mut self.client, bk, &self.group).await?;
-        apply::apply_batch(tx, &mut self.dlq, tables, items, &mut self.parked).await
+        // the tables evolved to the batch's newest schemas first, in the same transaction
+        let prepared = self.schemas.prepare(tx.tx(), bk, tables, items).await?;
+        let applied =
+            apply::apply_batch(tx, &mut self.dlq, &prepared.tables, items, &mut self.parked)
+                .await?;
+        self.schemas.committed(prepared);
+        Ok(applied)
     }
 
     /// Creates the target tables of the batch's topics not created yet, from the schemas of
@@ -260,12 +267,13 @@ impl Applier {
             };
             let (vf, kf) = (vs.fields.clone(), e.key_schema.fields.clone());
             let (url, session) = (&self.config.target.url, &self.session);
+            let bk = &self.config.target.bookkeeping_schema;
             retry("creating the target table", SETUP_ATTEMPTS, || async {
                 let mut c = pg::connect(url, session).await?;
-                ddl::ensure_table(&mut c, &target.schema, &target.name, &vf, &kf).await
+                ddl::ensure_table(&mut c, bk, target, &vf, &kf).await
             })
             .await?;
-            info!(table = %format!("{}.{}", target.schema, target.name), "target table ready");
+            info!(table = %target.display(), "target table ready");
             self.ready.insert(e.topic.clone());
         }
         Ok(())

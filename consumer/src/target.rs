@@ -64,6 +64,11 @@ impl<'a> BatchTransaction<'a> {
             .map_err(PgError::query("beginning the apply transaction"))?;
         Ok(Self { tx, bk, group })
     }
+
+    /// The transaction, for what is done in it before the batch's rows (schema changes).
+    pub(crate) fn tx(&self) -> &Transaction<'a> {
+        &self.tx
+    }
 }
 
 impl TargetWriter for BatchTransaction<'_> {

@@ -18,3 +18,13 @@ pub fn parked_table(bookkeeping_schema: &str) -> String {
 pub fn resolved_table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "dlq_resolved")
 }
+
+/// Per replica table: which source column (attnum) each of its columns holds.
+pub fn columns_table(bookkeeping_schema: &str) -> String {
+    qualified(bookkeeping_schema, "schema_columns")
+}
+
+/// Per topic: the value schema the replica table was last evolved to.
+pub fn versions_table(bookkeeping_schema: &str) -> String {
+    qualified(bookkeeping_schema, "schema_versions")
+}

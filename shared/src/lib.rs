@@ -6,6 +6,7 @@ pub mod bookkeeping;
 pub mod catalog;
 pub mod config;
 pub mod datum;
+pub mod default_expr;
 pub mod event;
 pub mod fault;
 pub mod kafka;

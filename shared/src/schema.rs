@@ -1,14 +1,20 @@
 //! Avro schemas of a table's events, derived from its catalog entry, and read back on the
 //! consumer side into the shape of the target table.
 //!
-//! Every row field carries two custom attributes: `pg.name` (the column's name, which Avro's
+//! Every row field carries custom attributes: `pg.name` (the column's name, which Avro's
 //! naming rules may have forced to change) and `pg.type` (the column's PostgreSQL type), so that
-//! the consumer can create the target table with the source's types from the schema alone.
+//! the consumer can create the target table with the source's types from the schema alone;
+//! newer schemas add `pg.attnum` (the source column's number, which a rename keeps),
+//! `pg.nullable` (whether the column takes NULL, when the field's union no longer tells) and
+//! `pg.default` (the column's default as `pg_get_expr` prints it, absent when it has none),
+//! so that the consumer can follow the source's DDL. Schemas without them still read: fields
+//! are then matched by name, and nullability comes from the union.
 
 use apache_avro::schema::{RecordSchema, Schema, UnionSchema};
 use serde_json::{json, Value as Json};
 
 use crate::catalog::{ColumnKind, TableInfo};
+use crate::default_expr::constant_default;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -177,9 +183,15 @@ pub struct FieldShape {
     pub column: String,
     /// The PostgreSQL type (`pg.type`), e.g. `character varying(1024)`.
     pub pg_type: String,
+    /// `pg.nullable` when the schema has it, else whether the field is a union with null.
     pub nullable: bool,
     /// The scale of a decimal field.
     pub scale: Option<u32>,
+    /// The source column's number (`pg.attnum`), stable across renames.
+    pub attnum: Option<i16>,
+    /// The source column's default (`pg.default`) when it is a constant the target may copy
+    /// (see [`crate::default_expr::constant_default`]); other defaults are not kept.
+    pub default: Option<String>,
 }
 
 /// The row of an envelope schema (its `after` record), or the fields of a key schema.
@@ -245,12 +257,39 @@ pub fn row_fields(schema: &Schema, what: &str) -> Result<Vec<FieldShape>, Schema
                     ))
                 })?,
             };
+            let nullable = match f.custom_attributes.get("pg.nullable") {
+                None => nullable,
+                Some(Json::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(bad(&format!(
+                        "field {}: pg.nullable {other} is not a boolean",
+                        f.name
+                    )))
+                }
+            };
+            let attnum = match f.custom_attributes.get("pg.attnum") {
+                None => None,
+                Some(v) => Some(
+                    v.as_i64()
+                        .and_then(|n| i16::try_from(n).ok())
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| {
+                            bad(&format!(
+                                "field {}: pg.attnum {v} is not a column number",
+                                f.name
+                            ))
+                        })?,
+                ),
+            };
+            let default = attr("pg.default").and_then(|d| constant_default(&d).map(str::to_string));
             Ok(FieldShape {
                 field: f.name.clone(),
                 column: attr("pg.name").unwrap_or_else(|| f.name.clone()),
                 pg_type,
                 nullable,
                 scale,
+                attnum,
+                default,
             })
         })
         .collect()
@@ -417,6 +456,41 @@ mod tests {
         assert_eq!(row[1].field, "s3_path");
         assert_eq!(row[1].column, "s3 path");
         assert_eq!(row[2].field, "_2fmt");
+    }
+
+    #[test]
+    fn evolution_attributes_are_read_and_checked() {
+        let schema = |extra: &str| {
+            Schema::parse_str(&format!(
+                r#"{{"type": "record", "name": "Value", "fields": [
+                    {{"name": "id", "type": "int", "pg.name": "id", "pg.type": "integer",
+                      "pg.attnum": 1, "pg.nullable": false}},
+                    {{"name": "label", "type": ["null", "string"], "default": null,
+                      "pg.type": "text", "pg.attnum": 3, "pg.nullable": false,
+                      "pg.default": "'n/a'::text"}},
+                    {{"name": "at", "type": ["null", "string"], "default": null,
+                      "pg.type": "text", "pg.default": "now()"{extra}}}
+                ]}}"#
+            ))
+            .unwrap()
+        };
+        let row = row_fields(&schema(""), "value").unwrap();
+        assert_eq!((row[0].attnum, row[0].nullable), (Some(1), false));
+        assert_eq!(row[1].attnum, Some(3));
+        assert!(!row[1].nullable, "pg.nullable wins over the union");
+        assert_eq!(row[1].default.as_deref(), Some("'n/a'::text"));
+        assert_eq!(row[2].default, None, "not a constant: not copied");
+        assert!(row[2].nullable, "no pg.nullable: the union tells");
+        assert_eq!(row[2].attnum, None);
+        for bad in [
+            r#", "pg.attnum": 0"#,
+            r#", "pg.attnum": 40000"#,
+            r#", "pg.attnum": "3""#,
+            r#", "pg.nullable": "yes""#,
+        ] {
+            let err = row_fields(&schema(bad), "value").unwrap_err().to_string();
+            assert!(err.contains("field at"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -213,10 +213,11 @@ impl<'a> TableReplay<'a> {
                 HashMap::from([(source_topic.clone(), rules)]),
             ),
             source_topic,
-            target: TargetTable {
-                schema: t.table.target_schema().to_string(),
-                name: t.table.target_name().to_string(),
-            },
+            target: TargetTable::new(
+                t.table.target_schema(),
+                t.table.target_name(),
+                t.table.on_schema_change,
+            ),
             table_ready: false,
             failed_keys: HashSet::new(),
             applied: 0,
@@ -237,6 +238,9 @@ impl<'a> TableReplay<'a> {
         // first thing, so that consumers (which lock the offsets rows first too) re-read
         // the parked keys this replay may free, and never wait on it in between
         offsets::announce_replay(&tx, bk, topic).await?;
+        // the replica's columns as they are now: entries of older schemas go to the columns
+        // that hold their fields (renamed ones found, dropped ones left out)
+        self.target.columns = ddl::load_columns(&tx, bk, &self.target).await?.into();
         let mut requeue: Vec<Rejected> = Vec::new();
         let mut outcomes: Vec<(i32, i64, &str)> = Vec::new();
         for (e, item) in chunk.iter().zip(&items) {
@@ -322,7 +326,7 @@ impl<'a> TableReplay<'a> {
             return Ok(());
         };
         let t = &self.target;
-        ddl::ensure_table(self.client, &t.schema, &t.name, &vs.fields, &ks.fields).await?;
+        ddl::ensure_table(self.client, self.bk, t, &vs.fields, &ks.fields).await?;
         self.table_ready = true;
         Ok(())
     }

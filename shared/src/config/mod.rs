@@ -169,6 +169,22 @@ pub struct TableConfig {
     /// Validation rules: rows that break one go to the DLQ instead of the target.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// What the target does when the source's columns change.
+    #[serde(default)]
+    pub on_schema_change: SchemaChangePolicy,
+}
+
+/// What the consumer does to the replica when the source's columns change (see
+/// docs/operations.md, "Schema changes").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaChangePolicy {
+    /// The replica follows: columns added, renamed, retyped, and dropped.
+    #[default]
+    Evolve,
+    /// As `evolve`, except that a column dropped from the source stays in the replica with its
+    /// values (nullable, NULL in new rows).
+    KeepDropped,
 }
 
 /// A validation rule (see [`crate::rules`] for the grammar).
@@ -360,6 +376,20 @@ name = "media"
         assert_eq!(c.producer.snapshot_chunk_rows, 10_000);
         assert_eq!(c.kafka.partitions, 6);
         assert_eq!(c.topic(&c.tables[0]), "tunnel.public.media");
+        assert_eq!(c.tables[0].on_schema_change, SchemaChangePolicy::Evolve);
+    }
+
+    #[test]
+    fn the_schema_change_policy_is_read_and_checked() {
+        let text = format!("{MINIMAL}on_schema_change = \"keep_dropped\"\n");
+        let c = Config::parse(&text, "t.toml", &[]).unwrap();
+        assert_eq!(
+            c.tables[0].on_schema_change,
+            SchemaChangePolicy::KeepDropped
+        );
+        let text = format!("{MINIMAL}on_schema_change = \"drop_all\"\n");
+        let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+        assert!(err.contains("drop_all"), "{err}");
     }
 
     #[test]
