@@ -71,6 +71,16 @@ impl Link {
         *self.shutdown.borrow()
     }
 
+    /// Whether the table's shape is another now than when its catalog was read (a read that
+    /// failed as after a DDL asks; a connection that fails to answer says yes: setting the
+    /// table up again finds out).
+    pub async fn shape_changed_now(&self) -> bool {
+        match self.source.activity().await {
+            Ok(a) => self.source.shape_changed(&a),
+            Err(_) => true,
+        }
+    }
+
     /// Connects again if the source connection broke.
     pub async fn reconnect_if_closed(&mut self) -> Result<(), WorkerError> {
         if self.source.is_closed() {

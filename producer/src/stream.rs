@@ -8,18 +8,23 @@ use tunnel_shared::fault::Classify;
 use tunnel_shared::retry::Backoff;
 
 use crate::capture::{CaptureState, ChangeDetector, PassContext};
-use crate::error::WorkerError;
+use crate::error::{SourceError, WorkerError};
 use crate::setup::Link;
 use crate::source::Activity;
 
 /// Whether a failed read is what a DDL between the catalog read and the statement causes: a
 /// prepared statement whose result changed (`0A000`), a column or table that no longer exists
-/// (`42703`, `42P01`), a column of another type (`42804`).
+/// (`42703`, `42P01`), a column of another type (`42804`), or a value of another size than
+/// the column's type had (a type changed under a prepared statement); the caller then asks
+/// the catalog ([`Link::shape_changed_now`]).
 pub fn shape_may_have_changed(e: &WorkerError) -> bool {
-    let WorkerError::Source(crate::error::SourceError::Pg(pg)) = e else {
-        return false;
-    };
-    matches!(pg.sqlstate(), Some("0A000" | "42703" | "42P01" | "42804"))
+    match e {
+        WorkerError::Source(SourceError::Pg(pg)) => {
+            matches!(pg.sqlstate(), Some("0A000" | "42703" | "42P01" | "42804"))
+        }
+        WorkerError::Source(SourceError::Value { .. }) => true,
+        _ => false,
+    }
 }
 
 /// Why streaming ended.
@@ -63,8 +68,8 @@ impl Stream {
             match self.tick().await {
                 Ok(true) => return Ok(Ended::ShapeChanged),
                 Ok(false) => backoff.reset(),
-                Err(e) if shape_may_have_changed(&e) => {
-                    info!(error = %e, "a read failed as after a DDL: setting the table up again");
+                Err(e) if shape_may_have_changed(&e) && self.link.shape_changed_now().await => {
+                    info!(error = %e, "a read failed after a DDL: setting the table up again");
                     return Ok(Ended::ShapeChanged);
                 }
                 Err(e) if e.is_transient() => {

@@ -133,8 +133,8 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
         match snapshot.run(source, publisher, stop).await {
             Ok(()) if link.stopping() => return Ok(Ended::Stopped),
             Ok(()) => {}
-            Err(e) if shape_may_have_changed(&e) => {
-                warn!(error = %e, "a snapshot read failed as after a DDL: setting the table up again");
+            Err(e) if shape_may_have_changed(&e) && link.shape_changed_now().await => {
+                warn!(error = %e, "a snapshot read failed after a DDL: setting the table up again");
                 return Ok(Ended::ShapeChanged);
             }
             Err(e) if e.is_transient() => {

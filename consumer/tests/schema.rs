@@ -1,0 +1,303 @@
+//! Schema evolution end to end: a DDL on the source while the pipeline runs under a steady
+//! insert/update load reaches the replica, which ends identical to the source, rows and columns
+//! (`verify` compares both). Changes the replica cannot follow stop their table with one clear
+//! error, and the other tables go on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure is a panic
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tunnel_shared::testkit::{self as tk, Databases, Proc};
+
+const MEDIA: &str = "CREATE TABLE media (
+    id serial PRIMARY KEY,
+    s3_path text,
+    format varchar(5),
+    price numeric(10,2),
+    qty int4 NOT NULL DEFAULT 1,
+    updated_at timestamp DEFAULT now());
+    INSERT INTO media (s3_path, format, price, qty)
+    SELECT '/seed/' || i, 'jpg', i / 100.0, i FROM generate_series(1, 2000) i";
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Inserts and updates (of `s3_path` and `updated_at` only, which no DDL here touches) about
+/// 20 a second until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    async fn start(dbs: &Databases) -> Load {
+        let client = dbs.source().await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut n: i32 = 0;
+            while !flag.load(Ordering::Relaxed) {
+                n += 1;
+                let sql = if n % 2 == 0 {
+                    "INSERT INTO media (s3_path) VALUES ('/load')"
+                } else {
+                    "UPDATE media SET s3_path = '/u' || id, updated_at = now() WHERE id = (SELECT max(id) FROM media) - 7"
+                };
+                // a statement may fail while a DDL holds its lock: the load goes on
+                let _ = client.execute(sql, &[]).await;
+                // the load's own pace, not a wait for a condition
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Load { stop, task }
+    }
+
+    async fn end(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+    }
+}
+
+struct Case {
+    dbs: Databases,
+    config: std::path::PathBuf,
+    producer: Proc,
+    consumer: Proc,
+}
+
+impl Case {
+    /// `media` (2000 rows) replicated, identical, with the load running.
+    async fn start(extra_tables: &str) -> (Case, Load) {
+        let dbs = Databases::create().await;
+        dbs.source()
+            .await
+            .batch_execute(&format!("{MEDIA}; {extra_tables}"))
+            .await
+            .unwrap();
+        let mut tables = vec!["media"];
+        if !extra_tables.is_empty() {
+            tables.push("other");
+        }
+        let config = tk::write_config(&dbs, &tk::unique("sc"), &tk::unique("g"), &tables, "");
+        tk::add_producer_settings(&config, "reconcile_interval_ms = 2000");
+        let producer = Proc::start("producer", &config);
+        let consumer = Proc::start("consumer", &config);
+        tk::wait_identical(&dbs, "media", TIMEOUT, &[&producer, &consumer]).await;
+        let load = Load::start(&dbs).await;
+        (
+            Case {
+                dbs,
+                config,
+                producer,
+                consumer,
+            },
+            load,
+        )
+    }
+
+    async fn ddl(&self, sql: &str) {
+        self.dbs.source().await.batch_execute(sql).await.unwrap();
+    }
+
+    /// The load goes on for 3 s after the DDL, then the target must be identical to the source
+    /// and `verify` clean (rows and columns).
+    async fn assert_followed(self, load: Load, what: &str) {
+        // the load's own duration after the DDL, not a wait for a condition
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        load.end().await;
+        let started = std::time::Instant::now();
+        tk::wait_identical(
+            &self.dbs,
+            "media",
+            TIMEOUT,
+            &[&self.producer, &self.consumer],
+        )
+        .await;
+        let (code, out) = tk::verify(&self.config, &[]);
+        assert_eq!(code, 0, "{what}: verify: {out}");
+        eprintln!(
+            "schema change '{what}': identical and verified {:.1} s after the load stopped",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+async fn follows(ddl: &str, what: &str) {
+    let (case, load) = Case::start("").await;
+    case.ddl(ddl).await;
+    case.assert_followed(load, what).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nullable_column_added() {
+    follows("ALTER TABLE media ADD COLUMN note text", "add nullable").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_added_with_a_constant_default_existing_rows_included() {
+    follows(
+        "ALTER TABLE media ADD COLUMN note text DEFAULT 'n/a'",
+        "add with constant default",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_added_with_a_volatile_default_existing_rows_included() {
+    follows(
+        "ALTER TABLE media ADD COLUMN score float8 DEFAULT random()",
+        "add with volatile default",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_not_null_column_added_with_a_default() {
+    follows(
+        "ALTER TABLE media ADD COLUMN stamp timestamptz NOT NULL DEFAULT now()",
+        "add NOT NULL with default now()",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn columns_widened() {
+    follows(
+        "ALTER TABLE media ALTER COLUMN format TYPE varchar(50);
+         ALTER TABLE media ALTER COLUMN price TYPE numeric(12,2);
+         ALTER TABLE media ALTER COLUMN qty TYPE int8;
+         UPDATE media SET format = 'a-longer-format' WHERE id = 5",
+        "widen varchar, numeric, int4 -> int8",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_dropped() {
+    follows("ALTER TABLE media DROP COLUMN price", "drop").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_renamed_keeps_its_data() {
+    let (case, load) = Case::start("").await;
+    case.ddl("ALTER TABLE media RENAME COLUMN format TO kind")
+        .await;
+    case.assert_followed(load, "rename").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_ddls_in_quick_succession() {
+    let (case, load) = Case::start("").await;
+    case.ddl("ALTER TABLE media ADD COLUMN note text DEFAULT 'x'")
+        .await;
+    case.ddl("ALTER TABLE media RENAME COLUMN format TO kind; ALTER TABLE media ALTER COLUMN kind TYPE varchar(20)")
+        .await;
+    case.assert_followed(load, "two DDLs in quick succession")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ddl_while_the_consumer_is_stopped() {
+    let (mut case, load) = Case::start("").await;
+    case.consumer.terminate(TIMEOUT);
+    case.ddl(
+        "ALTER TABLE media ADD COLUMN note text DEFAULT 'n/a'; ALTER TABLE media DROP COLUMN qty",
+    )
+    .await;
+    // the load's own duration with the consumer stopped
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    case.consumer = Proc::start("consumer", &case.config);
+    case.assert_followed(load, "DDL while the consumer is stopped")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ddl_during_the_initial_snapshot() {
+    let dbs = Databases::create().await;
+    dbs.source()
+        .await
+        .batch_execute(&format!(
+            "{MEDIA}; INSERT INTO media (s3_path) SELECT '/more/' || i FROM generate_series(1, 200000) i"
+        ))
+        .await
+        .unwrap();
+    let config = tk::write_config(&dbs, &tk::unique("sc"), &tk::unique("g"), &["media"], "");
+    let producer = Proc::start("producer", &config);
+    let consumer = Proc::start("consumer", &config);
+    let target = dbs.target().await;
+    tk::wait_for("the snapshot under way", TIMEOUT, || async {
+        let n: i64 = target
+            .query_one("SELECT count(*) FROM media", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n > 1000).then_some(())
+    })
+    .await;
+    dbs.source()
+        .await
+        .batch_execute("ALTER TABLE media ADD COLUMN note text DEFAULT 'n/a'")
+        .await
+        .unwrap();
+    tk::wait_identical(&dbs, "media", TIMEOUT * 2, &[&producer, &consumer]).await;
+    let (code, out) = tk::verify(&config, &[]);
+    assert_eq!(code, 0, "verify: {out}");
+}
+
+/// A type the registry cannot take (`text` to `int4`): that table stops with one error naming
+/// the column, both types and the ways out; the other table goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incompatible_type_change_stops_only_its_table() {
+    let other =
+        "CREATE TABLE other (id int PRIMARY KEY, v text); INSERT INTO other VALUES (1, 'a')";
+    let (case, load) = Case::start(other).await;
+    tk::wait_identical(
+        &case.dbs,
+        "other",
+        TIMEOUT,
+        &[&case.producer, &case.consumer],
+    )
+    .await;
+    case.ddl("ALTER TABLE media ALTER COLUMN s3_path TYPE int4 USING length(s3_path)")
+        .await;
+    case.producer.wait_logged("table stopped", TIMEOUT).await;
+    let log = case.producer.log_text();
+    assert!(
+        log.contains("column s3_path changed from text to integer") && log.contains("resync"),
+        "{log}"
+    );
+    case.ddl("INSERT INTO other VALUES (2, 'b')").await;
+    tk::wait_identical(
+        &case.dbs,
+        "other",
+        TIMEOUT,
+        &[&case.producer, &case.consumer],
+    )
+    .await;
+    load.end().await;
+}
+
+/// A primary key on other columns, or the table dropped: that table stops with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_primary_key_or_a_dropped_table_stops_it() {
+    let (case, load) = Case::start("").await;
+    load.end().await;
+    case.ddl("ALTER TABLE media DROP CONSTRAINT media_pkey; ALTER TABLE media ADD PRIMARY KEY (id, s3_path)")
+        .await;
+    case.producer.wait_logged("table stopped", TIMEOUT).await;
+    assert!(
+        case.producer.log_text().contains("the primary key changed"),
+        "{}",
+        case.producer.log_text()
+    );
+    let (case2, load2) = Case::start("").await;
+    load2.end().await;
+    case2.ddl("DROP TABLE media").await;
+    case2.producer.wait_logged("table stopped", TIMEOUT).await;
+    assert!(
+        case2.producer.log_text().contains("dropped or renamed"),
+        "{}",
+        case2.producer.log_text()
+    );
+}
