@@ -262,17 +262,21 @@ pub(crate) async fn store_mapping(
     let m = columns_table(bk);
     let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
     let attnums: Vec<Option<i16>> = columns.iter().map(|c| c.attnum).collect();
+    let what = || format!("recording the columns of {}", target.display());
+    // two statements: a row deleted in a CTE still conflicts with the INSERT beside it
+    tx.execute(
+        &format!("DELETE FROM {m} WHERE target_schema = $1 AND target_table = $2"),
+        &[&target.schema, &target.name],
+    )
+    .await
+    .map_err(PgError::query(what()))?;
     let sql = format!(
-        "WITH gone AS (DELETE FROM {m} WHERE target_schema = $1 AND target_table = $2)
-         INSERT INTO {m} (target_schema, target_table, column_name, source_attnum)
+        "INSERT INTO {m} (target_schema, target_table, column_name, source_attnum)
          SELECT $1, $2, f.name, f.attnum FROM unnest($3::text[], $4::int2[]) AS f(name, attnum)"
     );
     tx.execute(&sql, &[&target.schema, &target.name, &names, &attnums])
         .await
-        .map_err(PgError::query(format!(
-            "recording the columns of {}",
-            target.display()
-        )))?;
+        .map_err(PgError::query(what()))?;
     Ok(())
 }
 
