@@ -1,14 +1,18 @@
-//! `tunnel-consumer verify`: compares every configured source table with its replica by the
-//! same range bisection as the producer's reconciliation, and prints the keys missing from the
-//! target, extra in it, and differing (the first N of each, and the totals). `--repair` asks the
-//! producer, through the topic `<prefix>._repairs`, to ship those rows again: the target is only
-//! ever written by the consumer.
+//! `tunnel-consumer verify`: compares every configured source table with its replica, first
+//! their columns (names, types, nullability, and the defaults that are constants: a default
+//! such as `now()` or `nextval(...)` is never copied to the replica, and not compared), then
+//! their rows by the same range bisection as the producer's reconciliation, and prints the
+//! columns that differ, the keys missing from the target, extra in it, and differing (the
+//! first N of each, and the totals). Rows are not compared while the replica lacks a column or
+//! has another type. `--repair` asks the producer, through the topic `<prefix>._repairs`, to
+//! ship the differing rows again: the target is only ever written by the consumer.
 
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tunnel_shared::catalog;
-use tunnel_shared::config::{Config, TableConfig};
+use tunnel_shared::columns::{self, ColumnComparison};
+use tunnel_shared::config::{Config, SchemaChangePolicy, TableConfig};
 use tunnel_shared::kafka;
 use tunnel_shared::pg::{self, qualified, Session};
 use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
@@ -51,6 +55,24 @@ pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyE
         let info =
             catalog::load_table(&source, &t.schema, &t.name, t.watermark_column.as_deref()).await?;
         let target_name = qualified(t.target_schema(), t.target_name());
+        let replica_columns = columns::load(&target, t.target_schema(), t.target_name()).await?;
+        if replica_columns.is_empty() {
+            return Err(VerifyError::NoReplica {
+                table: t.qualified(),
+                target: target_name,
+            });
+        }
+        let source_columns = columns::load(&source, &t.schema, &t.name).await?;
+        let keep = t.on_schema_change == SchemaChangePolicy::KeepDropped;
+        let cmp = columns::compare(&source_columns, &replica_columns, keep);
+        print_columns(t, &cmp);
+        if !cmp.is_empty() {
+            identical = false;
+        }
+        if !cmp.rows_comparable() {
+            println!("  rows not compared: the replica lacks a column or has another type");
+            continue;
+        }
         let d = reconcile::diff(
             &info,
             Side {
@@ -71,7 +93,7 @@ pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyE
             },
             _ => VerifyError::Pg(e),
         })?;
-        print_report(t, &d, opts.show);
+        print_report(t, &d, opts.show, !cmp.is_empty());
         if !d.is_empty() {
             identical = false;
             if opts.repair {
@@ -86,12 +108,47 @@ pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyE
     Ok(identical)
 }
 
-fn print_report(t: &TableConfig, d: &Differences, show: usize) {
+/// The columns that differ, one line each; the columns kept by the policy and those whose
+/// default is not compared, on a line of their own.
+fn print_columns(t: &TableConfig, cmp: &ColumnComparison) {
+    if !cmp.differences.is_empty() {
+        println!(
+            "{}: {} column difference(s)",
+            t.qualified(),
+            cmp.differences.len()
+        );
+        for d in &cmp.differences {
+            println!("  {d}");
+        }
+    }
+    if !cmp.kept.is_empty() {
+        println!(
+            "{}: kept in the target after the source dropped them (on_schema_change = \"keep_dropped\"): {}",
+            t.qualified(),
+            cmp.kept.join(", ")
+        );
+    }
+    if !cmp.defaults_not_compared.is_empty() {
+        println!(
+            "{}: defaults not compared (not constants, never copied to the target): {}",
+            t.qualified(),
+            cmp.defaults_not_compared.join(", ")
+        );
+    }
+}
+
+/// The rows' differences; `columns_differ`: the columns' were printed above.
+fn print_report(t: &TableConfig, d: &Differences, show: usize, columns_differ: bool) {
     let total = d.missing.len() + d.extra.len() + d.differing.len();
     if total == 0 {
         println!(
-            "{}: identical ({} rows compared, {} queries, {} ms)",
+            "{}: {} ({} rows compared, {} queries, {} ms)",
             t.qualified(),
+            if columns_differ {
+                "rows identical"
+            } else {
+                "identical"
+            },
             d.rows_compared,
             d.queries,
             d.elapsed_ms

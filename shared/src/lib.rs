@@ -4,6 +4,7 @@
 
 pub mod bookkeeping;
 pub mod catalog;
+pub mod columns;
 pub mod config;
 pub mod datum;
 pub mod default_expr;
