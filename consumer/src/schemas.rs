@@ -9,7 +9,8 @@
 //! at, and read again when the stored version moves.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Transaction;
 use tracing::info;
@@ -26,7 +27,14 @@ type Known = (Option<i64>, Arc<[TargetColumn]>);
 #[derive(Default)]
 pub(crate) struct Schemas {
     known: HashMap<Arc<str>, Known>,
+    /// When a table's columns that the source has NOT NULL and the replica not yet (a column
+    /// added whose values were on their way) were last tried again, per topic.
+    not_null_tried: Mutex<HashMap<Arc<str>, Instant>>,
 }
+
+/// How often a `SET NOT NULL` the replica refused is tried again (each try reads the table
+/// until its first null).
+const NOT_NULL_RETRY: Duration = Duration::from_secs(10);
 
 /// The batch's tables with their columns, and what to remember once the batch commits.
 pub(crate) struct Prepared {
@@ -95,6 +103,10 @@ impl Schemas {
                 }
                 columns = Arc::from(evolution.columns);
                 version = Some(i64::from(w.id));
+            } else if let Some(w) = w.as_ref().filter(|w| Some(i64::from(w.id)) == version) {
+                if self.not_null_again(tx, topic, table, &columns, w).await? {
+                    columns = Arc::from(ddl::load_columns(tx, bk, table).await?);
+                }
             }
             if let Some(t) = out.tables.get_mut(topic) {
                 t.columns = columns.clone();
@@ -102,6 +114,47 @@ impl Schemas {
             out.known.push((topic.clone(), (version, columns)));
         }
         Ok(out)
+    }
+
+    /// Tries again, at most every [`NOT_NULL_RETRY`], the `SET NOT NULL` of columns the
+    /// current schema `w` has NOT NULL and the replica does not (refused before, while rows of
+    /// the replica still held nulls: a column added NOT NULL with a default the replica could
+    /// not copy is filled by the snapshot that follows it). Whether it tried (the columns are
+    /// then read again).
+    async fn not_null_again(
+        &self,
+        tx: &Transaction<'_>,
+        topic: &Arc<str>,
+        table: &TargetTable,
+        columns: &[TargetColumn],
+        w: &WriterSchema,
+    ) -> Result<bool, ApplyError> {
+        let Ok(evolution) = evolve::diff(columns, &w.fields, table.policy) else {
+            return Ok(false);
+        };
+        let pending: Vec<evolve::Step> = evolution
+            .steps
+            .into_iter()
+            .filter(|s| matches!(s, evolve::Step::SetNotNull { .. }))
+            .collect();
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        {
+            let mut tried = self
+                .not_null_tried
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if tried
+                .get(topic)
+                .is_some_and(|at| at.elapsed() < NOT_NULL_RETRY)
+            {
+                return Ok(false);
+            }
+            tried.insert(topic.clone(), Instant::now());
+        }
+        ddl::evolve_table(tx, table, &pending).await?;
+        Ok(true)
     }
 
     /// Remembers the columns of a committed batch's tables.

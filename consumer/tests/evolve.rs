@@ -44,6 +44,8 @@ fn version(cols: &[Col]) -> (TableInfo, TableSchemas) {
                 type_name: c.1.into(),
                 kind: c.2,
                 nullable: c.3,
+                attnum: c.4,
+                default: c.5.map(String::from),
             })
             .collect(),
         key: vec![0],
