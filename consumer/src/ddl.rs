@@ -181,7 +181,13 @@ pub(crate) async fn stored_versions(
     let rows = tx.query(&sql, &[&topics]).await.map_err(PgError::query(
         "reading the replica tables' schema versions",
     ))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(PgError::query(format!(
+            "reading {}: a column does not have the type the consumer created it with (changed by hand?)",
+            versions_table(bk)
+        )))
 }
 
 /// Records that `topic`'s table was evolved to value schema `id`.
@@ -238,17 +244,22 @@ pub(crate) async fn load_columns(
             "reading the columns of {}",
             target.display()
         )))?;
-    Ok(rows
-        .iter()
-        .map(|r| TargetColumn {
-            name: r.get(0),
-            pg_type: r.get(1),
-            nullable: r.get(2),
-            default: r.get(3),
-            in_key: r.get(4),
-            attnum: r.get(5),
+    rows.iter()
+        .map(|r| {
+            Ok(TargetColumn {
+                name: r.try_get(0)?,
+                pg_type: r.try_get(1)?,
+                nullable: r.try_get(2)?,
+                default: r.try_get(3)?,
+                in_key: r.try_get(4)?,
+                attnum: r.try_get(5)?,
+            })
         })
-        .collect())
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(PgError::query(format!(
+            "reading {}: a column does not have the type the consumer created it with (changed by hand?)",
+            columns_table(bk)
+        )))
 }
 
 /// Records which source column each of the table's `columns` holds (all of them, in place of
