@@ -301,3 +301,54 @@ async fn a_changed_primary_key_or_a_dropped_table_stops_it() {
         case2.producer.log_text()
     );
 }
+
+/// After a type change the registry refuses (`varchar` to `int4`), the way out the error names:
+/// the target table dropped (its values would not convert), `tunnel-producer resync`, which
+/// registers the new schema and has the next run snapshot the table again; the consumer
+/// creates the table anew and the snapshot fills it: identical, `verify` clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn resync_after_an_incompatible_change_snapshots_the_table_again() {
+    let (mut case, load) = Case::start("").await;
+    load.end().await;
+    case.ddl("ALTER TABLE media ALTER COLUMN format TYPE int4 USING length(format)")
+        .await;
+    let status = case.producer.wait_exit(TIMEOUT);
+    let log = case.producer.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("column format changed from character varying(5) to integer"),
+        "{log}"
+    );
+    case.consumer.terminate(TIMEOUT);
+    case.dbs
+        .target()
+        .await
+        .batch_execute("DROP TABLE media")
+        .await
+        .unwrap();
+    let mut resync = std::process::Command::new(tk::bin("tunnel-producer"));
+    resync
+        .args(["resync", "--table", "media", "--config"])
+        .arg(&case.config);
+    for (var, _) in tunnel_shared::config::ENV_OVERRIDES {
+        resync.env_remove(var);
+    }
+    let out = resync.output().unwrap();
+    assert!(
+        out.status.success(),
+        "resync: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    case.producer = Proc::start("producer", &case.config);
+    case.consumer = Proc::start("consumer", &case.config);
+    tk::wait_identical(
+        &case.dbs,
+        "media",
+        TIMEOUT,
+        &[&case.producer, &case.consumer],
+    )
+    .await;
+    let (code, out) = tk::verify(&case.config, &[]);
+    assert_eq!(code, 0, "verify after resync: {out}");
+}

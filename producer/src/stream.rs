@@ -12,16 +12,14 @@ use crate::error::{SourceError, WorkerError};
 use crate::setup::Link;
 use crate::source::Activity;
 
-/// Whether a failed read is what a DDL between the catalog read and the statement causes: a
-/// prepared statement whose result changed (`0A000`), a column or table that no longer exists
-/// (`42703`, `42P01`), a column of another type (`42804`), or a value of another size than
-/// the column's type had (a type changed under a prepared statement); the caller then asks
-/// the catalog ([`Link::shape_changed_now`]).
+/// Whether a failed read may be what a DDL between the catalog read and the statement causes:
+/// any error the server answered with (a prepared statement whose result changed, `0A000`; a
+/// column or table gone, `42703`, `42P01`; a function of the old type, `42883`; ...), or a
+/// value of another size than the column's type had. The caller then asks the catalog
+/// ([`crate::setup::Link::shape_changed_now`]): only a changed shape sets the table up again.
 pub fn shape_may_have_changed(e: &WorkerError) -> bool {
     match e {
-        WorkerError::Source(SourceError::Pg(pg)) => {
-            matches!(pg.sqlstate(), Some("0A000" | "42703" | "42P01" | "42804"))
-        }
+        WorkerError::Source(SourceError::Pg(pg)) => pg.sqlstate().is_some(),
         WorkerError::Source(SourceError::Value { .. }) => true,
         _ => false,
     }
