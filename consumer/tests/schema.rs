@@ -69,17 +69,30 @@ struct Case {
 impl Case {
     /// `media` (2000 rows) replicated, identical, with the load running.
     async fn start(extra_tables: &str) -> (Case, Load) {
+        Self::start_with(extra_tables, "").await
+    }
+
+    /// As [`Case::start`], with `media_options` in its `[[tables]]` entry (`other`, the extra
+    /// table, then has none).
+    async fn start_with(extra_tables: &str, media_options: &str) -> (Case, Load) {
         let dbs = Databases::create().await;
         dbs.source()
             .await
             .batch_execute(&format!("{MEDIA}; {extra_tables}"))
             .await
             .unwrap();
-        let mut tables = vec!["media"];
+        let mut tables = vec![];
         if !extra_tables.is_empty() {
             tables.push("other");
         }
-        let config = tk::write_config(&dbs, &tk::unique("sc"), &tk::unique("g"), &tables, "");
+        tables.push("media");
+        let config = tk::write_config(
+            &dbs,
+            &tk::unique("sc"),
+            &tk::unique("g"),
+            &tables,
+            media_options,
+        );
         tk::add_producer_settings(&config, "reconcile_interval_ms = 2000");
         let producer = Proc::start("producer", &config);
         let consumer = Proc::start("consumer", &config);
@@ -351,4 +364,73 @@ async fn resync_after_an_incompatible_change_snapshots_the_table_again() {
     .await;
     let (code, out) = tk::verify(&case.config, &[]);
     assert_eq!(code, 0, "verify after resync: {out}");
+}
+
+/// With `on_schema_change = "keep_dropped"`, a column dropped from the source stays in the
+/// replica with its values (NULL in rows written since); `verify` lists it apart and is clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_dropped_keeps_a_dropped_column_with_its_values() {
+    let (case, load) = Case::start_with("", "on_schema_change = \"keep_dropped\"\n").await;
+    case.ddl("ALTER TABLE media DROP COLUMN price").await;
+    // the load's own duration after the DDL
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.end().await;
+    let target = case.dbs.target().await;
+    tk::wait_for("the load's last rows in the target", TIMEOUT, || async {
+        let (src, tgt) = (case.dbs.source().await, &target);
+        let a: i64 = src
+            .query_one("SELECT count(*) FROM media", &[])
+            .await
+            .ok()?
+            .get(0);
+        let b: i64 = tgt
+            .query_one("SELECT count(*) FROM media", &[])
+            .await
+            .ok()?
+            .get(0);
+        (a == b).then_some(())
+    })
+    .await;
+    let kept: i64 = target
+        .query_one(
+            "SELECT count(*) FROM media WHERE price IS NOT NULL AND id <= 2000",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 2000, "the seed rows keep their prices in the replica");
+    tk::wait_for("verify clean", TIMEOUT, || async {
+        (tk::verify(&case.config, &[]).0 == 0).then_some(())
+    })
+    .await;
+}
+
+/// Two consumers of one group meet the new schema in their own partitions at once: the DDL is
+/// run once (the second finds the version stored), and the replica follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_of_a_group_evolve_the_replica_once() {
+    let (case, load) = Case::start("").await;
+    let second = Proc::start("consumer", &case.config);
+    case.consumer
+        .wait_logged("partitions revoked", TIMEOUT)
+        .await;
+    case.ddl("ALTER TABLE media ADD COLUMN note text DEFAULT 'n/a'; ALTER TABLE media RENAME COLUMN format TO kind")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.end().await;
+    tk::wait_identical(
+        &case.dbs,
+        "media",
+        TIMEOUT,
+        &[&case.producer, &case.consumer, &second],
+    )
+    .await;
+    let (code, out) = tk::verify(&case.config, &[]);
+    assert_eq!(code, 0, "verify: {out}");
+    let evolved = [case.consumer.log_text(), second.log_text()]
+        .iter()
+        .map(|l| l.matches("replica evolved to a new value schema").count())
+        .sum::<usize>();
+    assert_eq!(evolved, 1, "the replica was evolved {evolved} times");
 }
