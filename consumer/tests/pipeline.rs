@@ -299,7 +299,9 @@ async fn replay_from_earliest_leaves_target_unchanged() {
         "delete group: {deleted:?}"
     );
     let consumer = Proc::start("consumer", &p.config);
-    let with_data = book_before.values().filter(|(next, _)| *next > 0).count();
+    // the consumer seeks where the first message it gets (offset 0) is not the last one the
+    // target has: a partition that holds a single event is skipped without a seek
+    let with_data = book_before.values().filter(|(next, _)| *next > 1).count();
     tk::wait_for(
         "the consumer to seek past what the target has",
         Duration::from_secs(30),
