@@ -367,7 +367,7 @@ mod tests {
             type_name: type_name.into(),
             kind,
             nullable: true,
-            attnum: 0,
+            attnum: 1,
             default: None,
         }
     }

@@ -447,7 +447,7 @@ mod tests {
                     type_name: "integer".into(),
                     kind: ColumnKind::Int4,
                     nullable: false,
-                    attnum: 0,
+                    attnum: 1,
                     default: None,
                 },
                 Column {
@@ -455,7 +455,7 @@ mod tests {
                     type_name: "character varying(1024)".into(),
                     kind: ColumnKind::Text,
                     nullable: true,
-                    attnum: 0,
+                    attnum: 2,
                     default: None,
                 },
                 Column {
@@ -463,7 +463,7 @@ mod tests {
                     type_name: "json".into(),
                     kind: ColumnKind::Json,
                     nullable: true,
-                    attnum: 0,
+                    attnum: 3,
                     default: None,
                 },
             ],

@@ -398,7 +398,7 @@ mod tests {
             type_name: String::from(type_name),
             kind,
             nullable,
-            attnum: 0,
+            attnum: 1,
             default: None,
         };
         TableInfo {

@@ -150,7 +150,7 @@ mod tests {
                     type_name: "integer".into(),
                     kind: ColumnKind::Int4,
                     nullable: false,
-                    attnum: 0,
+                    attnum: 1,
                     default: None,
                 },
                 Column {
@@ -158,7 +158,7 @@ mod tests {
                     type_name: "text".into(),
                     kind: ColumnKind::Text,
                     nullable: true,
-                    attnum: 0,
+                    attnum: 2,
                     default: None,
                 },
             ],
@@ -208,7 +208,7 @@ mod tests {
                     type_name: "bigint".into(),
                     kind: ColumnKind::Int8,
                     nullable: false,
-                    attnum: 0,
+                    attnum: 3,
                     default: None,
                 },
                 Column {
@@ -216,7 +216,7 @@ mod tests {
                     type_name: "text".into(),
                     kind: ColumnKind::Text,
                     nullable: true,
-                    attnum: 0,
+                    attnum: 4,
                     default: None,
                 },
                 Column {
@@ -227,7 +227,7 @@ mod tests {
                         scale: 2,
                     },
                     nullable: true,
-                    attnum: 0,
+                    attnum: 5,
                     default: None,
                 },
                 Column {
@@ -235,7 +235,7 @@ mod tests {
                     type_name: "uuid".into(),
                     kind: ColumnKind::Uuid,
                     nullable: false,
-                    attnum: 0,
+                    attnum: 6,
                     default: None,
                 },
                 Column {
@@ -243,7 +243,7 @@ mod tests {
                     type_name: "timestamp".into(),
                     kind: ColumnKind::Timestamp,
                     nullable: true,
-                    attnum: 0,
+                    attnum: 7,
                     default: None,
                 },
                 Column {
@@ -251,7 +251,7 @@ mod tests {
                     type_name: "date".into(),
                     kind: ColumnKind::Date,
                     nullable: true,
-                    attnum: 0,
+                    attnum: 8,
                     default: None,
                 },
                 Column {
@@ -259,7 +259,7 @@ mod tests {
                     type_name: "real".into(),
                     kind: ColumnKind::Float4,
                     nullable: true,
-                    attnum: 0,
+                    attnum: 9,
                     default: None,
                 },
                 Column {
@@ -267,7 +267,7 @@ mod tests {
                     type_name: "bytea".into(),
                     kind: ColumnKind::Bytea,
                     nullable: true,
-                    attnum: 0,
+                    attnum: 10,
                     default: None,
                 },
                 Column {
@@ -275,7 +275,7 @@ mod tests {
                     type_name: "boolean".into(),
                     kind: ColumnKind::Bool,
                     nullable: true,
-                    attnum: 0,
+                    attnum: 11,
                     default: None,
                 },
             ],
