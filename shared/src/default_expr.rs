@@ -9,7 +9,7 @@
 //! before the column existed. And such an expression could be evaluated differently in the
 //! target (another clock, another sequence, a function that does not exist there).
 
-use crate::schema::is_type_name;
+use crate::type_name::is_type_name;
 
 /// Longest default copied, in bytes: a literal longer than this is not a default anyone types.
 const MAX_LEN: usize = 4096;

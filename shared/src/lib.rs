@@ -23,6 +23,7 @@ mod rules_value;
 pub mod schema;
 pub mod shutdown;
 pub mod startup;
+mod type_name;
 pub mod wire;
 
 #[cfg(feature = "testkit")]

@@ -5,6 +5,7 @@ use tunnel_shared::catalog::ColumnKind;
 use tunnel_shared::pg::{qualified, PgError};
 
 use super::connection::Source;
+use super::statements::columns_sql;
 use crate::error::SourceError;
 use crate::horizon::Probe;
 
@@ -17,21 +18,8 @@ pub struct Activity {
     pub deleted: i64,
     pub wal: String,
     /// The table's shape: its columns (number, name, type, nullability, default) and primary
-    /// key, hashed; `None` when the table is gone (dropped or renamed). See [`columns_sql`].
+    /// key, hashed; `None` when the table is gone (dropped or renamed). See [`super::statements::columns_sql`].
     pub columns: Option<String>,
-}
-
-/// The fingerprint of a table's shape as an SQL expression, `param` the placeholder of its
-/// qualified name: read with every activity probe, from the catalog's indexes, so that a DDL is
-/// noticed between two passes.
-pub(super) fn columns_sql(param: &str) -> String {
-    format!(
-        "(SELECT md5(string_agg(a.attnum || ':' || a.attname || ':' || format_type(a.atttypid, a.atttypmod)
-                 || ':' || a.attnotnull || ':' || coalesce(pg_get_expr(d.adbin, d.adrelid), ''), ',' ORDER BY a.attnum))
-                 || ':' || coalesce((SELECT indkey::text FROM pg_index WHERE indrelid = to_regclass({param}) AND indisprimary), '')
-            FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-           WHERE a.attrelid = to_regclass({param}) AND a.attnum > 0 AND NOT a.attisdropped)"
-    )
 }
 
 impl Source {

@@ -17,7 +17,7 @@ pub struct Source {
     pub(super) statements: Statements,
     pub(super) throttle: Throttle,
     pub(super) read_rows: u64,
-    /// The table's shape when its catalog was read ([`super::activity::columns_sql`]).
+    /// The table's shape when its catalog was read ([`super::statements::columns_sql`]).
     pub(super) columns: Option<String>,
 }
 
@@ -39,7 +39,7 @@ impl Source {
         // read before the catalog: a change in between is then noticed at the first probe
         let columns: Option<String> = client
             .query_one(
-                &format!("SELECT {}", super::activity::columns_sql("$1")),
+                &format!("SELECT {}", super::statements::columns_sql("$1")),
                 &[&pg::qualified(&table.schema, &table.name)],
             )
             .await
