@@ -184,10 +184,7 @@ pub(crate) async fn stored_versions(
     rows.iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(PgError::query(format!(
-            "reading {}: a column does not have the type the consumer created it with (changed by hand?)",
-            versions_table(bk)
-        )))
+        .map_err(PgError::changed_by_hand(versions_table(bk)))
 }
 
 /// Records that `topic`'s table was evolved to value schema `id`.
@@ -256,10 +253,7 @@ pub(crate) async fn load_columns(
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(PgError::query(format!(
-            "reading {}: a column does not have the type the consumer created it with (changed by hand?)",
-            columns_table(bk)
-        )))
+        .map_err(PgError::changed_by_hand(columns_table(bk)))
 }
 
 /// Records which source column each of the table's `columns` holds (all of them, in place of

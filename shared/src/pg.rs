@@ -30,6 +30,16 @@ impl PgError {
         move |source| PgError::Query { context, source }
     }
 
+    /// A bookkeeping table read back with a column of another type than the one created: an
+    /// operator changed it by hand.
+    pub fn changed_by_hand(
+        table: impl std::fmt::Display,
+    ) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+        Self::query(format!(
+            "reading {table}: a column does not have the type the consumer created it with (changed by hand?)"
+        ))
+    }
+
     /// The SQLSTATE of a failed query, if the server sent one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
