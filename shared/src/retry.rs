@@ -39,6 +39,7 @@ impl Backoff {
     pub fn wait_after(&mut self, what: &str, error: &dyn std::fmt::Display) -> tokio::time::Sleep {
         let delay = self.next_delay();
         tracing::warn!(what, error = %error, delay_ms = delay.as_millis() as u64, "transient failure, retrying");
+        crate::metrics::metrics().error(crate::fault::ErrorClass::Transient);
         tokio::time::sleep(delay)
     }
 }

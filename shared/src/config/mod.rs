@@ -18,6 +18,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TUNNEL_TARGET_URL", "target.url"),
     ("TUNNEL_KAFKA_BROKERS", "kafka.brokers"),
     ("TUNNEL_REGISTRY_URL", "registry.url"),
+    ("TUNNEL_ALERTS_WEBHOOK_URL", "alerts.webhook_url"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,10 @@ pub struct Config {
     pub producer: ProducerConfig,
     #[serde(default)]
     pub consumer: ConsumerConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// The tables to replicate; at least one.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
@@ -139,6 +144,9 @@ pub struct ProducerConfig {
     pub reconcile_full_interval_ms: u64,
     /// How often repair requests (from `tunnel-consumer verify --repair`) are looked for.
     pub repair_interval_ms: u64,
+    /// How often, while streaming, a heartbeat goes to every partition of the table's topic,
+    /// so that the consumer's lag stays honest when the source is idle; 0 = never.
+    pub heartbeat_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +206,60 @@ pub struct RuleConfig {
     pub check: String,
 }
 
+/// What `/readyz` calls making progress.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// A stage (a table's detector, a snapshot, the consumer's apply loop) that has not made
+    /// progress for this long makes the process not ready. A detector that runs less often
+    /// than this gets three of its intervals.
+    pub ready_within_s: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { ready_within_s: 60 }
+    }
+}
+
+/// The built-in notifier: the conditions of `deploy/prometheus/alerts.yml`, posted to a
+/// webhook for those without Prometheus.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Where to post (Slack-compatible JSON `{"text": ...}`); none: no notifications.
+    /// Override: `TUNNEL_ALERTS_WEBHOOK_URL` (it may hold a token: it is never logged).
+    pub webhook_url: Option<String>,
+    /// The consumer's lag above which `lag` fires.
+    pub lag_above_s: u64,
+    /// How often the conditions are looked at.
+    pub check_interval_s: u64,
+    /// A condition that stays firing is posted again after this long.
+    pub repeat_after_s: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            lag_above_s: 300,
+            check_interval_s: 15,
+            repeat_after_s: 3_600,
+        }
+    }
+}
+
+impl std::fmt::Debug for AlertsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertsConfig")
+            .field("webhook_url", &self.webhook_url.as_ref().map(|_| "<set>"))
+            .field("lag_above_s", &self.lag_above_s)
+            .field("check_interval_s", &self.check_interval_s)
+            .field("repeat_after_s", &self.repeat_after_s)
+            .finish()
+    }
+}
+
 impl TableConfig {
     /// `schema.table`, as used in logs and topic names.
     pub fn qualified(&self) -> String {
@@ -233,6 +295,7 @@ impl Default for ProducerConfig {
             reconcile_interval_ms: 60_000,
             reconcile_full_interval_ms: 86_400_000,
             repair_interval_ms: 1_000,
+            heartbeat_interval_ms: 10_000,
         }
     }
 }
@@ -304,6 +367,7 @@ impl Config {
                 "TUNNEL_TARGET_URL" => config.target.url = value.clone(),
                 "TUNNEL_KAFKA_BROKERS" => config.kafka.brokers = value.clone(),
                 "TUNNEL_REGISTRY_URL" => config.registry.url = value.clone(),
+                "TUNNEL_ALERTS_WEBHOOK_URL" => config.alerts.webhook_url = Some(value.clone()),
                 _ => {}
             }
         }

@@ -142,6 +142,21 @@ impl Config {
         if self.consumer.batch_max_events == 0 {
             return Err("consumer.batch_max_events must be at least 1".into());
         }
+        if self.health.ready_within_s == 0 {
+            return Err("health.ready_within_s must be at least 1 s".into());
+        }
+        let a = &self.alerts;
+        if a.check_interval_s == 0 || a.lag_above_s == 0 {
+            return Err(
+                "alerts.check_interval_s and alerts.lag_above_s must be at least 1 s".into(),
+            );
+        }
+        if let Some(url) = &a.webhook_url {
+            // the URL is not repeated: it may hold a token
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err("alerts.webhook_url must be an http:// or https:// URL".into());
+            }
+        }
         Ok(())
     }
 }
