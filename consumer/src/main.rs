@@ -50,6 +50,10 @@ enum Command {
         /// The TOML config file (see config/example.toml).
         #[arg(long, short)]
         config: PathBuf,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g.
+        /// 127.0.0.1:9642); off when not given.
+        #[arg(long, env = "TUNNEL_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Compare each source table with its replica; exit 0 when identical, 1 when not, 2 on error.
     Verify {
@@ -149,7 +153,10 @@ fn main() -> ExitCode {
 async fn command(command: Command) -> ExitCode {
     use tunnel_shared::startup::exit_code;
     match command {
-        Command::Run { config } => exit_code(run(config).await, 1),
+        Command::Run {
+            config,
+            metrics_addr,
+        } => exit_code(run(config, metrics_addr).await, 1),
         Command::Verify {
             config,
             table,
@@ -214,8 +221,11 @@ async fn dlq_command(command: DlqCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(config: PathBuf) -> anyhow::Result<()> {
+async fn run(config: PathBuf, metrics_addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&config)?);
+    if let Some(addr) = metrics_addr {
+        tunnel_shared::metrics::serve(addr, tunnel_shared::metrics::Role::Consumer).await?;
+    }
     let stop_rx = tunnel_shared::shutdown::on_signal();
     run::run(config, stop_rx).await?;
     Ok(())

@@ -52,6 +52,10 @@ enum Command {
         /// The TOML config file (see config/example.toml).
         #[arg(long, short)]
         config: PathBuf,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g.
+        /// 127.0.0.1:9641); off when not given.
+        #[arg(long, env = "TUNNEL_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Has the next run snapshot a table again into the same target table, under the table's
     /// current schema even when the registry would refuse it (after a column changed type).
@@ -72,14 +76,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = match cli.command {
-        Command::Run { config } => config,
+    let (config, metrics_addr) = match cli.command {
+        Command::Run {
+            config,
+            metrics_addr,
+        } => (config, metrics_addr),
         Command::Resync { config, table } => {
             let config = Arc::new(Config::load(&config)?);
             return worker::resync(config, &table).await;
         }
     };
     let config = Arc::new(Config::load(&config)?);
+    if let Some(addr) = metrics_addr {
+        tunnel_shared::metrics::serve(addr, tunnel_shared::metrics::Role::Producer).await?;
+    }
     let stop_rx = tunnel_shared::shutdown::on_signal();
     let mut tasks = tokio::task::JoinSet::new();
     for table in config.tables.clone() {

@@ -175,6 +175,7 @@ pub struct Metrics {
     pub batches: Counter,
     pub apply_duration: Histogram,
     lag: Ages<PartitionLabels>,
+    last_applied: Family<PartitionLabels, FloatGauge>,
     pub dlq_written: Family<DlqLabels, Counter>,
     pub dlq_pending: Family<TableLabels, Gauge>,
     pub dlq_replayed: Family<TableLabels, Gauge>,
@@ -239,6 +240,7 @@ impl Metrics {
             batches: Counter::default(),
             apply_duration: histogram(),
             lag: Ages::new(),
+            last_applied: Family::default(),
             dlq_written: Family::default(),
             dlq_pending: Family::default(),
             dlq_replayed: Family::default(),
@@ -283,6 +285,7 @@ impl Metrics {
                     add(&BATCHES, Box::new(self.batches.clone()));
                     add(&APPLY_DURATION, Box::new(self.apply_duration.clone()));
                     add(&LAG, Box::new(self.lag.gauge.clone()));
+                    add(&LAST_APPLIED, Box::new(self.last_applied.clone()));
                     add(&DLQ_WRITTEN, Box::new(self.dlq_written.clone()));
                     add(&DLQ_PENDING, Box::new(self.dlq_pending.clone()));
                     add(&DLQ_REPLAYED, Box::new(self.dlq_replayed.clone()));
@@ -359,15 +362,22 @@ impl Metrics {
             table: table.into(),
             partition: partition.to_string(),
         };
-        self.lag.mark_at(&labels, at_ms as f64 / 1000.0);
+        let at_s = at_ms as f64 / 1000.0;
+        self.lag.mark_at(&labels, at_s);
+        let g = self.last_applied.get_or_create(&labels);
+        if at_s > g.get() {
+            g.set(at_s);
+        }
     }
 
     /// The partition is no longer this consumer's (its lag is another's to report).
     pub fn partition_revoked(&self, table: &str, partition: i32) {
-        self.lag.forget(&PartitionLabels {
+        let labels = PartitionLabels {
             table: table.into(),
             partition: partition.to_string(),
-        });
+        };
+        self.lag.forget(&labels);
+        self.last_applied.remove(&labels);
     }
 
     /// The lag of each partition, now.

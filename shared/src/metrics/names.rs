@@ -61,6 +61,8 @@ names! {
         "How long a batch took to apply and commit in the target.";
     LAG = "tunnel_consumer_lag_seconds",
         "Seconds between now and the Kafka timestamp of the newest record (event or heartbeat) applied from a partition.";
+    LAST_APPLIED = "tunnel_consumer_last_applied_timestamp_seconds",
+        "Kafka timestamp (seconds since the epoch) of the newest record applied from a partition: with last_over_time, the lag stays visible while the consumer is down.";
     DLQ_WRITTEN = "tunnel_consumer_dlq_entries_written_total",
         "Entries this consumer wrote to the table's DLQ, by error class.";
     DLQ_PENDING = "tunnel_consumer_dlq_pending_entries",
