@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use crate::dlq::writer::DeadLetters;
 use crate::error::ApplyError;
 use crate::model::{Applied, Entry, Item, TargetTable, TopicProgress};
@@ -85,6 +87,18 @@ fn applied(plan: &ApplyPlan<'_>, progress: &[TopicProgress]) -> Applied {
             .iter()
             .flat_map(|(topic, parts)| parts.iter().map(|(p, pr)| (topic.clone(), *p, pr.next)))
             .collect(),
+        by_topic: plan
+            .events_by_topic
+            .iter()
+            .map(|(t, n)| (t.clone(), *n))
+            .collect(),
+        dead_by_class: {
+            let mut dead: FxHashMap<(Arc<str>, &'static str), usize> = FxHashMap::default();
+            for r in &plan.dead {
+                *dead.entry((r.topic.clone(), r.class)).or_default() += 1;
+            }
+            dead.into_iter().map(|((t, c), n)| (t, c, n)).collect()
+        },
     }
 }
 

@@ -15,18 +15,22 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 use tunnel_shared::config::Config;
-use tunnel_shared::kafka;
+use tunnel_shared::metrics::{metrics, Dependency};
+use tunnel_shared::{heartbeat, kafka};
 
 use crate::error::RunError;
-use crate::intake::{Intake, Raw};
-use crate::model::{Applied, Item};
+use crate::intake::{Consumed, Intake, Raw};
+use crate::model::{Applied, Heartbeat, Item};
 use crate::offsets;
 
 /// Logs the group's rebalances. Nothing has to be handed over by hand: a partition's offsets
 /// live in the target and are locked by the transaction that applies it, so a new owner that
 /// starts while the old one still applies a batch waits for that batch, then skips what it
 /// applied.
-pub(crate) struct GroupContext;
+pub(crate) struct GroupContext {
+    /// Per topic, the source table's name (the label of its lag).
+    pub(crate) names: crate::observe::Names,
+}
 
 impl rdkafka::ClientContext for GroupContext {}
 
@@ -49,7 +53,12 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
                 info!(partitions = %describe(tpl), "partitions assigned")
             }
             Rebalance::Revoke(tpl) => {
-                info!(partitions = %describe(tpl), "partitions revoked")
+                info!(partitions = %describe(tpl), "partitions revoked");
+                // their lag is the new owner's to report
+                for e in tpl.elements() {
+                    let table = self.names.get(e.topic()).map_or(e.topic(), String::as_str);
+                    metrics().partition_revoked(table, e.partition());
+                }
             }
             Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
         }
@@ -76,6 +85,13 @@ pub(crate) struct Collector {
 /// where it was allocated (mimalloc frees from another thread lazily, and the pages of a batch
 /// freed elsewhere are not reused at once).
 pub(crate) type Done = (Applied, Vec<Item>);
+
+/// A batch to apply, with the newest Kafka timestamp (ms) of each of its partitions (for the
+/// lag, once it is committed).
+pub(crate) struct Batch {
+    pub(crate) items: Vec<Item>,
+    pub(crate) stamps: Vec<(Arc<str>, i32, i64)>,
+}
 
 impl Collector {
     /// A collector of the batches of `consumer`'s topics (`topics`), with `lookup` a
@@ -105,7 +121,7 @@ impl Collector {
     pub(crate) async fn run(
         mut self,
         mut stop: watch::Receiver<bool>,
-        batches: mpsc::Sender<Vec<Item>>,
+        batches: mpsc::Sender<Batch>,
     ) -> Result<(), RunError> {
         loop {
             self.settle();
@@ -125,7 +141,7 @@ impl Collector {
     async fn next_batch(
         &mut self,
         stop: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Vec<Item>>, RunError> {
+    ) -> Result<Option<Batch>, RunError> {
         loop {
             if *stop.borrow() {
                 return Ok(None);
@@ -134,7 +150,7 @@ impl Collector {
                 m = self.consumer.recv() => m,
                 _ = stop.changed() => return Ok(None),
             };
-            let mut batch: Vec<Raw> = Vec::new();
+            let mut batch: Vec<Consumed> = Vec::new();
             match first {
                 Ok(m) => batch.push(self.owned(&m)),
                 Err(e) => {
@@ -160,9 +176,10 @@ impl Collector {
                     _ = &mut deadline => break,
                 }
             }
-            let entries = self.filter_and_decode(batch).await?;
-            if !entries.is_empty() {
-                return Ok(Some(entries));
+            metrics().dependency(Dependency::Kafka, true);
+            let batch = self.filter_and_decode(batch).await?;
+            if !batch.items.is_empty() {
+                return Ok(Some(batch));
             }
         }
     }
@@ -180,11 +197,24 @@ impl Collector {
             return Err(RunError::Kafka(e));
         }
         warn!(error = %e, "kafka consumer error");
+        if matches!(
+            e.rdkafka_error_code(),
+            Some(
+                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                    | rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+            )
+        ) {
+            metrics().dependency(Dependency::Kafka, false);
+        }
         Ok(())
     }
 
-    fn owned(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Raw {
-        Raw {
+    fn owned(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
+        use rdkafka::message::Headers;
+        let heartbeat = m
+            .headers()
+            .is_some_and(|h| heartbeat::is_heartbeat(m.key(), h.iter().map(|header| header.key)));
+        let raw = Raw {
             topic: self
                 .topics
                 .iter()
@@ -195,14 +225,31 @@ impl Collector {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
+        };
+        Consumed {
+            raw,
+            timestamp_ms: m.timestamp().to_millis(),
+            heartbeat,
         }
     }
 
     /// Skips what the target already has, seeking past it on a partition seen for the first
     /// time, and decodes the rest.
-    async fn filter_and_decode(&mut self, batch: Vec<Raw>) -> Result<Vec<Item>, RunError> {
+    async fn filter_and_decode(&mut self, batch: Vec<Consumed>) -> Result<Batch, RunError> {
         let mut entries = Vec::with_capacity(batch.len());
-        for raw in batch {
+        let mut stamps: FxHashMap<(Arc<str>, i32), i64> = FxHashMap::default();
+        for Consumed {
+            raw,
+            timestamp_ms,
+            heartbeat,
+        } in batch
+        {
+            if let Some(ts) = timestamp_ms {
+                let stamp = stamps
+                    .entry((raw.topic.clone(), raw.partition))
+                    .or_insert(ts);
+                *stamp = (*stamp).max(ts);
+            }
             let tp = (raw.topic.clone(), raw.partition);
             let known = match self.known.get(&tp) {
                 Some(&next) => next,
@@ -231,9 +278,20 @@ impl Collector {
             if raw.offset < known {
                 continue;
             }
+            if heartbeat {
+                entries.push(Item::Heartbeat(Heartbeat {
+                    topic: raw.topic,
+                    partition: raw.partition,
+                    offset: raw.offset,
+                }));
+                continue;
+            }
             entries.push(self.intake.take(raw).await);
         }
-        Ok(entries)
+        Ok(Batch {
+            items: entries,
+            stamps: stamps.into_iter().map(|((t, p), ts)| (t, p, ts)).collect(),
+        })
     }
 
     /// Takes in the batches the applier has committed since last asked, and frees them.

@@ -26,6 +26,14 @@ pub(crate) struct Raw {
     pub(crate) value: Option<Vec<u8>>,
 }
 
+/// A consumed message as the collector reads it: the message, its Kafka timestamp (ms) and
+/// whether it is a heartbeat of the producer.
+pub(crate) struct Consumed {
+    pub(crate) raw: Raw,
+    pub(crate) timestamp_ms: Option<i64>,
+    pub(crate) heartbeat: bool,
+}
+
 /// A decoded message with its key's and value's writer schemas.
 type Decoded = (DecodedMessage, Arc<WriterSchema>, Option<Arc<WriterSchema>>);
 

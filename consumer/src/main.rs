@@ -10,6 +10,7 @@ mod error;
 mod evolve;
 mod intake;
 mod model;
+mod observe;
 mod offsets;
 mod park;
 mod plan;

@@ -78,10 +78,20 @@ pub(crate) struct Rejected {
     pub(crate) replay_of: Option<String>,
 }
 
-/// A consumed message: an event to apply, or one already known to go to the DLQ.
+/// A consumed message: an event to apply, one already known to go to the DLQ, or a heartbeat of
+/// the producer (nothing to apply; its offset is stored like any other).
 pub(crate) enum Item {
     Event(Entry),
     Rejected(Rejected),
+    Heartbeat(Heartbeat),
+}
+
+/// Where a heartbeat was read.
+#[derive(Debug, Clone)]
+pub(crate) struct Heartbeat {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
 }
 
 impl Item {
@@ -90,6 +100,7 @@ impl Item {
         match self {
             Item::Event(e) => (&e.topic, e.partition, e.offset),
             Item::Rejected(r) => (&r.topic, r.partition, r.offset),
+            Item::Heartbeat(h) => (&h.topic, h.partition, h.offset),
         }
     }
 
@@ -98,6 +109,7 @@ impl Item {
         match self {
             Item::Event(e) => Some(&e.message.key),
             Item::Rejected(r) => r.key.as_ref(),
+            Item::Heartbeat(_) => None,
         }
     }
 }
@@ -174,6 +186,10 @@ pub(crate) struct Applied {
     pub(crate) dead_lettered: usize,
     /// The next offset of every partition of the batch.
     pub(crate) next_offsets: Vec<(Arc<str>, i32, i64)>,
+    /// Events applied, per topic.
+    pub(crate) by_topic: Vec<(Arc<str>, usize)>,
+    /// Messages written to the DLQ, per topic and class.
+    pub(crate) dead_by_class: Vec<(Arc<str>, &'static str, usize)>,
 }
 
 /// A key to park: its partition, the key, and how many DLQ entries it gains.
@@ -255,6 +271,15 @@ pub(crate) mod fixtures {
             value_schema: Some(schema()),
             key_bytes: None,
             value_bytes: None,
+        })
+    }
+
+    /// A heartbeat of the producer.
+    pub(crate) fn heartbeat(topic: &str, partition: i32, offset: i64) -> Item {
+        Item::Heartbeat(super::Heartbeat {
+            topic: Arc::from(topic),
+            partition,
+            offset,
         })
     }
 

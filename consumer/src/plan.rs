@@ -41,6 +41,8 @@ pub(crate) struct ApplyPlan<'a> {
     pub(crate) events: usize,
     /// Events skipped because an earlier transaction had applied them.
     pub(crate) already_applied: usize,
+    /// Events applied, per topic.
+    pub(crate) events_by_topic: FxHashMap<Arc<str>, usize>,
 }
 
 /// Plans `items` (in offset order per partition): `stored` holds the next offset of each
@@ -66,8 +68,13 @@ pub(crate) fn plan<'a>(
         }
         let p = plan.progress.entry((topic.clone(), partition)).or_default();
         p.next = p.next.max(from).max(offset + 1);
+        if matches!(item, Item::Heartbeat(_)) {
+            // nothing to apply, and not an event: only its offset counts
+            continue;
+        }
         p.processed += 1;
         match item {
+            Item::Heartbeat(_) => {}
             Item::Rejected(r) => {
                 p.dead += 1;
                 // the key's earlier events in this batch still apply; its later ones are parked
@@ -92,6 +99,7 @@ pub(crate) fn plan<'a>(
             }
             Item::Event(e) => {
                 plan.events += 1;
+                *plan.events_by_topic.entry(topic.clone()).or_default() += 1;
                 plan.rows
                     .entry(topic.clone())
                     .or_default()
@@ -107,6 +115,9 @@ impl ApplyPlan<'_> {
     /// (and its key parked).
     pub(crate) fn refused(&mut self, entry: &Entry, reason: String) {
         self.events -= 1;
+        if let Some(n) = self.events_by_topic.get_mut(&entry.topic) {
+            *n = n.saturating_sub(1);
+        }
         if let Some(p) = self
             .progress
             .get_mut(&(entry.topic.clone(), entry.partition))
@@ -178,7 +189,7 @@ impl ApplyPlan<'_> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::fixtures::{event, key, rejected};
+    use crate::model::fixtures::{event, heartbeat, key, rejected};
     use tunnel_shared::event::Op;
 
     fn nothing_parked(_: &Arc<str>, _: i32, _: &KeyText) -> bool {
@@ -196,6 +207,30 @@ mod tests {
 
     fn progress(plan: &ApplyPlan<'_>, topic: &str, partition: i32) -> Progress {
         plan.progress[&(Arc::from(topic), partition)]
+    }
+
+    #[test]
+    fn a_heartbeat_moves_its_partition_on_without_counting_as_an_event() {
+        let items = [
+            event("t", 0, 10, "a", Op::Create),
+            heartbeat("t", 0, 11),
+            heartbeat("t", 1, 4),
+        ];
+        let stored = FxHashMap::from_iter([((Arc::from("t"), 1), 6)]);
+        let plan = plan(&items, &stored, nothing_parked);
+        assert_eq!(plan.events, 1);
+        assert_eq!(plan.events_by_topic[&Arc::from("t")], 1);
+        assert_eq!(
+            progress(&plan, "t", 0),
+            Progress {
+                next: 12,
+                processed: 1,
+                dead: 0
+            }
+        );
+        // one already applied (behind the stored offset) is skipped like any message
+        assert_eq!(plan.already_applied, 1);
+        assert!(!plan.progress.contains_key(&(Arc::from("t"), 1)));
     }
 
     #[test]

@@ -24,13 +24,14 @@ use tunnel_shared::rules::{self, Rule};
 use tunnel_shared::schema;
 
 use crate::apply;
-use crate::collect::{Collector, Done, GroupContext};
+use crate::collect::{Batch, Collector, Done, GroupContext};
 use crate::ddl;
 use crate::decode::Decoder;
 use crate::dlq::writer::{DlqWriter, DLQ_TOPIC_CONFIGS};
 use crate::error::{ApplyError, RunError};
 use crate::intake::Intake;
 use crate::model::{dlq_topic, Applied, Item, TargetTable};
+use crate::observe::{self, ApplyObserver};
 use crate::park::ParkedCache;
 use crate::schemas::Schemas;
 use crate::target::BatchTransaction;
@@ -55,10 +56,13 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
     .await?;
     let admin = kafka::admin(&config.kafka)?;
     let dlq = DlqWriter::new(&config.kafka)?;
-    let tables = prepare_tables(&config, &registry, &admin).await?;
+    let mut tables = prepare_tables(&config, &registry, &admin).await?;
     let group = config.kafka.consumer_group.clone();
-    let consumer: StreamConsumer<GroupContext> =
-        kafka::consumer_config(&config.kafka, &group).create_with_context(GroupContext)?;
+    let observer = ApplyObserver::new(&config, std::mem::take(&mut tables.names));
+    let consumer: StreamConsumer<GroupContext> = kafka::consumer_config(&config.kafka, &group)
+        .create_with_context(GroupContext {
+            names: observer.names(),
+        })?;
     let topics: Vec<Arc<str>> = tables.targets.keys().cloned().collect();
     let names: Vec<&str> = topics.iter().map(|t| t.as_ref()).collect();
     consumer.subscribe(&names)?;
@@ -81,9 +85,12 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
     };
     // the collector runs on a task of its own, one batch ahead: decoding the next batch uses
     // the other core while this one is applied (within one task they would only take turns)
-    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Item>>(1);
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
     let collecting = tokio::spawn(collector.run(stop, batch_tx));
-    apply_batches(applier, batch_rx, collecting, done_tx).await?;
+    let census = tokio::spawn(observe::dlq_census(config.clone(), observer.names()));
+    let applied = apply_batches(applier, batch_rx, collecting, done_tx, &observer).await;
+    census.abort();
+    applied?;
     info!("stopped");
     Ok(())
 }
@@ -95,11 +102,13 @@ async fn connect(url: &str, session: &Session) -> Result<Client, PgError> {
     .await
 }
 
-/// Per topic: the table its rows go to, and the rules they must pass.
+/// Per topic: the table its rows go to, the rules they must pass, and the source table's name
+/// (for metrics).
 #[derive(Default)]
 struct Tables {
     targets: HashMap<Arc<str>, TargetTable>,
     rules: HashMap<Arc<str>, Vec<Rule>>,
+    names: HashMap<Arc<str>, String>,
 }
 
 /// Creates the topics of the configured tables and their DLQs, and checks the tables' rules.
@@ -117,6 +126,7 @@ async fn prepare_tables(
             .map_err(|e| RunError::Rules(format!("table {}: {e}", t.qualified())))?;
         check_rules_at_start(registry, &topic, &t.qualified(), &table_rules).await?;
         let topic: Arc<str> = Arc::from(topic.as_str());
+        tables.names.insert(topic.clone(), t.qualified());
         tables.rules.insert(topic.clone(), table_rules);
         tables.targets.insert(
             topic,
@@ -156,19 +166,22 @@ async fn ensure_topics(
 /// back through `done`.
 async fn apply_batches(
     mut applier: Applier,
-    mut batches: mpsc::Receiver<Vec<Item>>,
+    mut batches: mpsc::Receiver<Batch>,
     mut collecting: JoinHandle<Result<(), RunError>>,
     done: mpsc::UnboundedSender<Done>,
+    observer: &ApplyObserver,
 ) -> Result<(), RunError> {
     loop {
         tokio::select! {
-            items = batches.recv() => {
+            batch = batches.recv() => {
                 // no more batches: the collector ended, and how it ended is the consumer's end
                 // (a stop, or its error: this branch may win the race with the one below)
-                let Some(items) = items else { return collector_end((&mut collecting).await) };
-                match applier.apply(&items).await {
+                let Some(batch) = batch else { return collector_end((&mut collecting).await) };
+                let started = std::time::Instant::now();
+                match applier.apply(&batch.items).await {
                     Ok(applied) => {
-                        let _ = done.send((applied, items));
+                        observer.committed(&applied, &batch.stamps, started.elapsed());
+                        let _ = done.send((applied, batch.items));
                     }
                     Err(e) => {
                         collecting.abort();
@@ -221,6 +234,8 @@ impl Applier {
             match self.apply_once(&usable, items).await {
                 Ok(a) => return Ok(a),
                 Err(e) if e.is_transient() => {
+                    tunnel_shared::metrics::metrics()
+                        .dependency(tunnel_shared::metrics::Dependency::Target, false);
                     backoff.wait_after("applying a batch", &e).await;
                     if self.client.is_closed() {
                         let (url, session) = (&self.config.target.url, &self.session);
@@ -257,7 +272,7 @@ impl Applier {
     async fn ensure_tables(&mut self, items: &[Item]) -> Result<(), RunError> {
         for e in items.iter().filter_map(|i| match i {
             Item::Event(e) => Some(e),
-            Item::Rejected(_) => None,
+            Item::Rejected(_) | Item::Heartbeat(_) => None,
         }) {
             if self.ready.contains(&e.topic) {
                 continue;

@@ -10,6 +10,7 @@ mod error;
 mod horizon;
 mod keyset;
 mod lag;
+mod observe;
 mod publish;
 mod repair;
 mod setup;
@@ -112,8 +113,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         match result {
             Ok((_, Ok(()))) => {}
             // a table whose shape the replica cannot follow stops alone
-            Ok((_, Err(e))) if e.stops_only_the_table() => {
+            Ok((name, Err(e))) if e.stops_only_the_table() => {
                 tracing::error!(error = %e, "table stopped; the other tables go on");
+                observe::TableObserver::new(&name, config.health.ready_within_s)
+                    .stopped(&e.to_string());
                 stopped_tables.push(e.to_string());
             }
             Ok((name, Err(e))) => {

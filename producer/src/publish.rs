@@ -10,16 +10,18 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::event::{ChangeEvent, EventEncoder, Op};
-use tunnel_shared::kafka;
+use tunnel_shared::{heartbeat, kafka};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{is_fenced, PublishError};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Records the first failed delivery of a transaction. With transactions, `commit_transaction`
 /// flushes every message and fails if any could not be delivered; this only keeps the reason.
@@ -167,6 +169,32 @@ impl Publisher {
         events: &[ChangeEvent],
         checkpoint: &Checkpoint,
     ) -> Result<(), PublishError> {
+        self.ship(events, Some(checkpoint), None).await
+    }
+
+    /// Ships a heartbeat to every partition of the table's topic, stamped `at_ms`, in a
+    /// transaction of its own (see [`tunnel_shared::heartbeat`]).
+    pub async fn heartbeat(&self, at_ms: i64) -> Result<(), PublishError> {
+        let producer = self.usable().await?;
+        let topic = self.topic.clone();
+        let partitions = blocking(&producer, move |p| {
+            let md = p.client().fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+            Ok(md.topics().first().map_or(0, |t| t.partitions().len()))
+        })
+        .await
+        .map_err(kafka_err("reading the topic's partitions for a heartbeat"))?;
+        let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
+        self.ship(&[], None, Some((partitions, at_ms))).await
+    }
+
+    /// Ships `events`, `checkpoint` and heartbeats (to `partitions` partitions, stamped
+    /// `at_ms`) in one transaction.
+    async fn ship(
+        &self,
+        events: &[ChangeEvent],
+        checkpoint: Option<&Checkpoint>,
+        heartbeats: Option<(i32, i64)>,
+    ) -> Result<(), PublishError> {
         // encode everything first: an encoding error must not leave a transaction open
         let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(events.len() + 1);
         for e in events {
@@ -183,7 +211,10 @@ impl Publisher {
         producer
             .begin_transaction()
             .map_err(kafka_err("beginning a transaction"))?;
-        let sent = match self.send_all(&producer, &records, checkpoint).await {
+        let sent = match self
+            .send_all(&producer, &records, checkpoint, heartbeats)
+            .await
+        {
             Ok(()) => delivered(&producer).await,
             Err(e) => Err(e),
         };
@@ -217,7 +248,8 @@ impl Publisher {
         &self,
         producer: &KafkaProducer,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
-        checkpoint: &Checkpoint,
+        checkpoint: Option<&Checkpoint>,
+        heartbeats: Option<(i32, i64)>,
     ) -> Result<(), PublishError> {
         for (key, value) in records {
             let mut record = BaseRecord::to(&self.topic).key(key.as_slice());
@@ -226,6 +258,23 @@ impl Publisher {
             }
             send(producer, record).await?;
         }
+        if let Some((partitions, at_ms)) = heartbeats {
+            for partition in 0..partitions {
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: heartbeat::HEADER,
+                    value: Some(tunnel_shared::VERSION),
+                });
+                let record = BaseRecord::<[u8], [u8]>::to(&self.topic)
+                    .key(heartbeat::KEY)
+                    .partition(partition)
+                    .timestamp(at_ms)
+                    .headers(headers);
+                send(producer, record).await?;
+            }
+        }
+        let Some(checkpoint) = checkpoint else {
+            return Ok(());
+        };
         let cp = checkpoint.to_json();
         let record = BaseRecord::to(&self.checkpoint_topic)
             .key(self.table_key.as_bytes())

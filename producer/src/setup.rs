@@ -18,6 +18,7 @@ use tunnel_shared::schema;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{CheckpointError, PublishError, WorkerError, SETUP_ATTEMPTS};
+use crate::observe::TableObserver;
 use crate::publish::Publisher;
 use crate::shipped::{self, ShippedKeys};
 use crate::source::Source;
@@ -38,11 +39,17 @@ pub struct Link {
     source: Source,
     publisher: Publisher,
     shutdown: watch::Receiver<bool>,
+    observer: TableObserver,
 }
 
 impl Link {
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// What the table's worker tells the metrics and the readiness check.
+    pub fn observe(&self) -> &TableObserver {
+        &self.observer
     }
 
     pub fn source(&self) -> &Source {
@@ -136,12 +143,15 @@ pub async fn prepare_with(
         (0, 0) => none_yet,
         _ => shipped::rebuild(&config, &config.topic(&table), none_yet).await?,
     };
+    let observer = TableObserver::new(&table.qualified(), config.health.ready_within_s);
+    observer.source(true);
     let link = Link {
         config,
         table,
         source,
         publisher,
         shutdown,
+        observer,
     };
     Ok(Prepared {
         link,

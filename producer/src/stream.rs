@@ -1,9 +1,10 @@
 //! Streaming: the detectors' passes, each shipped on its own, until asked to stop. The I/O of
 //! a pass (probe, read, ship) is here; what it decides is [`CaptureState`]'s.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
+use tunnel_shared::event::Detection;
 use tunnel_shared::fault::Classify;
 use tunnel_shared::retry::Backoff;
 
@@ -40,6 +41,8 @@ pub struct Stream {
     /// By slot, as in `state`.
     detectors: Vec<Box<dyn ChangeDetector>>,
     state: CaptureState,
+    /// When the last heartbeat went out.
+    heartbeat_at: Option<Instant>,
 }
 
 impl Stream {
@@ -48,6 +51,7 @@ impl Stream {
             link,
             detectors,
             state,
+            heartbeat_at: None,
         }
     }
 
@@ -56,6 +60,12 @@ impl Stream {
     pub async fn run(mut self) -> Result<Ended, WorkerError> {
         let mut backoff = Backoff::default();
         info!("streaming changes");
+        let specs: Vec<_> = self
+            .detectors
+            .iter()
+            .map(|d| (d.detection(), d.interval()))
+            .collect();
+        self.link.observe().streaming(&specs);
         while !self.link.stopping() {
             let next_due = self.state.next_due().unwrap_or_else(Instant::now);
             let mut shutdown = self.link.shutdown();
@@ -65,12 +75,16 @@ impl Stream {
             }
             match self.tick().await {
                 Ok(true) => return Ok(Ended::ShapeChanged),
-                Ok(false) => backoff.reset(),
+                Ok(false) => {
+                    backoff.reset();
+                    self.heartbeat_if_due().await?;
+                }
                 Err(e) if shape_may_have_changed(&e) && self.link.shape_changed_now().await => {
                     info!(error = %e, "a read failed after a DDL: setting the table up again");
                     return Ok(Ended::ShapeChanged);
                 }
                 Err(e) if e.is_transient() => {
+                    self.failed(&e);
                     backoff.wait_after("a pass", &e).await;
                     self.link.reconnect_if_closed().await?;
                 }
@@ -81,19 +95,65 @@ impl Stream {
         Ok(Ended::Stopped)
     }
 
+    /// Which dependency a failed pass says is down.
+    fn failed(&self, e: &WorkerError) {
+        match e {
+            WorkerError::Source(_) => self.link.observe().source(false),
+            WorkerError::Publish(_) => self.link.observe().kafka_failed(),
+            _ => {}
+        }
+    }
+
+    /// Ships a heartbeat to every partition when `heartbeat_interval_ms` has passed since the
+    /// last one (after a tick: the source was just read). One that fails transiently is tried
+    /// again at the next tick.
+    async fn heartbeat_if_due(&mut self) -> Result<(), WorkerError> {
+        let every = Duration::from_millis(self.link.config().producer.heartbeat_interval_ms);
+        if every.is_zero() || self.heartbeat_at.is_some_and(|at| at.elapsed() < every) {
+            return Ok(());
+        }
+        match self
+            .link
+            .publisher()
+            .heartbeat(chrono::Utc::now().timestamp_millis())
+            .await
+        {
+            Ok(()) => {
+                self.heartbeat_at = Some(Instant::now());
+                self.link.observe().heartbeat();
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.link.observe().kafka_failed();
+                debug!(error = %e, "a heartbeat failed; the next tick tries again");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Runs the detectors that are due and may find something, each pass shipped on its own so
     /// that a slow pass (the watermark scan of a large table) never delays a fast one.
     /// Whether the table's shape changed (then no detector ran).
     async fn tick(&mut self) -> Result<bool, WorkerError> {
         let activity = self.link.source().activity().await?;
+        self.link.observe().source(true);
         if self.link.source().shape_changed(&activity) {
             info!("the table's columns changed: setting the table up again");
             return Ok(true);
         }
         let detectors = &self.detectors;
+        let mut idle = Vec::new();
         let run = self.state.due(Instant::now(), &activity, |i, before, now| {
-            detectors[i].wants(before, now)
+            let wants = detectors[i].wants(before, now);
+            if !wants {
+                idle.push(i);
+            }
+            wants
         });
+        for i in idle {
+            self.link.observe().checked(self.detectors[i].detection());
+        }
         for i in run {
             self.pass(i, &activity).await?;
         }
@@ -106,6 +166,7 @@ impl Stream {
         let started = Instant::now();
         let probe = self.link.source().probe().await?;
         let plan = self.state.plan(i, probe);
+        let plan_from_micros = plan.bounds().ts;
         if !plan.gave_up_on().is_empty() {
             warn!(transactions = ?plan.gave_up_on(), "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
         }
@@ -126,6 +187,7 @@ impl Stream {
                 .publisher()
                 .publish(outcome.events(), outcome.checkpoint())
                 .await?;
+            self.link.observe().checkpoint_shipped();
         }
         let (events, deletes, scanned) = (outcome.events().len(), found.gone.len(), found.scanned);
         if outcome.after_snapshot() {
@@ -140,6 +202,10 @@ impl Stream {
         let now = Instant::now();
         self.state
             .shipped(plan, found, outcome, activity, now, now - started);
+        let from_micros = plan_from_micros.filter(|_| detection == Detection::Watermark);
+        self.link
+            .observe()
+            .pass(detection, read, events, started.elapsed(), from_micros);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if events > 0 {
             info!(

@@ -66,6 +66,7 @@ impl Worker {
             prepared = setup::prepare(config.clone(), table.clone(), shutdown.clone())
                 .await
                 .map_err(|e| gone(e, &table))?;
+            prepared.link.observe().restarted();
             after_shape_change(&before, &mut prepared, &table)?;
         }
     }
@@ -126,7 +127,8 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
     let p = &link.config().producer;
     let (margins, chunk_rows) = (Margins::from_config(p), p.snapshot_chunk_rows);
     let checkpoint_interval = Duration::from_millis(p.checkpoint_interval_ms);
-    let mut snapshot = Snapshot::new(chunk_rows, margins, checkpoint, shipped);
+    let mut snapshot =
+        Snapshot::new(chunk_rows, margins, checkpoint, shipped).observed_by(link.observe().clone());
     let mut backoff = Backoff::default();
     while !snapshot.done() {
         let (source, publisher, stop) = link.ends();

@@ -106,6 +106,23 @@ impl Health {
         });
     }
 
+    /// Every stage of `table` (`<table>/...`) ends: it is set up again, or stopped.
+    pub fn remove_table(&self, table: &str) {
+        let prefix = format!("{table}/");
+        let gone: Vec<String> = self.stages.lock().map_or_else(
+            |_| Vec::new(),
+            |s| {
+                s.keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .cloned()
+                    .collect()
+            },
+        );
+        for stage in gone {
+            self.remove(&stage);
+        }
+    }
+
     /// Ready when every stage made progress within its bound and none stopped.
     pub fn readiness(&self) -> Readiness {
         let Ok(s) = self.stages.lock() else {

@@ -109,6 +109,8 @@ enum Verdict<'a> {
     Requeue(Rejected),
     /// An event to write.
     Write(&'a Entry),
+    /// Nothing to write (a heartbeat of the producer): resolved as it is.
+    Nothing,
 }
 
 fn verdict<'a>(item: &'a Item, failed_keys: &HashSet<KeyText>) -> Verdict<'a> {
@@ -117,6 +119,7 @@ fn verdict<'a>(item: &'a Item, failed_keys: &HashSet<KeyText>) -> Verdict<'a> {
             let mut r = match item {
                 Item::Rejected(r) => r.clone(),
                 Item::Event(ev) => ev.rejected(class::PARKED, String::new()),
+                Item::Heartbeat(_) => return Verdict::Nothing,
             };
             r.class = class::PARKED;
             r.reason = "an earlier event of this key failed again in this replay".into();
@@ -125,6 +128,7 @@ fn verdict<'a>(item: &'a Item, failed_keys: &HashSet<KeyText>) -> Verdict<'a> {
         }
         Item::Rejected(r) => Verdict::Requeue(r.clone()),
         Item::Event(ev) => Verdict::Write(ev),
+        Item::Heartbeat(_) => Verdict::Nothing,
     }
 }
 
@@ -246,6 +250,7 @@ impl<'a> TableReplay<'a> {
         for (e, item) in chunk.iter().zip(&items) {
             let again = match verdict(item, &self.failed_keys) {
                 Verdict::Requeue(r) => Some(r),
+                Verdict::Nothing => None,
                 Verdict::Write(ev) => {
                     let refused =
                         rows::write_isolating(&tx, &self.target, vec![(&ev.message.key, ev)])
@@ -321,7 +326,7 @@ impl<'a> TableReplay<'a> {
         }
         let Some((vs, ks)) = items.iter().find_map(|i| match i {
             Item::Event(ev) => ev.value_schema.as_ref().map(|vs| (vs, &ev.key_schema)),
-            Item::Rejected(_) => None,
+            Item::Rejected(_) | Item::Heartbeat(_) => None,
         }) else {
             return Ok(());
         };
@@ -418,7 +423,7 @@ mod tests {
         let mut failed = HashSet::new();
         let again = |offset| match rejected("t", 0, offset, Some("k")) {
             Item::Rejected(r) => Some(r),
-            Item::Event(_) => None,
+            Item::Event(_) | Item::Heartbeat(_) => None,
         };
         // the old entry named no key (it did not decode then): the key is parked now
         let o = outcome(

@@ -28,6 +28,8 @@ use crate::source::{SourceReader, SourceRow};
 
 use progress::Progress;
 
+use crate::observe::TableObserver;
+
 mod progress;
 
 /// Most snapshot rows remembered for the first watermark pass (see [`Snapshot::record`]).
@@ -57,6 +59,8 @@ pub struct Snapshot {
     checkpoint: Checkpoint,
     shipped: ShippedKeys,
     remembered: HashMap<Vec<String>, u64>,
+    /// Told of the progress, when the snapshot runs for a worker.
+    observer: Option<TableObserver>,
 }
 
 impl Snapshot {
@@ -72,7 +76,14 @@ impl Snapshot {
             checkpoint,
             shipped,
             remembered: HashMap::new(),
+            observer: None,
         }
+    }
+
+    /// Reports the progress to `observer` (metrics and readiness).
+    pub fn observed_by(mut self, observer: TableObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn done(&self) -> bool {
@@ -105,7 +116,7 @@ impl Snapshot {
             stop,
             out: Outlet {
                 shipper,
-                progress: Progress::new(total, self.checkpoint.events),
+                progress: Progress::new(total, self.checkpoint.events, self.observer.clone()),
                 // the snapshot's start is fixed by now: the rows the first watermark pass reads
                 // again
                 recent_from: self.recent_from(),

@@ -490,7 +490,7 @@ pub async fn bookkeeping(target: &Client, topic: &str) -> HashMap<i32, (i64, i64
         .collect()
 }
 
-/// Committed data messages per partition below `upto[partition]`.
+/// Committed data messages (heartbeats left out) per partition below `upto[partition]`.
 pub fn count_messages(
     kafka: &crate::config::KafkaConfig,
     topic: &str,
@@ -520,8 +520,11 @@ pub fn count_messages(
         );
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
-                use rdkafka::Message;
-                if m.offset() < upto[&m.partition()].0 {
+                use rdkafka::message::{Headers, Message};
+                let heartbeat = m.headers().is_some_and(|h| {
+                    crate::heartbeat::is_heartbeat(m.key(), h.iter().map(|header| header.key))
+                });
+                if !heartbeat && m.offset() < upto[&m.partition()].0 {
                     *counts.entry(m.partition()).or_default() += 1;
                 }
             }
