@@ -178,6 +178,9 @@ impl Collector {
             }
             metrics().dependency(Dependency::Kafka, true);
             let batch = self.filter_and_decode(batch).await?;
+            if batch.items.iter().any(|i| matches!(i, Item::Event(_))) {
+                metrics().dependency(Dependency::Registry, true);
+            }
             if !batch.items.is_empty() {
                 return Ok(Some(batch));
             }

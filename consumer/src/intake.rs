@@ -9,6 +9,7 @@ use std::time::Duration;
 use tracing::{debug, warn};
 use tunnel_shared::fault::Classify;
 use tunnel_shared::key::KeyText;
+use tunnel_shared::metrics::{metrics, Dependency};
 use tunnel_shared::registry::RegistryError;
 use tunnel_shared::retry::Backoff;
 use tunnel_shared::rules::{self, CompiledRule, Rule};
@@ -76,6 +77,7 @@ impl Intake {
             match self.decode_parts(&raw).await {
                 Ok(decoded) => return Item::Event(entry(raw, decoded)),
                 Err((_, e)) if e.is_transient() => {
+                    metrics().dependency(Dependency::Registry, false);
                     backoff.wait_after("decoding needs the registry", &e).await;
                 }
                 Err((

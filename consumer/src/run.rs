@@ -243,6 +243,7 @@ impl Applier {
                             pg::connect(url, session)
                         })
                         .await?;
+                        tunnel_shared::metrics::metrics().restarted("target connection");
                     }
                 }
                 Err(e) => return Err(e.into()),

@@ -56,15 +56,15 @@ impl TableObserver {
         }
     }
 
-    /// A complete pass of `d`: rows read, events shipped, its time, and the time bound it read
-    /// from (microseconds since the epoch, for a watermark scan).
+    /// A complete pass of `d`: rows read, events shipped, its time, and its horizon's clock
+    /// (microseconds since the epoch: transactions that started before it have all ended).
     pub fn pass(
         &self,
         d: Detection,
         rows_read: u64,
         events: usize,
         took: Duration,
-        from_micros: Option<i64>,
+        horizon_micros: Option<i64>,
     ) {
         let labels = self.labels(d);
         let m = metrics();
@@ -76,8 +76,8 @@ impl TableObserver {
         m.pass_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
-        if let Some(from) = from_micros {
-            let age = tunnel_shared::metrics::now_s() - from as f64 / 1e6;
+        if let Some(horizon) = horizon_micros {
+            let age = tunnel_shared::metrics::now_s() - horizon as f64 / 1e6;
             m.horizon_age.get_or_create(&labels).set(age.max(0.0));
         }
         self.checked(d);

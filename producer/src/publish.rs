@@ -158,6 +158,7 @@ impl Publisher {
         }
         tracing::warn!(error = %reason, "the transactional producer hit a fatal error: starting a new one");
         let fresh = start(&self.config).await?;
+        tunnel_shared::metrics::metrics().restarted(&format!("{} kafka producer", self.topic));
         *self.instance() = fresh.clone();
         Ok(fresh)
     }

@@ -93,6 +93,8 @@ impl Link {
         if self.source.is_closed() {
             self.source = connect(&self.config, &self.table, "reconnecting to the source").await?;
             info!("reconnected to the source");
+            tunnel_shared::metrics::metrics()
+                .restarted(&format!("{}/source connection", self.table.qualified()));
         }
         Ok(())
     }
@@ -145,6 +147,9 @@ pub async fn prepare_with(
     };
     let observer = TableObserver::new(&table.qualified(), config.health.ready_within_s);
     observer.source(true);
+    // the schemas were registered (or found) just now
+    tunnel_shared::metrics::metrics()
+        .dependency(tunnel_shared::metrics::Dependency::Registry, true);
     let link = Link {
         config,
         table,

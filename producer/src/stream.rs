@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
-use tunnel_shared::event::Detection;
 use tunnel_shared::fault::Classify;
 use tunnel_shared::retry::Backoff;
 
@@ -166,7 +165,7 @@ impl Stream {
         let started = Instant::now();
         let probe = self.link.source().probe().await?;
         let plan = self.state.plan(i, probe);
-        let plan_from_micros = plan.bounds().ts;
+        let horizon_micros = plan.horizon_micros();
         if !plan.gave_up_on().is_empty() {
             warn!(transactions = ?plan.gave_up_on(), "transactions open longer than horizon_max_wait_s: moving on without them; rows they write later are found by reconciliation only");
         }
@@ -202,10 +201,9 @@ impl Stream {
         let now = Instant::now();
         self.state
             .shipped(plan, found, outcome, activity, now, now - started);
-        let from_micros = plan_from_micros.filter(|_| detection == Detection::Watermark);
         self.link
             .observe()
-            .pass(detection, read, events, started.elapsed(), from_micros);
+            .pass(detection, read, events, started.elapsed(), horizon_micros);
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if events > 0 {
             info!(

@@ -41,7 +41,7 @@ names! {
     DETECTOR_INTERVAL = "tunnel_producer_detector_interval_seconds",
         "A detector's configured interval (for alert rules on tunnel_producer_last_pass_age_seconds).";
     HORIZON_AGE = "tunnel_producer_horizon_age_seconds",
-        "How far behind now the time bound of the watermark scan's last pass was (late commits hold it back).";
+        "How far behind now a detector's capture horizon was at its last pass: every transaction that started before the horizon has ended (a long-open transaction holds it back, up to producer.horizon_max_wait_s).";
     CHECKPOINT_AGE = "tunnel_producer_checkpoint_age_seconds",
         "Seconds since the table's checkpoint was last shipped.";
     SNAPSHOT_ROWS = "tunnel_producer_snapshot_rows",

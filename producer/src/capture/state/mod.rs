@@ -65,6 +65,12 @@ impl Plan {
         &self.bounds
     }
 
+    /// The horizon's clock for this pass (microseconds since the epoch, the source's clock):
+    /// every transaction that started before it has ended.
+    pub fn horizon_micros(&self) -> Option<i64> {
+        self.observed.ts
+    }
+
     /// Transactions the horizon stopped waiting for at this probe.
     pub fn gave_up_on(&self) -> &[String] {
         &self.gave_up_on
