@@ -28,7 +28,8 @@
 #      (default 2,000,000) snapshot events; then fresh targets and groups apply it with 1, 2 and 3
 #      consumers, with one rule every row passes, and with 1% of the rows breaking a rule (those
 #      go to the DLQ); events/s from the first event applied to the last, and the consumers'
-#      CPU time. The one-consumer runs, without and with 1% invalid, alternate five times each.
+#      CPU time. The one-consumer runs, without and with 1% invalid, and with `--metrics-addr`
+#      (scraped every second), alternate five times each.
 #
 #   scripts/bench.sh
 #
@@ -893,8 +894,9 @@ applied_events() { # target-db -> events the target's bookkeeping has processed 
 }
 
 # runs <n> consumers on a fresh target; sets APPLY_RATE (events/s, empty if not done)
-apply_run() { # tag consumers [rule lines]
-  local tag=$1 n=$2 rules=${3:-} tdb=${RUN_ID}_apply_$1 cfg=$LOG_DIR/apply-$1.toml pids=() i
+apply_run() { # tag consumers [rule lines] [metrics]
+  local tag=$1 n=$2 rules=${3:-} metrics=${4:-} tdb=${RUN_ID}_apply_$1 cfg=$LOG_DIR/apply-$1.toml pids=() i
+  local scraper=""
   local first="" done_at="" got=0
   create_target "$tdb"
   apply_config "$cfg" "$tdb" "${tdb}_group" "$rules"
@@ -920,11 +922,19 @@ print(f"{first or 0:.2f} - {got}")
 PY
   local poller=$!
   for i in $(seq 1 "$n"); do
-    NO_COLOR=1 "$CONSUMER_BIN" run --config "$cfg" >"$LOG_DIR/apply-$tag-consumer$i.log" 2>&1 &
+    local extra=()
+    # with metrics: served, and scraped every second as Prometheus would
+    [[ -n $metrics ]] && extra=(--metrics-addr "127.0.0.1:$((BENCH_METRICS_PORT + i))")
+    NO_COLOR=1 "$CONSUMER_BIN" run --config "$cfg" "${extra[@]}" >"$LOG_DIR/apply-$tag-consumer$i.log" 2>&1 &
     pids+=($!)
     PIDS+=($!)
   done
+  if [[ -n $metrics ]]; then
+    (while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$((BENCH_METRICS_PORT + 1))/metrics" || true; done) &
+    scraper=$!
+  fi
   wait "$poller" || true
+  [[ -n $scraper ]] && { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; }
   read -r first done_at got <"$LOG_DIR/apply-$tag-progress.txt" || true
   [[ $done_at == - ]] && done_at=""
   # the consumers' CPU time (user+sys): steadier than the rate on a machine the whole stack shares
@@ -969,14 +979,16 @@ if [[ $SECTIONS == *" 5 "* ]]; then
   declare -A RATES=() CPUS=()
   # the one-consumer cases alternate, five times each: a run lasts seconds on a machine that
   # the whole stack shares, and its neighbours' noise is of the order of the effect measured
-  for run in "c1_1 1" "c1_invalid_1 1 invalid" "c2 2" "c1_2 1" "c1_invalid_2 1 invalid" "c3 3" \
-    "c1_3 1" "c1_invalid_3 1 invalid" "c1_rule 1 passing" "c1_4 1" "c1_invalid_4 1 invalid" \
-    "c1_5 1" "c1_invalid_5 1 invalid"; do
+  BENCH_METRICS_PORT=${BENCH_METRICS_PORT:-19640}
+  for run in "c1_1 1" "c1_invalid_1 1 invalid" "c1_metrics_1 1 metrics" "c2 2" "c1_2 1" \
+    "c1_invalid_2 1 invalid" "c1_metrics_2 1 metrics" "c3 3" "c1_3 1" "c1_invalid_3 1 invalid" \
+    "c1_metrics_3 1 metrics" "c1_rule 1 passing" "c1_4 1" "c1_invalid_4 1 invalid" \
+    "c1_metrics_4 1 metrics" "c1_5 1" "c1_invalid_5 1 invalid" "c1_metrics_5 1 metrics"; do
     read -r tag n kind <<<"$run"
     rules=""
     [[ ${kind:-} == passing ]] && rules=$PASSING_RULE
     [[ ${kind:-} == invalid ]] && rules=$INVALID_RULE
-    apply_run "$tag" "$n" "$rules"
+    apply_run "$tag" "$n" "$rules" "$([[ ${kind:-} == metrics ]] && echo on)"
     RATES[$tag]=${APPLY_RATE:-}
     CPUS[$tag]=${APPLY_CPU:-}
   done
@@ -987,8 +999,10 @@ if [[ $SECTIONS == *" 5 "* ]]; then
   all_of() { local t; for t in "$@"; do printf '%s ' "${RATES[$t]:-n/a}"; done; }
   V=(c1_1 c1_2 c1_3 c1_4 c1_5)
   I=(c1_invalid_1 c1_invalid_2 c1_invalid_3 c1_invalid_4 c1_invalid_5)
+  M=(c1_metrics_1 c1_metrics_2 c1_metrics_3 c1_metrics_4 c1_metrics_5)
   R1=$(median "${V[@]}")
   RI=$(median "${I[@]}")
+  RM=$(median "${M[@]}")
   figure "$S5" "1 consumer (median of 5)" "${R1:-n/a} events/s (runs: $(all_of "${V[@]}"))" ""
   figure "$S5" "2 consumers" "${RATES[c2]:-n/a} events/s" ""
   figure "$S5" "3 consumers" "${RATES[c3]:-n/a} events/s" ""
@@ -998,6 +1012,12 @@ if [[ $SECTIONS == *" 5 "* ]]; then
   figure "$S5" "consumer CPU s, 1 consumer, no rule" "$(cpus_of "${V[@]}")" ""
   figure "$S5" "consumer CPU s, 1 consumer, a rule all pass" "$(cpus_of c1_rule)" ""
   figure "$S5" "consumer CPU s, 1 consumer, 1% invalid" "$(cpus_of "${I[@]}")" ""
+  figure "$S5" "1 consumer, --metrics-addr scraped every 1 s (median of 5)" "${RM:-n/a} events/s (runs: $(all_of "${M[@]}"))" ""
+  figure "$S5" "consumer CPU s, 1 consumer, with metrics" "$(cpus_of "${M[@]}")" ""
+  if [[ -n $R1 && -n $RM && $R1 != 0 && $RM != 0 ]]; then
+    MCOST=$(calc "printf \"%.1f\", (1 - $RM / $R1) * 100")
+    figure "$S5" "throughput lost to metrics (medians)" "${MCOST}%" "< 2%"
+  fi
   if [[ -n $R1 && -n $RI && $R1 != 0 && $RI != 0 ]]; then
     COST=$(calc "printf \"%.1f\", (1 - $RI / $R1) * 100")
     figure "$S5" "throughput lost to 1% invalid events (medians)" "${COST}% (2x their share = 2%)" "<= 2%"
