@@ -151,6 +151,18 @@ impl Health {
         }
     }
 
+    /// The stopped stages and why each stopped.
+    pub fn stopped(&self) -> Vec<(String, String)> {
+        self.stages.lock().map_or_else(
+            |_| Vec::new(),
+            |s| {
+                s.iter()
+                    .filter_map(|(name, st)| Some((name.clone(), st.stopped.clone()?)))
+                    .collect()
+            },
+        )
+    }
+
     /// Brings `tunnel_ready` and the stages' ages up to now.
     pub(crate) fn refresh(&self) {
         self.ready.set(i64::from(self.readiness().ready));
@@ -201,6 +213,13 @@ mod tests {
         assert!(
             !r.ready && r.problems[0].contains("changed from text"),
             "{r:?}"
+        );
+        assert_eq!(
+            h.stopped(),
+            vec![(
+                "public.t/reconcile".to_string(),
+                "column x changed from text to integer".to_string()
+            )]
         );
         h.remove("public.t/reconcile");
         assert!(h.readiness().ready);

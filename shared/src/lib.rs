@@ -2,6 +2,7 @@
 //! registry, Kafka client settings, PostgreSQL helpers and the change-event model shared by
 //! `tunnel-producer` and `tunnel-consumer`.
 
+pub mod alerts;
 pub mod bookkeeping;
 pub mod catalog;
 pub mod columns;

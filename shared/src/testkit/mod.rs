@@ -5,10 +5,12 @@
 mod broker;
 mod postgres;
 mod registry;
+mod webhook;
 
 pub use broker::PrivateBroker;
 pub use postgres::PrivatePostgres;
 pub use registry::PrivateRegistry;
+pub use webhook::{Received, Webhook};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
