@@ -227,6 +227,8 @@ async fn run(config: PathBuf, metrics_addr: Option<std::net::SocketAddr>) -> any
     if let Some(addr) = metrics_addr {
         tunnel_shared::metrics::serve(addr, tunnel_shared::metrics::Role::Consumer).await?;
     }
+    let _alerts =
+        tunnel_shared::alerts::start(&config.alerts, tunnel_shared::metrics::Role::Consumer);
     let stop_rx = tunnel_shared::shutdown::on_signal();
     run::run(config, stop_rx).await?;
     Ok(())

@@ -91,6 +91,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(addr) = metrics_addr {
         tunnel_shared::metrics::serve(addr, tunnel_shared::metrics::Role::Producer).await?;
     }
+    let _alerts =
+        tunnel_shared::alerts::start(&config.alerts, tunnel_shared::metrics::Role::Producer);
     let stop_rx = tunnel_shared::shutdown::on_signal();
     let mut tasks = tokio::task::JoinSet::new();
     for table in config.tables.clone() {
