@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test against the real stack: brings the stack up (installing what is missing),
-# checks formatting, lints, the compose file, then builds and runs the whole test suite.
+# checks formatting, lints, the compose file and the monitoring files (deploy/), then builds and
+# runs the whole test suite.
 #
 #   scripts/test.sh                 stops the stack afterwards (unless it was already running)
 #   scripts/test.sh --keep-stack    leaves it running
@@ -50,6 +51,9 @@ cargo fmt --all -- --check
 
 step "compose file"
 scripts/check-compose.sh
+
+step "monitoring files (promtool check and test rules, the dashboard)"
+scripts/check-monitoring.sh
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
