@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Runs the local stack without Docker: a source and a target PostgreSQL (separate instances),
-# Apache Kafka in KRaft mode and Apicurio Registry (Confluent-compatible API).
+# Apache Kafka in KRaft mode, Apicurio Registry (Confluent-compatible API) and Prometheus
+# (Debian's package, scraping both binaries at their default --metrics-addr, with the rules of
+# deploy/prometheus/alerts.yml).
 #
 #   scripts/stack.sh up       install what is missing, start what is not running, wait for all
 #   scripts/stack.sh down     stop exactly the processes this script started (pid files)
-#   scripts/stack.sh status   exit 0 only when all four answer
+#   scripts/stack.sh status   exit 0 only when all five answer
 #   scripts/stack.sh env      print the connection settings as shell export lines
 #
 # Overrides (environment): TUNNEL_STACK_DIR, TUNNEL_SOURCE_PORT, TUNNEL_TARGET_PORT,
 # TUNNEL_KAFKA_PORT, TUNNEL_KAFKA_CONTROLLER_PORT, TUNNEL_REGISTRY_PORT,
-# TUNNEL_REGISTRY_MANAGEMENT_PORT, TUNNEL_STACK_TIMEOUT (seconds per service), TUNNEL_STACK_CACHE
+# TUNNEL_REGISTRY_MANAGEMENT_PORT, TUNNEL_PROMETHEUS_PORT, TUNNEL_STACK_TIMEOUT (seconds per service), TUNNEL_STACK_CACHE
 # (downloads), TUNNEL_REGISTRY_JAVA (a java >= 21 for the registry), the versions in
 # scripts/versions.env (KAFKA_VERSION, APICURIO_VERSION, ...), and the role passwords
 # TUNNEL_APP_PASSWORD, TUNNEL_READER_PASSWORD, TUNNEL_WRITER_PASSWORD.
@@ -36,6 +38,8 @@ KAFKA_PORT=${TUNNEL_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${TUNNEL_KAFKA_CONTROLLER_PORT:-9093}
 REGISTRY_PORT=${TUNNEL_REGISTRY_PORT:-8081}
 REGISTRY_MGMT_PORT=${TUNNEL_REGISTRY_MANAGEMENT_PORT:-9000}
+PROMETHEUS_PORT=${TUNNEL_PROMETHEUS_PORT:-9090}
+PROMETHEUS_CONFIG=$ROOT/deploy/prometheus/prometheus.yml
 TIMEOUT=${TUNNEL_STACK_TIMEOUT:-120}
 APP_PASSWORD=${TUNNEL_APP_PASSWORD:-app}
 READER_PASSWORD=${TUNNEL_READER_PASSWORD:-reader}
@@ -132,6 +136,33 @@ install_apicurio() {
   rm -f "$APICURIO_HOME"/apicurio-registry-app-*-all.tar.gz
   [[ -f $APICURIO_HOME/quarkus-run.jar ]] || die "no quarkus-run.jar in the Apicurio archive"
   touch "$APICURIO_HOME/.complete"
+}
+
+# Debian's prometheus package (2.42 on Debian 12) gives /usr/bin/prometheus and promtool. Its
+# maintainer scripts would start a system-wide Prometheus on :9090: a policy-rc.d that refuses
+# every service start (invoke-rc.d and deb-systemd-invoke both honour it) keeps them from it,
+# and a unit that got enabled anyway is disabled. The stack runs its own Prometheus.
+prometheus_bin() { [[ -x /usr/bin/prometheus ]] && echo /usr/bin/prometheus; }
+promtool_bin() { [[ -x /usr/bin/promtool ]] && echo /usr/bin/promtool; }
+install_prometheus() {
+  prometheus_bin >/dev/null && promtool_bin >/dev/null && return
+  log "installing Prometheus from Debian's packages (its own service is not started)"
+  local policy=/usr/sbin/policy-rc.d added=0
+  if [[ ! -e $policy ]]; then
+    as_root sh -c "printf '#!/bin/sh\\nexit 101\\n' >$policy && chmod 755 $policy"
+    added=1
+  fi
+  as_root apt-get update -qq
+  local rc=0
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus >/dev/null || rc=$?
+  [[ $added -eq 1 ]] && as_root rm -f "$policy"
+  [[ $rc -eq 0 ]] || die "apt-get could not install prometheus"
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+  prometheus_bin >/dev/null && promtool_bin >/dev/null \
+    || die "prometheus or promtool is still missing after apt-get install"
 }
 
 # ---------------------------------------------------------------- processes
@@ -343,6 +374,32 @@ start_registry() {
   WAIT_PIDFILE=$dir/registry.pid wait_until registry "$dir/registry.log" registry_ready
 }
 
+prometheus_ready() {
+  curl -fs -o /dev/null --max-time 3 "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
+}
+
+# scrapes the producer (127.0.0.1:9641) and the consumer (127.0.0.1:9642), as the demo runs
+# them; without them their targets are simply down
+start_prometheus() {
+  local dir=$STACK_DIR/prometheus pid
+  mkdir -p "$dir/data"
+  if pid=$(live_pid "$dir/prometheus.pid" "$dir/data"); then
+    log "prometheus already running (pid $pid)"
+  else
+    port_open "$PROMETHEUS_PORT" && die "port $PROMETHEUS_PORT is taken by another process; set TUNNEL_PROMETHEUS_PORT"
+    "$(promtool_bin)" check config "$PROMETHEUS_CONFIG" >"$dir/check.log" 2>&1 \
+      || { cat "$dir/check.log" >&2; die "promtool rejects $PROMETHEUS_CONFIG"; }
+    (cd "$dir" && exec nohup "$(prometheus_bin)" \
+      --config.file="$PROMETHEUS_CONFIG" \
+      --storage.tsdb.path="$dir/data" \
+      --storage.tsdb.retention.time=7d \
+      --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" \
+      --web.enable-lifecycle >"$dir/prometheus.log" 2>&1 </dev/null) &
+    echo $! >"$dir/prometheus.pid"
+  fi
+  WAIT_PIDFILE=$dir/prometheus.pid wait_until prometheus "$dir/prometheus.log" prometheus_ready
+}
+
 stop_pidfile() { # file marker name
   local pid
   if pid=$(live_pid "$1" "$2"); then
@@ -376,16 +433,19 @@ cmd_up() {
   install_kafka
   install_apicurio
   install_registry_java
+  install_prometheus
   start_postgres source "$SOURCE_PORT"
   provision_source
   start_postgres target "$TARGET_PORT"
   provision_target
   start_kafka
   start_registry
-  log "up in $((SECONDS - t0))s: source :$SOURCE_PORT, target :$TARGET_PORT, kafka :$KAFKA_PORT, registry :$REGISTRY_PORT"
+  start_prometheus
+  log "up in $((SECONDS - t0))s: source :$SOURCE_PORT, target :$TARGET_PORT, kafka :$KAFKA_PORT, registry :$REGISTRY_PORT, prometheus :$PROMETHEUS_PORT"
 }
 
 cmd_down() {
+  stop_pidfile "$STACK_DIR/prometheus/prometheus.pid" "$STACK_DIR/prometheus/data" prometheus
   stop_pidfile "$STACK_DIR/registry/registry.pid" "$APICURIO_HOME/quarkus-run.jar" registry
   stop_pidfile "$STACK_DIR/kafka/kafka.pid" "$STACK_DIR/kafka/server.properties" kafka
   if pg_bindir >/dev/null; then
@@ -401,6 +461,7 @@ cmd_status() {
   if pg_bindir >/dev/null && pg_ready "$TARGET_PORT"; then echo "target    up   127.0.0.1:$TARGET_PORT"; else echo "target    DOWN 127.0.0.1:$TARGET_PORT"; ok=1; fi
   if port_open "$KAFKA_PORT"; then echo "kafka     up   127.0.0.1:$KAFKA_PORT"; else echo "kafka     DOWN 127.0.0.1:$KAFKA_PORT"; ok=1; fi
   if registry_ready; then echo "registry  up   http://127.0.0.1:$REGISTRY_PORT"; else echo "registry  DOWN http://127.0.0.1:$REGISTRY_PORT"; ok=1; fi
+  if prometheus_ready; then echo "prometheus up  http://127.0.0.1:$PROMETHEUS_PORT"; else echo "prometheus DOWN http://127.0.0.1:$PROMETHEUS_PORT"; ok=1; fi
   return $ok
 }
 
@@ -415,6 +476,9 @@ export TUNNEL_KAFKA_LIBS='$KAFKA_HOME/libs'
 export TUNNEL_PG_BINDIR='$(pg_bindir || true)'
 export TUNNEL_REGISTRY_JAVA='$(registry_java || true)'
 export TUNNEL_REGISTRY_JAR='$APICURIO_HOME/quarkus-run.jar'
+export TUNNEL_PROMETHEUS_BIN='$(prometheus_bin || true)'
+export TUNNEL_PROMTOOL_BIN='$(promtool_bin || true)'
+export TUNNEL_PROMETHEUS_URL='http://127.0.0.1:$PROMETHEUS_PORT'
 ENV
 }
 
