@@ -23,8 +23,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---------------------------------------------------------------- runtime
 FROM debian:bookworm-slim
+# curl: the compose file's healthchecks ask /readyz (run --metrics-addr)
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --shell /usr/sbin/nologin tunnel
 COPY --from=build /out/ /usr/local/bin/

@@ -93,14 +93,16 @@ check_image() {
   [[ $found -eq 1 ]] || fail "$FILE has no $repo image (expected $repo:$want from $key in scripts/versions.env)"
 }
 
-for key in KAFKA_VERSION APICURIO_VERSION POSTGRES_MAJOR; do
+for key in KAFKA_VERSION APICURIO_VERSION POSTGRES_MAJOR PROMETHEUS_VERSION; do
   [[ -n ${pinned[$key]:-} ]] || fail "scripts/versions.env does not set $key"
 done
 check_image apache/kafka "${pinned[KAFKA_VERSION]}" KAFKA_VERSION
 check_image apicurio/apicurio-registry "${pinned[APICURIO_VERSION]}" APICURIO_VERSION
 check_image postgres "${pinned[POSTGRES_MAJOR]}" POSTGRES_MAJOR
+# Prometheus images are tagged with a leading v
+check_image prom/prometheus "v${pinned[PROMETHEUS_VERSION]}" PROMETHEUS_VERSION
 
 services=$(compose config --services 2>/dev/null | sort | tr '\n' ' ')
-printf 'compose: ok (%s; services: %s; kafka %s, apicurio %s, postgres %s; %s)\n' \
+printf 'compose: ok (%s; services: %s; kafka %s, apicurio %s, postgres %s, prometheus %s; %s)\n' \
   "${FILE#"$ROOT"/}" "${services% }" "${pinned[KAFKA_VERSION]}" "${pinned[APICURIO_VERSION]}" \
-  "${pinned[POSTGRES_MAJOR]}" "$TOOL"
+  "${pinned[POSTGRES_MAJOR]}" "${pinned[PROMETHEUS_VERSION]}" "$TOOL"
