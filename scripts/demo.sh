@@ -72,10 +72,15 @@ SELECT setval('media_id_seq', 3);
 SQL
 
 say "5. starting tunnel-producer and tunnel-consumer (logs in .stack/demo/)"
-target/debug/tunnel-producer run --config "$DEMO_DIR/config.toml" >"$DEMO_DIR/producer.log" 2>&1 &
+# the addresses the stack's Prometheus scrapes (deploy/prometheus/prometheus.yml)
+PRODUCER_METRICS=127.0.0.1:9641
+CONSUMER_METRICS=127.0.0.1:9642
+target/debug/tunnel-producer run --config "$DEMO_DIR/config.toml" --metrics-addr "$PRODUCER_METRICS" >"$DEMO_DIR/producer.log" 2>&1 &
 PRODUCER=$!
-target/debug/tunnel-consumer run --config "$DEMO_DIR/config.toml" >"$DEMO_DIR/consumer.log" 2>&1 &
+target/debug/tunnel-consumer run --config "$DEMO_DIR/config.toml" --metrics-addr "$CONSUMER_METRICS" >"$DEMO_DIR/consumer.log" 2>&1 &
 CONSUMER=$!
+echo "  metrics: http://$PRODUCER_METRICS/metrics (producer), http://$CONSUMER_METRICS/metrics (consumer);"
+echo "  /healthz and /readyz on both; Prometheus: ${TUNNEL_PROMETHEUS_URL:-http://127.0.0.1:9090} (alerts: /alerts)"
 stop() {
   if [[ ${DEMO_KEEP:-0} != 1 ]]; then
     kill -TERM "$PRODUCER" "$CONSUMER" 2>/dev/null || true
