@@ -4,11 +4,13 @@
 
 mod broker;
 mod postgres;
+mod prometheus;
 mod registry;
 mod webhook;
 
 pub use broker::PrivateBroker;
 pub use postgres::PrivatePostgres;
+pub use prometheus::{Alert, PrivatePrometheus, Sample};
 pub use registry::PrivateRegistry;
 pub use webhook::{Received, Webhook};
 
@@ -52,8 +54,9 @@ pub fn registry_url() -> String {
     )
 }
 
-/// A TCP port nothing listens on now (for a private server of a test).
-fn free_port() -> u16 {
+/// A TCP port nothing listens on now (for a private server of a test, or a process's
+/// `--metrics-addr`).
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap_or_else(|e| panic!("bind a free port: {e}"));
     l.local_addr()
