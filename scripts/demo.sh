@@ -50,6 +50,8 @@ insert_interval_ms = 100
 update_interval_ms = 250
 # the demo's table is tiny: reconcile every 2 s instead of every minute
 reconcile_interval_ms = 2000
+# a heartbeat every second: the consumer's lag below shows within a second or two
+heartbeat_interval_ms = 1000
 [[tables]]
 name = "media"
 TOML
@@ -117,13 +119,34 @@ sys.exit(1 if diff else 0)
 PY
 }
 
+# the consumer's lag (seconds, worst partition) from its /metrics; empty when not served yet
+lag() {
+  curl -s "http://$CONSUMER_METRICS/metrics" 2>/dev/null \
+    | awk '/^tunnel_consumer_lag_seconds\{/ { if ($NF > m) m = $NF; n++ } END { if (n) printf "%.1f", m }'
+}
+
 wait_identical() { # title seconds
-  local deadline=$((SECONDS + $2))
+  local deadline=$((SECONDS + $2)) l peak=""
   until compare "$1" >/dev/null; do
     if ((SECONDS >= deadline)); then break; fi
+    l=$(lag)
+    [[ -n $l ]] && peak=$(awk -v a="${peak:-0}" -v b="$l" 'BEGIN { print (b > a) ? b : a }')
     sleep 0.5
   done
   compare "$1" || true
+  # the lag, as Prometheus would scrape it: up while the hour's changes travel, then back to
+  # about zero (the producer's heartbeats keep it honest while nothing changes)
+  local lag_deadline=$((SECONDS + 15))
+  while ((SECONDS < lag_deadline)); do
+    l=$(lag)
+    if [[ -n $l ]] && awk -v l="$l" 'BEGIN { exit !(l < 1.5) }'; then break; fi
+    sleep 0.5
+  done
+  if [[ -n $peak ]]; then
+    echo "  consumer lag (tunnel_consumer_lag_seconds, worst partition): up to $peak s while the changes travelled, ${l:-n/a} s now"
+  else
+    echo "  consumer lag (tunnel_consumer_lag_seconds, worst partition): ${l:-n/a} s"
+  fi
 }
 
 wait_identical "after hour 1" 60
