@@ -11,9 +11,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
+use tracing::warn;
 
 use crate::dlq::writer::DeadLetters;
 use crate::error::ApplyError;
+use crate::evolve;
 use crate::model::{Applied, Entry, Item, TargetTable, TopicProgress};
 use crate::park::ParkedCache;
 use crate::plan::{self, ApplyPlan};
@@ -37,7 +39,17 @@ pub(crate) async fn apply_batch(
     let known_dead = plan.dead.len();
     let mut pending = vec![dlq.enqueue(&plan.dead).await?];
     for (entry, reason) in write_rows(&mut target, tables, &plan).await? {
-        plan.refused(entry, reason);
+        let retyped = retyped_since(tables, entry);
+        if retyped.is_empty() {
+            plan.refused(entry, reason);
+        } else {
+            warn!(
+                topic = %entry.topic, partition = entry.partition, offset = entry.offset,
+                columns = ?retyped, reason = %reason,
+                "skipped a row of an older schema that the replica, retyped since, cannot hold; the source converted that row, and its version in the new type follows"
+            );
+            plan.superseded(entry);
+        }
     }
     if plan.dead.len() > known_dead {
         pending.push(dlq.enqueue(&plan.dead[known_dead..]).await?);
@@ -75,6 +87,19 @@ async fn write_rows<'a>(
         refused.extend(target.write_isolating(table, rows).await?);
     }
     Ok(refused)
+}
+
+/// The replica's columns whose type changed since the writer schema of `entry`'s value.
+/// Such a refused row is stale rather than bad: the source converted its rows when it changed
+/// the column's type, and ships them again (a type change the registry refuses needs
+/// `tunnel-producer resync`, whose snapshot ships every row in the new type; reconciliation
+/// finds the rows another type change rewrote). Dead-lettered, it would park its key, and the
+/// row's new version would follow it into the DLQ: the replica would lack the row.
+fn retyped_since(tables: &HashMap<Arc<str>, TargetTable>, entry: &Entry) -> Vec<String> {
+    match (tables.get(&entry.topic), &entry.value_schema) {
+        (Some(table), Some(vs)) => evolve::retyped_since(&table.columns, &vs.fields),
+        _ => Vec::new(),
+    }
 }
 
 /// What a committed plan did.

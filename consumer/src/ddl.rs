@@ -109,22 +109,49 @@ pub(crate) fn create_table_sql(
 }
 
 /// Creates a replica table if it does not exist, and records which source column each of its
-/// columns holds, by name from `columns` (the first schema seen) when nothing is recorded yet:
-/// for the table just created, and for one created before the mapping existed.
+/// columns holds, by name from `columns` when nothing is recorded yet: for the table just
+/// created, and for one created before the mapping existed. A table created by this call
+/// replaces what was recorded for one of its name (dropped by hand), and has `version` (its
+/// topic and the value schema id `columns` come from) stored as its schema version, so that
+/// events of older schemas do not evolve it back.
 pub(crate) async fn ensure_table(
     client: &mut Client,
     bk: &str,
     target: &TargetTable,
     columns: &[FieldShape],
     key: &[FieldShape],
+    version: Option<(&str, u32)>,
 ) -> Result<(), PgError> {
     let what = format!("creating the target table {}", target.display());
     let sql = create_table_sql(&target.schema, &target.name, columns, key);
     let tx = client.transaction().await.map_err(PgError::query(&what))?;
     lock_ddl(&tx).await?;
+    let existed: bool = tx
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&qualified(&target.schema, &target.name)],
+        )
+        .await
+        .map_err(PgError::query(&what))?
+        .try_get(0)
+        .map_err(PgError::query(&what))?;
     tx.batch_execute(&sql)
         .await
         .map_err(PgError::query(&what))?;
+    if !existed {
+        tx.execute(
+            &format!(
+                "DELETE FROM {} WHERE target_schema = $1 AND target_table = $2",
+                columns_table(bk)
+            ),
+            &[&target.schema, &target.name],
+        )
+        .await
+        .map_err(PgError::query(&what))?;
+        if let Some((topic, id)) = version {
+            store_version(&tx, bk, topic, target, id).await?;
+        }
+    }
     let map = format!(
         "INSERT INTO {m} (target_schema, target_table, column_name, source_attnum)
          SELECT $1::text, $2::text, a.attname::text, f.attnum

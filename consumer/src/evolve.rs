@@ -93,6 +93,17 @@ pub(crate) fn project(columns: &[TargetColumn], fields: &[FieldShape]) -> Vec<Op
         .collect()
 }
 
+/// The columns of `columns` that hold a field of `fields` (an older writer schema) with
+/// another type than the field's: columns whose type changed since that schema.
+pub(crate) fn retyped_since(columns: &[TargetColumn], fields: &[FieldShape]) -> Vec<String> {
+    project(columns, fields)
+        .iter()
+        .zip(fields)
+        .filter_map(|(i, f)| i.map(|i| &columns[i]).filter(|c| c.pg_type != f.pg_type))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
 /// The steps that make `current` hold the rows of `writer` (the newest schema), under `policy`.
 pub(crate) fn diff(
     current: &[TargetColumn],

@@ -114,10 +114,7 @@ impl ApplyPlan<'_> {
     /// A row of the plan that the target refused: not applied after all, but dead-lettered
     /// (and its key parked).
     pub(crate) fn refused(&mut self, entry: &Entry, reason: String) {
-        self.events -= 1;
-        if let Some(n) = self.events_by_topic.get_mut(&entry.topic) {
-            *n = n.saturating_sub(1);
-        }
+        self.superseded(entry);
         if let Some(p) = self
             .progress
             .get_mut(&(entry.topic.clone(), entry.partition))
@@ -126,6 +123,16 @@ impl ApplyPlan<'_> {
         }
         self.dead
             .push(entry.rejected(class::TARGET_REJECTED, reason));
+    }
+
+    /// A row of the plan that the target refused and that a newer version of its key
+    /// follows: not applied, and neither dead-lettered nor parked (which would send that newer
+    /// version to the DLQ after it).
+    pub(crate) fn superseded(&mut self, entry: &Entry) {
+        self.events -= 1;
+        if let Some(n) = self.events_by_topic.get_mut(&entry.topic) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// The keys to park, per topic: every key with a message for the DLQ, with how many it
@@ -407,5 +414,30 @@ mod tests {
         parks.sort();
         assert_eq!(parks, [(0, key("b"), 1), (0, key("c"), 1)]);
         assert_eq!(plan.parked_keys()[&(Arc::from("t"), 0)].len(), 2);
+    }
+
+    /// A refused row of an older schema whose column was retyped since: its key's next
+    /// version (the resync's snapshot) must reach the target, so nothing is parked.
+    #[test]
+    fn a_superseded_row_is_not_applied_and_parks_nothing() {
+        let items = [
+            event("t", 0, 1, "a", Op::Update),
+            event("t", 0, 2, "b", Op::Read),
+        ];
+        let mut plan = plan(&items, &FxHashMap::default(), nothing_parked);
+        let Item::Event(a) = &items[0] else {
+            unreachable!()
+        };
+        plan.superseded(a);
+        assert_eq!(plan.events, 1);
+        assert!(plan.dead.is_empty() && plan.parks().is_empty());
+        assert_eq!(
+            progress(&plan, "t", 0),
+            Progress {
+                next: 3,
+                processed: 2,
+                dead: 0
+            }
+        );
     }
 }

@@ -21,7 +21,7 @@ use tunnel_shared::pg::{self, PgError, Session};
 use tunnel_shared::registry::Registry;
 use tunnel_shared::retry::{retry, Backoff};
 use tunnel_shared::rules::{self, Rule};
-use tunnel_shared::schema;
+use tunnel_shared::schema::{self, FieldShape};
 
 use crate::apply;
 use crate::collect::{Batch, Collector, Done, GroupContext};
@@ -30,7 +30,7 @@ use crate::decode::Decoder;
 use crate::dlq::writer::{DlqWriter, DLQ_TOPIC_CONFIGS};
 use crate::error::{ApplyError, RunError};
 use crate::intake::Intake;
-use crate::model::{dlq_topic, Applied, Item, TargetTable};
+use crate::model::{dlq_topic, Applied, Item, TargetTable, WriterSchema};
 use crate::observe::{self, ApplyObserver};
 use crate::park::ParkedCache;
 use crate::schemas::Schemas;
@@ -70,9 +70,10 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
 
     let lookup = connect(&config.target.url, &session).await?;
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
-    let intake = Intake::new(Decoder::new(registry), tables.rules);
+    let intake = Intake::new(Decoder::new(registry.clone()), tables.rules);
     let collector = Collector::new(consumer, intake, lookup, &config, topics, done_rx);
     let applier = Applier {
+        registry: registry.clone(),
         client,
         config: config.clone(),
         session,
@@ -208,6 +209,7 @@ fn collector_end(
 /// Applies batches to the target: tables created when first needed, transient failures
 /// retried on the same batch.
 struct Applier {
+    registry: Arc<Registry>,
     client: Client,
     config: Arc<Config>,
     session: Session,
@@ -268,8 +270,8 @@ impl Applier {
         Ok(applied)
     }
 
-    /// Creates the target tables of the batch's topics not created yet, from the schemas of
-    /// their first event with a value.
+    /// Creates the target tables of the batch's topics not created yet, from the newest value
+    /// schema registered for the topic (see [`newest_value_schema`]).
     async fn ensure_tables(&mut self, items: &[Item]) -> Result<(), RunError> {
         for e in items.iter().filter_map(|i| match i {
             Item::Event(e) => Some(e),
@@ -281,12 +283,14 @@ impl Applier {
             let (Some(vs), Some(target)) = (&e.value_schema, self.targets.get(&e.topic)) else {
                 continue;
             };
-            let (vf, kf) = (vs.fields.clone(), e.key_schema.fields.clone());
+            let (id, vf) = newest_value_schema(&self.registry, &e.topic, vs).await?;
+            let kf = e.key_schema.fields.clone();
             let (url, session) = (&self.config.target.url, &self.session);
             let bk = &self.config.target.bookkeeping_schema;
+            let version = Some((e.topic.as_ref(), id));
             retry("creating the target table", SETUP_ATTEMPTS, || async {
                 let mut c = pg::connect(url, session).await?;
-                ddl::ensure_table(&mut c, bk, target, &vf, &kf).await
+                ddl::ensure_table(&mut c, bk, target, &vf, &kf, version).await
             })
             .await?;
             info!(table = %target.display(), "target table ready");
@@ -294,6 +298,37 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// The id and fields of the value schema a table is created from: the newest registered for
+/// the topic, else (none newer, or not a row schema) that of its first event `first`. The
+/// first events may be of an older schema: events shipped before a type change that
+/// `tunnel-producer resync` registered, still unapplied when the target table was dropped. A
+/// table created from them would hold values that the evolution to the new type, which the
+/// next events bring, could not convert.
+async fn newest_value_schema(
+    registry: &Registry,
+    topic: &str,
+    first: &WriterSchema,
+) -> Result<(u32, Vec<FieldShape>), RunError> {
+    let subject = format!("{topic}-value");
+    let id = retry("reading the latest value schema", SETUP_ATTEMPTS, || {
+        registry.latest_id(&subject)
+    })
+    .await?;
+    let newest = match id {
+        Some(id) if id > first.id => {
+            let writer = retry("reading the latest value schema", SETUP_ATTEMPTS, || {
+                registry.schema(id)
+            })
+            .await?;
+            schema::row_fields(&writer, "value")
+                .ok()
+                .map(|fields| (id, fields))
+        }
+        _ => None,
+    };
+    Ok(newest.unwrap_or_else(|| (first.id, first.fields.clone())))
 }
 
 /// Checks the rules against the latest value schema registered for the topic, so that a rule on

@@ -331,7 +331,7 @@ impl<'a> TableReplay<'a> {
             return Ok(());
         };
         let t = &self.target;
-        ddl::ensure_table(self.client, self.bk, t, &vs.fields, &ks.fields).await?;
+        ddl::ensure_table(self.client, self.bk, t, &vs.fields, &ks.fields, None).await?;
         self.table_ready = true;
         Ok(())
     }

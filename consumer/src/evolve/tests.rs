@@ -335,3 +335,22 @@ fn older_schemas_map_by_attnum_to_renamed_columns_and_skip_dropped_ones() {
     assert_eq!(project(&target, &no_attnum), [Some(0), None, None, Some(2)]);
     assert_eq!(project(&[], &old), [None, None, None, None]);
 }
+
+/// An event of an older schema whose column changed type since (the varchar `format` the
+/// source turned into int4, followed by `tunnel-producer resync`): its value may not fit the
+/// replica any more, and the rows it wrote come again in the new type.
+#[test]
+fn columns_retyped_since_an_older_schema_are_named() {
+    let old = media_fields();
+    let mut now = media();
+    assert!(retyped_since(&now, &old).is_empty(), "same schema");
+    now[2].pg_type = s("integer");
+    assert_eq!(retyped_since(&now, &old), [s("format")]);
+    // matched by attnum: a rename since is not a change of type
+    now[2] = col("kind", Some(3), "character varying(5)", true);
+    assert!(retyped_since(&now, &old).is_empty());
+    // a column the schema does not know, or a field whose column is gone, is no retyping
+    assert!(retyped_since(&now[..2], &old).is_empty());
+    // nothing read: nothing to compare
+    assert!(retyped_since(&[], &old).is_empty());
+}
