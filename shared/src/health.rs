@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::metrics::now_s;
-
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -21,8 +19,6 @@ pub(crate) struct StageLabels {
 struct Stage {
     bound: Duration,
     last: Instant,
-    /// Seconds since the epoch of `last`, for the age gauge.
-    last_s: f64,
     stopped: Option<String>,
 }
 
@@ -66,7 +62,6 @@ impl Health {
                 Stage {
                     bound,
                     last: Instant::now(),
-                    last_s: now_s(),
                     stopped: None,
                 },
             );
@@ -78,7 +73,6 @@ impl Health {
         if let Ok(mut s) = self.stages.lock() {
             if let Some(st) = s.get_mut(stage) {
                 st.last = Instant::now();
-                st.last_s = now_s();
             }
         }
     }
@@ -89,7 +83,6 @@ impl Health {
             let entry = s.entry(stage.to_string()).or_insert(Stage {
                 bound: Duration::ZERO,
                 last: Instant::now(),
-                last_s: now_s(),
                 stopped: None,
             });
             entry.stopped = Some(reason.to_string());
@@ -166,14 +159,13 @@ impl Health {
     /// Brings `tunnel_ready` and the stages' ages up to now.
     pub(crate) fn refresh(&self) {
         self.ready.set(i64::from(self.readiness().ready));
-        let now = now_s();
         if let Ok(s) = self.stages.lock() {
             for (name, st) in s.iter() {
                 self.ages
                     .get_or_create(&StageLabels {
                         stage: name.clone(),
                     })
-                    .set((now - st.last_s).max(0.0));
+                    .set(st.last.elapsed().as_secs_f64());
             }
         }
     }
