@@ -68,7 +68,7 @@ fn transient_or(transient: bool, otherwise: ErrorClass) -> ErrorClass {
 impl Classify for PgError {
     fn class(&self) -> ErrorClass {
         match self {
-            PgError::BadUrl { .. } => ErrorClass::Fatal,
+            PgError::BadUrl { .. } | PgError::Tls { .. } => ErrorClass::Fatal,
             // a refused password or an unknown database stays so until someone acts
             PgError::Connect { source, .. } => {
                 transient_or(pg_transient(source), ErrorClass::Fatal)
@@ -89,7 +89,13 @@ fn pg_transient(e: &tokio_postgres::Error) -> bool {
         // no SQLSTATE: transient only if the connection broke (I/O), not for a client-side
         // error such as a parameter that cannot be bound
         None => {
-            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+            // a certificate refused in the TLS handshake comes as an I/O error too: it stays
+            // refused until an operator changes the CA file, the sslmode or the server
+            let tls_refused = io
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+            e.is_closed() || (io.is_some() && !tls_refused)
         }
         Some(code) => {
             let c = code.code();

@@ -138,6 +138,11 @@ impl PrivatePostgres {
         run(c, "psql on a private server");
     }
 
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `postgres://user:password@127.0.0.1:<port>/db`.
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
         format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
@@ -175,6 +180,40 @@ impl PrivatePostgres {
             .args(["-w", "-t", "120", "start"]);
         run(c, "pg_ctl start of a private server");
         self.running = true;
+    }
+
+    /// Turns TLS on (`ssl = on` with this certificate and key, and `ca` to check client
+    /// certificates against), puts `hba` first in `pg_hba.conf`, and restarts the server.
+    pub fn enable_tls(&mut self, cert: &Path, key: &Path, ca: &Path, hba: &str) {
+        let data = self.dir.join("data");
+        for (from, to) in [(cert, "server.crt"), (key, "server.key"), (ca, "root.crt")] {
+            std::fs::copy(from, data.join(to))
+                .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        }
+        let mut chmod = Command::new("chmod");
+        chmod.arg("600").arg(data.join("server.key"));
+        run(chmod, "chmod the server key");
+        if is_root() {
+            let mut c = Command::new("chown");
+            c.arg("postgres")
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key"))
+                .arg(data.join("root.crt"));
+            run(c, "chown the server's certificates");
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", conf_path.display()));
+        text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n");
+        std::fs::write(&conf_path, text)
+            .unwrap_or_else(|e| panic!("write {}: {e}", conf_path.display()));
+        let hba_path = data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", hba_path.display()));
+        std::fs::write(&hba_path, format!("{hba}\n{old}"))
+            .unwrap_or_else(|e| panic!("write {}: {e}", hba_path.display()));
+        self.stop_immediate();
+        self.restart();
     }
 
     /// `pg_ctl stop -m immediate`: every backend ends at once, nothing is flushed beyond the

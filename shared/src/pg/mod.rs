@@ -1,10 +1,12 @@
 //! PostgreSQL connections: one place that sets the application name and the timeouts that keep
-//! the pipeline from ever blocking production.
+//! the pipeline from ever blocking production, and TLS as libpq's `sslmode` means it ([`tls`]).
+
+pub mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::redact_url;
 
@@ -12,7 +14,9 @@ use crate::config::redact_url;
 pub enum PgError {
     #[error("bad connection string '{url}': {message}")]
     BadUrl { url: String, message: String },
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot set up TLS for {url}: {message}")]
+    Tls { url: String, message: String },
+    #[error("cannot connect to {url}: {}", with_causes(source))]
     Connect {
         url: String,
         source: tokio_postgres::Error,
@@ -22,6 +26,22 @@ pub enum PgError {
         context: String,
         source: tokio_postgres::Error,
     },
+}
+
+/// An error with the errors that caused it (tokio-postgres says "error performing TLS
+/// handshake" and keeps the reason, an unknown issuer say, as its source).
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl PgError {
@@ -46,7 +66,7 @@ impl PgError {
             PgError::Query { source, .. } | PgError::Connect { source, .. } => {
                 source.code().map(|c| c.code())
             }
-            PgError::BadUrl { .. } => None,
+            PgError::BadUrl { .. } | PgError::Tls { .. } => None,
         }
     }
 }
@@ -96,10 +116,19 @@ pub struct Session {
 
 /// Opens one connection and drives it on the runtime.
 pub async fn connect(url: &str, session: &Session) -> Result<Client, PgError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(|e| PgError::BadUrl {
+    let bad = |message: String| PgError::BadUrl {
         url: redact_url(url),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let (plain, tls) = tls::split_url(url).map_err(bad)?;
+    let mut config = tokio_postgres::Config::from_str(&plain).map_err(|e| bad(e.to_string()))?;
+    config.ssl_mode(tls.ssl_mode());
+    let connector = tls::client_config(&tls)
+        .map(tokio_postgres_rustls::MakeRustlsConnect::new)
+        .map_err(|message| PgError::Tls {
+            url: redact_url(url),
+            message,
+        })?;
     config.application_name(&session.application_name);
     config.connect_timeout(Duration::from_secs(10));
     let mut options = format!(
@@ -121,13 +150,14 @@ pub async fn connect(url: &str, session: &Session) -> Result<Client, PgError> {
         options.push_str(CANONICAL_TEXT);
     }
     config.options(&options);
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|source| PgError::Connect {
-            url: redact_url(url),
-            source,
-        })?;
+    let (client, connection) =
+        config
+            .connect(connector)
+            .await
+            .map_err(|source| PgError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "postgres connection closed");
