@@ -3,6 +3,7 @@
 //! Every option is documented in `config/example.toml`. Hosts and secrets can be overridden by
 //! environment variables (see [`ENV_OVERRIDES`]), so that one file serves every environment.
 
+mod secrets;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TUNNEL_KAFKA_BROKERS", "kafka.brokers"),
     ("TUNNEL_REGISTRY_URL", "registry.url"),
     ("TUNNEL_ALERTS_WEBHOOK_URL", "alerts.webhook_url"),
+    ("TUNNEL_SOURCE_PASSWORD", "source.password_file"),
+    ("TUNNEL_TARGET_PASSWORD", "target.password_file"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,10 @@ pub struct Config {
 pub struct SourceConfig {
     /// `postgres://user:password@host:port/database`; override: `TUNNEL_SOURCE_URL`.
     pub url: String,
+    /// A file holding the password (the URL then has none); override:
+    /// `TUNNEL_SOURCE_PASSWORD` (the password itself).
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
     #[serde(default = "default_application_name")]
     pub application_name: String,
     /// Longest a single statement may run on the source before PostgreSQL cancels it.
@@ -75,6 +82,9 @@ pub struct SourceConfig {
 pub struct TargetConfig {
     /// Override: `TUNNEL_TARGET_URL`.
     pub url: String,
+    /// As `source.password_file`; override: `TUNNEL_TARGET_PASSWORD`.
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
     /// Schema of the target database that holds the pipeline's bookkeeping (consumed offsets).
     #[serde(default = "default_bookkeeping_schema")]
     pub bookkeeping_schema: String,
@@ -371,6 +381,33 @@ impl Config {
                 _ => {}
             }
         }
+        let env_value = |name: &str| {
+            env.iter()
+                .find(|(var, _)| var == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            message,
+        };
+        for (setting, var) in [
+            ("source", "TUNNEL_SOURCE_PASSWORD"),
+            ("target", "TUNNEL_TARGET_PASSWORD"),
+        ] {
+            let (url, file) = match setting {
+                "source" => (
+                    &mut config.source.url,
+                    config.source.password_file.as_deref(),
+                ),
+                _ => (
+                    &mut config.target.url,
+                    config.target.password_file.as_deref(),
+                ),
+            };
+            if let Some(pw) = secrets::password(setting, env_value(var), file).map_err(invalid)? {
+                *url = secrets::with_password(url, &pw, setting).map_err(invalid)?;
+            }
+        }
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_string(),
             message,
@@ -561,5 +598,35 @@ name = "media"
         );
         assert_eq!(redact_url("postgres://u@h:1/db"), "postgres://u@h:1/db");
         assert_eq!(redact_url("http://h:8081/x"), "http://h:8081/x");
+    }
+
+    #[test]
+    fn a_password_from_a_file_or_the_environment_goes_into_the_url() {
+        let dir = std::env::temp_dir().join(format!("tunnel_cfgpw_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pw");
+        std::fs::write(&f, "fi:le\n").unwrap();
+        let text = MINIMAL.replace(
+            "url = \"postgres://r:pw@127.0.0.1:5433/source\"",
+            &format!(
+                "url = \"postgres://r@127.0.0.1:5433/source\"\npassword_file = \"{}\"",
+                f.display()
+            ),
+        );
+        let c = Config::parse(&text, "t.toml", &[]).unwrap();
+        assert_eq!(c.source.url, "postgres://r:fi%3Ale@127.0.0.1:5433/source");
+        let env = [("TUNNEL_SOURCE_PASSWORD".to_string(), "env".to_string())];
+        let c = Config::parse(&text, "t.toml", &env).unwrap();
+        assert_eq!(c.source.url, "postgres://r:env@127.0.0.1:5433/source");
+        // the minimal config's URL has a password: a second one is refused, not shown
+        let env = [("TUNNEL_TARGET_PASSWORD".to_string(), "s3cret".to_string())];
+        let e = Config::parse(MINIMAL, "t.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("target.url has a password already") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
