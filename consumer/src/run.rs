@@ -39,7 +39,7 @@ use crate::target::BatchTransaction;
 const SETUP_ATTEMPTS: u32 = 20;
 
 pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Result<(), RunError> {
-    let registry = Arc::new(Registry::new(&config.registry.url)?);
+    let registry = Arc::new(Registry::from_config(&config.registry)?);
     let session = Session {
         application_name: format!("{}-consumer", config.source.application_name),
         statement_timeout: Duration::from_millis(config.target.statement_timeout_ms),

@@ -254,7 +254,7 @@ async fn schemas_and_topics(
     registration: Registration,
 ) -> Result<EventEncoder, WorkerError> {
     let schemas = schema::derive(info, &config.kafka.topic_prefix)?;
-    let registry = Registry::new(&config.registry.url)?;
+    let registry = Registry::from_config(&config.registry)?;
     let admin = kafka::admin(&config.kafka)?;
     let repair_topic = config.repair_topic();
     let ((key_id, value_id), ()) = tokio::try_join!(

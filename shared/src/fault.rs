@@ -116,6 +116,8 @@ impl Classify for RegistryError {
             RegistryError::Refused { retryable, .. } => transient_or(*retryable, ErrorClass::Fatal),
             // a message that names a schema the registry does not have, or cannot use
             RegistryError::UnknownId(_) | RegistryError::BadSchema { .. } => ErrorClass::Definite,
+            // a CA file that cannot be read, credentials that cannot be sent
+            RegistryError::Setup { .. } => ErrorClass::Fatal,
         }
     }
 }

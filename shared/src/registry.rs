@@ -9,7 +9,7 @@ use std::time::Duration;
 use apache_avro::Schema;
 use tokio::sync::RwLock;
 
-use crate::config::redact_url;
+use crate::config::{redact_url, RegistryConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -25,6 +25,39 @@ pub enum RegistryError {
     UnknownId(u32),
     #[error("schema id {id} is not a usable Avro schema: {message}")]
     BadSchema { id: u32, message: String },
+    #[error("schema registry at {url}: {message}")]
+    Setup { url: String, message: String },
+}
+
+/// What to check when the registry refuses our credentials.
+fn auth_hint(status: reqwest::StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => " (not authenticated: check registry.username and its password, or the token)",
+        403 => " (not allowed: the registry user needs the right to read and write schemas)",
+        _ => "",
+    }
+}
+
+/// Standard base64 (for the basic authentication header).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 pub struct Registry {
@@ -34,13 +67,56 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry without authentication.
     pub fn new(url: &str) -> Result<Self, RegistryError> {
+        Self::with(url, reqwest::Client::builder())
+    }
+
+    /// The registry of the config: its URL, basic authentication or a bearer token, and a CA
+    /// file for `https://`.
+    pub fn from_config(c: &RegistryConfig) -> Result<Self, RegistryError> {
+        let setup = |message: String| RegistryError::Setup {
+            url: redact_url(&c.url),
+            message,
+        };
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = &c.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| setup(format!("registry.ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(format!("registry.ca_file {}: {e}", ca.display())))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let auth = match (&c.username, &c.password, &c.token) {
+            (Some(user), password, _) => {
+                let pair = format!("{user}:{}", password.as_ref().map_or("", |p| p.expose()));
+                Some(format!("Basic {}", base64(pair.as_bytes())))
+            }
+            (None, _, Some(token)) => Some(format!("Bearer {}", token.expose())),
+            _ => None,
+        };
+        if let Some(value) = auth {
+            let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                setup("the registry credentials hold characters an HTTP header cannot".into())
+            })?;
+            // never printed, not even by reqwest's debug output
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        Self::with(&c.url, builder)
+    }
+
+    fn with(url: &str, builder: reqwest::ClientBuilder) -> Result<Self, RegistryError> {
         let base = url.trim_end_matches('/').to_string();
         let unreachable = |message: String| RegistryError::Unreachable {
             url: redact_url(&base),
             message,
         };
-        let http = reqwest::Client::builder()
+        let http = builder
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| unreachable(e.to_string()))?;
@@ -140,7 +216,7 @@ impl Registry {
         if !status.is_success() {
             return Err(RegistryError::Refused {
                 what: what(),
-                message: format!("HTTP {status}: {text}"),
+                message: format!("HTTP {status}: {text}{}", auth_hint(status)),
                 retryable: status.is_server_error(),
             });
         }
@@ -191,7 +267,7 @@ impl Registry {
         if !status.is_success() {
             return Err(RegistryError::Refused {
                 what: what(),
-                message: format!("HTTP {status}"),
+                message: format!("HTTP {status}{}", auth_hint(status)),
                 retryable: status.is_server_error(),
             });
         }
@@ -231,5 +307,17 @@ impl Registry {
             // the error's own text would repeat the URL, credentials included
             message: e.without_url().to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn basic_credentials_are_base64_as_rfc_4648_says() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"tunnel:p@ss"), "dHVubmVsOnBAc3M=");
     }
 }

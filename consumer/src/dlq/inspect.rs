@@ -56,7 +56,7 @@ pub(crate) struct ShowOptions {
 /// decode, with the reason), as the DLQ is read.
 pub(crate) async fn show(config: &Config, opts: &ShowOptions) -> Result<(), DlqCliError> {
     let scope = Scope::open(config, opts.table.as_deref()).await?;
-    let registry = Registry::new(&config.registry.url)?;
+    let registry = Registry::from_config(&config.registry)?;
     let mut shown = 0;
     for t in &scope.tables {
         let snapshot = read::Snapshot::take(&config.kafka, &t.dlq_topic).await?;

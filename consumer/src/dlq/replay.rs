@@ -36,7 +36,7 @@ const CHUNK: usize = 500;
 
 pub(crate) async fn replay(config: &Config, opts: &ReplayOptions) -> Result<(), DlqCliError> {
     let mut scope = Scope::open(config, opts.table.as_deref()).await?;
-    let registry = Arc::new(Registry::new(&config.registry.url)?);
+    let registry = Arc::new(Registry::from_config(&config.registry)?);
     let mut writer = DlqWriter::new(&config.kafka)?;
     let tables = std::mem::take(&mut scope.tables);
     for t in &tables {

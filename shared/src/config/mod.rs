@@ -6,6 +6,8 @@
 mod secrets;
 mod validate;
 
+pub use secrets::Secret;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -22,6 +24,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TUNNEL_ALERTS_WEBHOOK_URL", "alerts.webhook_url"),
     ("TUNNEL_SOURCE_PASSWORD", "source.password_file"),
     ("TUNNEL_TARGET_PASSWORD", "target.password_file"),
+    ("TUNNEL_REGISTRY_PASSWORD", "registry.password_file"),
+    ("TUNNEL_REGISTRY_TOKEN", "registry.token_file"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,24 @@ pub struct RegistryConfig {
     /// Compatibility level set on every subject the producer registers.
     #[serde(default = "default_compatibility")]
     pub compatibility: String,
+    /// HTTP basic authentication: the user; its password from `password_file` or
+    /// `TUNNEL_REGISTRY_PASSWORD`.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    /// A bearer token from this file, or `TUNNEL_REGISTRY_TOKEN` (not with `username`).
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// A PEM file of the CA certificates an `https://` registry's certificate must chain to
+    /// (besides the system's).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Read at load time, never shown.
+    #[serde(skip)]
+    pub password: Option<Secret>,
+    #[serde(skip)]
+    pub token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -404,9 +426,36 @@ impl Config {
                     config.target.password_file.as_deref(),
                 ),
             };
-            if let Some(pw) = secrets::password(setting, env_value(var), file).map_err(invalid)? {
+            let key = format!("{setting}.password_file");
+            if let Some(pw) = secrets::password(&key, env_value(var), file).map_err(invalid)? {
                 *url = secrets::with_password(url, &pw, setting).map_err(invalid)?;
             }
+        }
+        let r = &mut config.registry;
+        r.password = secrets::secret(
+            "registry.password_file",
+            env_value("TUNNEL_REGISTRY_PASSWORD"),
+            r.password_file.as_deref(),
+        )
+        .map_err(invalid)?;
+        r.token = secrets::secret(
+            "registry.token_file",
+            env_value("TUNNEL_REGISTRY_TOKEN"),
+            r.token_file.as_deref(),
+        )
+        .map_err(invalid)?;
+        match (&r.username, &r.password, &r.token) {
+            (Some(_), _, Some(_)) => {
+                return Err(invalid(
+                    "registry: basic authentication (username) or a token, not both".into(),
+                ))
+            }
+            (None, Some(_), _) => {
+                return Err(invalid(
+                    "registry: a password (password_file or TUNNEL_REGISTRY_PASSWORD) needs registry.username".into(),
+                ))
+            }
+            _ => {}
         }
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_string(),

@@ -4,7 +4,41 @@
 
 use std::path::Path;
 
-/// The password of `setting` (`source` or `target`): the environment's, else the file's.
+/// A password or token: shown as `***` by `Debug` and `Display`; [`Secret::expose`] for the
+/// one place that sends it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A secret from the environment (`from_env`, which wins) or from `file` (`setting` names it
+/// in errors).
+pub(super) fn secret(
+    setting: &str,
+    from_env: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, String> {
+    Ok(password(setting, from_env, file)?.map(Secret))
+}
+
+/// The password of `setting` (the file's key, `source.password_file` say): the
+/// environment's, else the file's.
 pub(super) fn password(
     setting: &str,
     from_env: Option<&str>,
@@ -16,8 +50,8 @@ pub(super) fn password(
     let Some(file) = file else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("{setting}.password_file {}: {e}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("{setting} {}: {e}", file.display()))?;
     // a secret file usually ends with a newline that is not part of the password
     let text = text.strip_suffix('\n').unwrap_or(&text);
     let text = text.strip_suffix('\r').unwrap_or(text);

@@ -16,12 +16,23 @@ pub struct PrivateRegistry {
     management_port: u16,
     brokers: String,
     child: Option<Child>,
+    /// The one user of HTTP basic authentication, when it is on.
+    basic: Option<(String, String)>,
 }
 
 impl PrivateRegistry {
     /// Starts a registry on free ports keeping its schemas on `brokers`; returns once it
     /// answers. Blocking: call it from `spawn_blocking` in an async test.
     pub fn start(brokers: &str) -> PrivateRegistry {
+        Self::start_with(brokers, None)
+    }
+
+    /// [`Self::start`], behind HTTP basic authentication with this one user (an admin).
+    pub fn start_with_basic_auth(brokers: &str, user: &str, password: &str) -> PrivateRegistry {
+        Self::start_with(brokers, Some((user.to_string(), password.to_string())))
+    }
+
+    fn start_with(brokers: &str, basic: Option<(String, String)>) -> PrivateRegistry {
         let dir = std::env::temp_dir().join(unique("tunnel_registry"));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let mut registry = PrivateRegistry {
@@ -30,6 +41,7 @@ impl PrivateRegistry {
             management_port: free_port(),
             brokers: brokers.to_string(),
             child: None,
+            basic,
         };
         registry.restart();
         registry
@@ -70,6 +82,14 @@ impl PrivateRegistry {
                 "-Dapicurio.kafkasql.bootstrap.servers={}",
                 self.brokers
             ))
+            .args(self.basic.iter().flat_map(|(user, password)| {
+                [
+                    "-Dquarkus.http.auth.basic=true".to_string(),
+                    "-Dquarkus.security.users.embedded.plain-text=true".to_string(),
+                    format!("-Dquarkus.security.users.embedded.users.{user}={password}"),
+                    format!("-Dquarkus.security.users.embedded.roles.{user}=sr-admin"),
+                ]
+            }))
             .arg("-jar")
             .arg(jar)
             .stdin(Stdio::null())
@@ -85,7 +105,11 @@ impl PrivateRegistry {
         let url = format!("{}/subjects", self.url());
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let ok = Command::new("curl")
+            let mut curl = Command::new("curl");
+            if let Some((user, password)) = &self.basic {
+                curl.args(["-u", &format!("{user}:{password}")]);
+            }
+            let ok = curl
                 .args(["-fs", "-o", "/dev/null", "--max-time", "3", &url])
                 .status()
                 .is_ok_and(|s| s.success());
