@@ -145,22 +145,31 @@ mod tests {
         let f = dir.join("pw");
         std::fs::write(&f, "from-file\n").unwrap();
         assert_eq!(
-            password("source", None, Some(&f)).unwrap().as_deref(),
+            password("source.password_file", None, Some(&f))
+                .unwrap()
+                .as_deref(),
             Some("from-file")
         );
         assert_eq!(
-            password("source", Some("from-env"), Some(&f))
+            password("source.password_file", Some("from-env"), Some(&f))
                 .unwrap()
                 .as_deref(),
             Some("from-env")
         );
         std::fs::write(&f, "\n").unwrap();
-        assert!(password("source", None, Some(&f))
+        assert!(password("source.password_file", None, Some(&f))
             .unwrap_err()
             .contains("is empty"));
-        let e = password("target", None, Some(&dir.join("missing"))).unwrap_err();
+        let e = password("target.password_file", None, Some(&dir.join("missing"))).unwrap_err();
         assert!(e.starts_with("target.password_file"), "{e}");
-        assert_eq!(password("source", None, None).unwrap(), None);
+        assert_eq!(password("source.password_file", None, None).unwrap(), None);
+        let s = secret("registry.token_file", Some("tok"), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (format!("{s} {s:?}"), s.expose()),
+            ("*** ***".to_string(), "tok")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
