@@ -42,6 +42,8 @@ pub struct Stream {
     state: CaptureState,
     /// When the last heartbeat went out.
     heartbeat_at: Option<Instant>,
+    /// Whether the first watermark pass is to be logged (after a snapshot of this process).
+    announce_first_watermark: bool,
 }
 
 impl Stream {
@@ -51,7 +53,15 @@ impl Stream {
             detectors,
             state,
             heartbeat_at: None,
+            announce_first_watermark: false,
         }
+    }
+
+    /// Logs the first watermark pass ("first watermark pass after the snapshot done") when
+    /// `snapshotted` (whether the snapshot's rows were read again by it or not).
+    pub fn announcing_the_first_watermark_pass(mut self, snapshotted: bool) -> Self {
+        self.announce_first_watermark = snapshotted;
+        self
     }
 
     /// Runs the detectors as they fall due until shutdown; a pass that fails transiently is
@@ -189,7 +199,11 @@ impl Stream {
             self.link.observe().checkpoint_shipped();
         }
         let (events, deletes, scanned) = (outcome.events().len(), found.gone.len(), found.scanned);
-        if outcome.after_snapshot() {
+        if outcome.after_snapshot()
+            || (self.announce_first_watermark
+                && detection == tunnel_shared::event::Detection::Watermark)
+        {
+            self.announce_first_watermark = false;
             info!(
                 read_rows = found.rows.len(),
                 shipped = events,

@@ -130,6 +130,7 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
     let mut snapshot =
         Snapshot::new(chunk_rows, margins, checkpoint, shipped).observed_by(link.observe().clone());
     let mut backoff = Backoff::default();
+    let snapshotted_here = !snapshot.done();
     while !snapshot.done() {
         let (source, publisher, stop) = link.ends();
         match snapshot.run(source, publisher, stop).await {
@@ -163,7 +164,10 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
         remembered,
         started,
     );
-    Stream::new(link, detectors, state).run().await
+    Stream::new(link, detectors, state)
+        .announcing_the_first_watermark_pass(snapshotted_here)
+        .run()
+        .await
 }
 
 /// `tunnel-producer resync`: registers the table's current schemas whatever the registry would
