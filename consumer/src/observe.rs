@@ -74,9 +74,7 @@ impl ApplyObserver {
                 class: (*class).to_string(),
             };
             m.dlq_written.get_or_create(&labels).inc_by(*n as u64);
-            for _ in 0..*n {
-                m.error(ErrorClass::Definite);
-            }
+            m.errors_of(ErrorClass::Definite, *n as u64);
         }
         for (topic, partition, ts) in stamps {
             m.applied_up_to(self.name(topic), *partition, *ts);

@@ -412,22 +412,24 @@ impl Config {
             path: path.to_string(),
             message,
         };
-        for (setting, var) in [
-            ("source", "TUNNEL_SOURCE_PASSWORD"),
-            ("target", "TUNNEL_TARGET_PASSWORD"),
+        for (setting, var, url, file) in [
+            (
+                "source",
+                "TUNNEL_SOURCE_PASSWORD",
+                &mut config.source.url,
+                &config.source.password_file,
+            ),
+            (
+                "target",
+                "TUNNEL_TARGET_PASSWORD",
+                &mut config.target.url,
+                &config.target.password_file,
+            ),
         ] {
-            let (url, file) = match setting {
-                "source" => (
-                    &mut config.source.url,
-                    config.source.password_file.as_deref(),
-                ),
-                _ => (
-                    &mut config.target.url,
-                    config.target.password_file.as_deref(),
-                ),
-            };
             let key = format!("{setting}.password_file");
-            if let Some(pw) = secrets::password(&key, env_value(var), file).map_err(invalid)? {
+            if let Some(pw) =
+                secrets::password(&key, env_value(var), file.as_deref()).map_err(invalid)?
+            {
                 *url = secrets::with_password(url, &pw, setting).map_err(invalid)?;
             }
         }

@@ -330,11 +330,16 @@ impl Metrics {
 
     /// An error of `class` was met.
     pub fn error(&self, class: ErrorClass) {
+        self.errors_of(class, 1);
+    }
+
+    /// `n` errors of `class` were met.
+    pub fn errors_of(&self, class: ErrorClass, n: u64) {
         self.errors
             .get_or_create(&ClassLabels {
                 class: class.as_str().into(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// A detector completed a pass now (or found it had nothing to look at).
