@@ -26,6 +26,13 @@ pub enum SourceError {
     Catalog(#[from] CatalogError),
     #[error("table {table}: {source}")]
     Value { table: String, source: ValueError },
+    #[error("table {table}: column {column} was read as {read}, not as the {catalog} of the catalog: its type changed")]
+    ReadAsOtherType {
+        table: String,
+        column: String,
+        catalog: String,
+        read: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +110,8 @@ impl Classify for SourceError {
             SourceError::Pg(e) => e.class(),
             SourceError::Catalog(e) => e.class(),
             SourceError::Value { source, .. } => source.class(),
+            // the catalog read again sets the table up anew; read again if it did not change
+            SourceError::ReadAsOtherType { .. } => ErrorClass::Transient,
         }
     }
 }

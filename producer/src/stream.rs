@@ -20,7 +20,9 @@ use crate::source::Activity;
 pub fn shape_may_have_changed(e: &WorkerError) -> bool {
     match e {
         WorkerError::Source(SourceError::Pg(pg)) => pg.sqlstate().is_some(),
-        WorkerError::Source(SourceError::Value { .. }) => true,
+        WorkerError::Source(SourceError::Value { .. } | SourceError::ReadAsOtherType { .. }) => {
+            true
+        }
         _ => false,
     }
 }

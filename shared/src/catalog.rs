@@ -101,6 +101,34 @@ impl ColumnKind {
     pub fn read_as_text(self) -> bool {
         matches!(self, ColumnKind::Decimal { .. } | ColumnKind::AsText)
     }
+
+    /// Whether a column of this kind, selected as [`TableInfo::select_list`] does, can come
+    /// back as `read` (the type of a result column; a domain comes back as its base type).
+    /// Not so when the column's type changed after the catalog was read: its values would be
+    /// decoded as the old type's, which they are not.
+    pub fn read_as(self, read: &tokio_postgres::types::Type) -> bool {
+        use tokio_postgres::types::Type;
+        match self {
+            ColumnKind::Int2 => *read == Type::INT2,
+            ColumnKind::Int4 => *read == Type::INT4,
+            ColumnKind::Int8 => *read == Type::INT8,
+            ColumnKind::Float4 => *read == Type::FLOAT4,
+            ColumnKind::Float8 => *read == Type::FLOAT8,
+            ColumnKind::Bool => *read == Type::BOOL,
+            ColumnKind::Text => {
+                [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(read)
+                    || read.name() == "citext"
+            }
+            ColumnKind::Date => *read == Type::DATE,
+            ColumnKind::Timestamp => *read == Type::TIMESTAMP,
+            ColumnKind::TimestampTz => *read == Type::TIMESTAMPTZ,
+            ColumnKind::Time => *read == Type::TIME,
+            ColumnKind::Bytea => *read == Type::BYTEA,
+            ColumnKind::Uuid => *read == Type::UUID,
+            ColumnKind::Json => *read == Type::JSON || *read == Type::JSONB,
+            ColumnKind::Decimal { .. } | ColumnKind::AsText => *read == Type::TEXT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +388,21 @@ fn pick_watermark(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_column_read_in_another_type_than_its_kind_is_told_apart() {
+        use tokio_postgres::types::Type;
+        let varchar = ColumnKind::from_catalog("varchar", 9);
+        assert!(varchar.read_as(&Type::VARCHAR) && varchar.read_as(&Type::TEXT));
+        // varchar(5) to integer after the catalog was read: four bytes that are no text
+        assert!(!varchar.read_as(&Type::INT4));
+        assert!(!ColumnKind::Int4.read_as(&Type::INT8));
+        assert!(ColumnKind::Json.read_as(&Type::JSONB));
+        // read through ::text: numeric of any precision, arrays, enums
+        let decimal = ColumnKind::from_catalog("numeric", (10 << 16) + 2 + 4);
+        assert!(decimal.read_as(&Type::TEXT) && !decimal.read_as(&Type::NUMERIC));
+        assert!(ColumnKind::AsText.read_as(&Type::TEXT));
+    }
 
     fn col(name: &str, type_name: &str, kind: ColumnKind) -> Column {
         Column {

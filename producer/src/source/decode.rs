@@ -27,6 +27,9 @@ pub struct SourceRow {
 
 /// Decodes rows selected as [`TableInfo::select_list`] followed by [`key_text_list`].
 pub(super) fn decode(table: &TableInfo, rows: &[PgRow]) -> Result<Vec<SourceRow>, SourceError> {
+    if let Some(first) = rows.first() {
+        read_as_the_catalog_says(table, first)?;
+    }
     let n_cols = table.columns.len();
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -63,6 +66,24 @@ pub(super) fn decode(table: &TableInfo, rows: &[PgRow]) -> Result<Vec<SourceRow>
         });
     }
     Ok(out)
+}
+
+/// Refuses rows whose columns came back in other types than the catalog's: a column's type
+/// changed since the catalog was read (a statement prepared for each query does not fail
+/// then, as a cached plan does). Decoded as the old type, its values would be garbage shipped
+/// under the old schema; the error has the table set up again from its new catalog instead.
+fn read_as_the_catalog_says(table: &TableInfo, row: &PgRow) -> Result<(), SourceError> {
+    for (col, read) in table.columns.iter().zip(row.columns()) {
+        if !col.kind.read_as(read.type_()) {
+            return Err(SourceError::ReadAsOtherType {
+                table: table.qualified_name(),
+                column: col.name.clone(),
+                catalog: col.type_name.clone(),
+                read: read.type_().name().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A watermark bound in PostgreSQL's text form, for a `$n::text::<type>` parameter.
