@@ -58,6 +58,13 @@ pub(crate) async fn apply_batch(
     for p in pending {
         dlq.confirm(p).await?;
     }
+    if let Some(first) = plan.dead.first() {
+        warn!(
+            events = plan.dead.len(), topic = %first.topic, partition = first.partition,
+            offset = first.offset, class = first.class, reason = %first.reason,
+            "sent events to the DLQ (the first of them named); `tunnel-consumer dlq list` counts them, `dlq show` prints them"
+        );
+    }
     let progress = plan.progress_by_topic();
     target.store(&progress, &plan.parks()).await?;
     target.commit().await?;
