@@ -10,9 +10,10 @@ ARG RUST_VERSION=1.94
 # ---------------------------------------------------------------- build
 FROM rust:${RUST_VERSION}-bookworm AS build
 # rdkafka builds the bundled librdkafka from source: make and a C/C++ compiler (cmake for
-# its cmake-build feature); zlib's headers are already in this image
+# its cmake-build feature), OpenSSL's headers and pkg-config for TLS and SASL; zlib's headers
+# are already in this image
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake make g++ \
+ && apt-get install -y --no-install-recommends cmake make g++ libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -23,9 +24,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---------------------------------------------------------------- runtime
 FROM debian:bookworm-slim
-# curl: the compose file's healthchecks ask /readyz (run --metrics-addr)
+# curl: the compose file's healthchecks ask /readyz (run --metrics-addr); libssl3: librdkafka's
+# TLS and SASL (the PostgreSQL and registry clients use rustls)
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --shell /usr/sbin/nologin tunnel
 COPY --from=build /out/ /usr/local/bin/

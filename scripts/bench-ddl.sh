@@ -24,6 +24,7 @@ unset TUNNEL_SOURCE_URL TUNNEL_TARGET_URL TUNNEL_KAFKA_BROKERS TUNNEL_REGISTRY_U
 eval "$(scripts/stack.sh env | sed 's/^export //')"
 if [[ ${BENCH_BUILD:-1} != 0 ]]; then
   say "release build"
+  scripts/build-deps.sh
   cargo build --release --bins
 fi
 PSQL=$TUNNEL_PG_BINDIR/psql

@@ -95,6 +95,7 @@ if [[ ${BENCH_BUILD:-1} == 0 ]]; then
   ls -l "$PRODUCER_BIN" "$CONSUMER_BIN"
 else
   say "release build"
+  scripts/build-deps.sh
   cargo build --release --bins
 fi
 

@@ -18,6 +18,7 @@ scripts/stack.sh up
 eval "$(scripts/stack.sh env | sed 's/^export //')"
 
 say "2. building the pipeline"
+scripts/build-deps.sh
 cargo build --quiet --bins
 
 DEMO_DIR=$ROOT/.stack/demo

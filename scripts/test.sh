@@ -55,6 +55,9 @@ scripts/check-compose.sh
 step "monitoring files (promtool check and test rules, the dashboard)"
 scripts/check-monitoring.sh
 
+step "build dependencies (OpenSSL's headers for librdkafka's TLS and SASL)"
+scripts/build-deps.sh
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 

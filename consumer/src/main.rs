@@ -187,7 +187,7 @@ async fn command(command: Command) -> ExitCode {
 async fn dlq_command(command: DlqCommand) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { config, table } => {
-            let config = Config::load(&config)?;
+            let config = tunnel_shared::startup::load_reaching_kafka(&config).await?;
             dlq::list(&config, table.as_deref()).await?;
         }
         DlqCommand::Show {
@@ -196,7 +196,7 @@ async fn dlq_command(command: DlqCommand) -> anyhow::Result<()> {
             all,
             limit,
         } => {
-            let config = Config::load(&config)?;
+            let config = tunnel_shared::startup::load_reaching_kafka(&config).await?;
             let opts = dlq::ShowOptions {
                 table: select.table.clone(),
                 filter: select.filter(),
@@ -210,7 +210,7 @@ async fn dlq_command(command: DlqCommand) -> anyhow::Result<()> {
             select,
             dry_run,
         } => {
-            let config = Config::load(&config)?;
+            let config = tunnel_shared::startup::load_reaching_kafka(&config).await?;
             let opts = dlq::ReplayOptions {
                 table: select.table.clone(),
                 filter: select.filter(),
@@ -223,7 +223,7 @@ async fn dlq_command(command: DlqCommand) -> anyhow::Result<()> {
 }
 
 async fn run(config: PathBuf, metrics_addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
-    let config = Arc::new(Config::load(&config)?);
+    let config = Arc::new(tunnel_shared::startup::load_reaching_kafka(&config).await?);
     if let Some(addr) = metrics_addr {
         tunnel_shared::metrics::serve(addr, tunnel_shared::metrics::Role::Consumer).await?;
     }

@@ -33,7 +33,6 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tracing::Instrument;
-use tunnel_shared::config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -83,11 +82,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_addr,
         } => (config, metrics_addr),
         Command::Resync { config, table } => {
-            let config = Arc::new(Config::load(&config)?);
+            let config = Arc::new(tunnel_shared::startup::load_reaching_kafka(&config).await?);
             return worker::resync(config, &table).await;
         }
     };
-    let config = Arc::new(Config::load(&config)?);
+    let config = Arc::new(tunnel_shared::startup::load_reaching_kafka(&config).await?);
     if let Some(addr) = metrics_addr {
         tunnel_shared::metrics::serve(addr, tunnel_shared::metrics::Role::Producer).await?;
     }

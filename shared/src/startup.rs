@@ -34,3 +34,25 @@ pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>, failure: u8) -> Ex
         }
     }
 }
+
+/// Why a command could not start with its config.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::AccessError),
+}
+
+/// How long the start-up check waits for the brokers to refuse this client.
+const KAFKA_ACCESS_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The config at `path`, once the brokers it names let this client in: a refused certificate
+/// or password stops the command here, saying what to check.
+pub async fn load_reaching_kafka(
+    path: &std::path::Path,
+) -> Result<crate::config::Config, LoadError> {
+    let config = crate::config::Config::load(path)?;
+    crate::kafka::check_access(&config.kafka, KAFKA_ACCESS_WITHIN).await?;
+    Ok(config)
+}

@@ -33,12 +33,11 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn kafka_config() -> KafkaConfig {
     KafkaConfig {
-        brokers: testkit::brokers(),
         topic_prefix: "stack".into(),
         partitions: 3,
         replication_factor: 1,
         consumer_group: testkit::unique("stack_group"),
-        properties: Default::default(),
+        ..KafkaConfig::new(&testkit::brokers())
     }
 }
 

@@ -3,12 +3,13 @@
 //! Every option is documented in `config/example.toml`. Hosts and secrets can be overridden by
 //! environment variables (see [`ENV_OVERRIDES`]), so that one file serves every environment.
 
+mod kafka;
 mod secrets;
 mod validate;
 
+pub use kafka::{KafkaConfig, SaslMechanism, SecurityProtocol};
 pub use secrets::Secret;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -26,6 +27,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TUNNEL_TARGET_PASSWORD", "target.password_file"),
     ("TUNNEL_REGISTRY_PASSWORD", "registry.password_file"),
     ("TUNNEL_REGISTRY_TOKEN", "registry.token_file"),
+    ("TUNNEL_KAFKA_PASSWORD", "kafka.sasl_password_file"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -94,26 +96,6 @@ pub struct TargetConfig {
     pub bookkeeping_schema: String,
     #[serde(default = "default_statement_timeout_ms")]
     pub statement_timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Comma-separated `host:port` list; override: `TUNNEL_KAFKA_BROKERS`.
-    pub brokers: String,
-    /// Topics are named `<topic_prefix>.<schema>.<table>`.
-    #[serde(default = "default_topic_prefix")]
-    pub topic_prefix: String,
-    #[serde(default = "default_partitions")]
-    pub partitions: i32,
-    #[serde(default = "default_replication_factor")]
-    pub replication_factor: i32,
-    /// Consumer group of `tunnel-consumer`.
-    #[serde(default = "default_group")]
-    pub consumer_group: String,
-    /// Extra librdkafka properties given to every client (security settings, for example).
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -353,18 +335,6 @@ fn default_lock_timeout_ms() -> u64 {
 fn default_bookkeeping_schema() -> String {
     "tunnel".into()
 }
-fn default_topic_prefix() -> String {
-    "tunnel".into()
-}
-fn default_partitions() -> i32 {
-    6
-}
-fn default_replication_factor() -> i32 {
-    1
-}
-fn default_group() -> String {
-    "tunnel-consumer".into()
-}
 fn default_compatibility() -> String {
     "BACKWARD".into()
 }
@@ -433,6 +403,10 @@ impl Config {
                 *url = secrets::with_password(url, &pw, setting).map_err(invalid)?;
             }
         }
+        config
+            .kafka
+            .resolve_password(env_value("TUNNEL_KAFKA_PASSWORD"))
+            .map_err(invalid)?;
         let r = &mut config.registry;
         r.password = secrets::secret(
             "registry.password_file",

@@ -27,6 +27,12 @@ impl std::fmt::Display for Secret {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
 /// A secret from the environment (`from_env`, which wins) or from `file` (`setting` names it
 /// in errors).
 pub(super) fn secret(

@@ -119,7 +119,7 @@ impl Config {
                 "[kafka.properties] may not set '{key}': {why}; remove it"
             ));
         }
-        Ok(())
+        self.kafka.validate_security()
     }
 
     /// Chunk sizes and intervals that the loops can work with.

@@ -1,5 +1,9 @@
 //! Kafka client settings in one place, and the creation of topics with explicit configs.
 
+mod access;
+
+pub use access::{check_access, AccessError};
+
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -48,10 +52,14 @@ pub fn is_transient(e: &KafkaError) -> bool {
     }
 }
 
-/// The settings every client shares: the brokers, and the extra properties of the config.
+/// The settings every client shares: the brokers, the security settings, and the extra
+/// properties of the config.
 pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in kafka.security_properties() {
+        c.set(key, value);
+    }
     with_user_properties(c, kafka)
 }
 

@@ -14,7 +14,7 @@ pub use prometheus::{Alert, PrivatePrometheus, Sample};
 pub use registry::PrivateRegistry;
 pub use webhook::{Received, Webhook};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -270,15 +270,35 @@ pub async fn wait_identical(dbs: &Databases, table: &str, timeout: Duration, pro
         }
         if Instant::now() > deadline {
             let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+            let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
             panic!(
-                "{table}: the target did not match the source within {timeout:?} (source {} rows, target {} rows)\nlogs:\n{}",
-                a.map_or(0, |r| r.len()),
-                b.map_or(0, |r| r.len()),
+                "{table}: the target did not match the source within {timeout:?} (source {} rows, target {} rows)\n{}\nlogs:\n{}",
+                a.len(),
+                b.len(),
+                row_difference(&a, &b),
                 logs.join("\n----\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The first rows only in the source and only in the target (as text), for a failure message.
+fn row_difference(source: &[String], target: &[String]) -> String {
+    let (a, b): (HashSet<&String>, HashSet<&String>) =
+        (source.iter().collect(), target.iter().collect());
+    let first = |rows: &[String], other: &HashSet<&String>| -> Vec<String> {
+        rows.iter()
+            .filter(|r| !other.contains(r))
+            .take(5)
+            .cloned()
+            .collect()
+    };
+    format!(
+        "only in the source: {:?}\nonly in the target: {:?}",
+        first(source, &b),
+        first(target, &a)
+    )
 }
 
 /// [`try_table_text`] on `client`, connecting first when there is none; a failed read drops
@@ -360,8 +380,8 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A running `tunnel-producer` or `tunnel-consumer`, logging to a file beside its config.
-/// Killed when dropped.
+/// A running `tunnel-producer` or `tunnel-consumer`, logging to a file beside its config (at
+/// `info`, or the filter in `TUNNEL_TEST_LOG`). Killed when dropped.
 pub struct Proc {
     child: Option<std::process::Child>,
     pub log: PathBuf,
@@ -385,7 +405,10 @@ impl Proc {
             std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let mut cmd = std::process::Command::new(bin(&format!("tunnel-{what}")));
         cmd.args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TUNNEL_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(file.try_clone().unwrap_or_else(|e| panic!("log file: {e}")))
             .stderr(file);
         for (var, _) in crate::config::ENV_OVERRIDES {
@@ -472,12 +495,11 @@ impl Drop for Proc {
 /// The Kafka settings of a test's config (`write_config`), for reading its topics directly.
 pub fn kafka_config(prefix: &str, group: &str, partitions: i32) -> crate::config::KafkaConfig {
     crate::config::KafkaConfig {
-        brokers: brokers(),
         topic_prefix: prefix.to_string(),
         partitions,
         replication_factor: 1,
         consumer_group: group.to_string(),
-        properties: Default::default(),
+        ..crate::config::KafkaConfig::new(&brokers())
     }
 }
 
