@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Checks docker-compose.yml without a Docker engine:
 #   1. the compose tool parses, interpolates and validates it against the compose schema
-#      (`config`, which never talks to an engine), with the `pipeline` profile enabled;
-#   2. its images use the versions pinned in scripts/versions.env.
+#      (`config`, which never talks to an engine), with the `pipeline` profile enabled, alone
+#      and merged with the override docker-compose.secure.yml (the secured listeners);
+#   2. their images use the versions pinned in scripts/versions.env.
 #
-#   scripts/check-compose.sh [compose-file]      (default: docker-compose.yml at the repo root)
+#   scripts/check-compose.sh [compose-file [override-file]]
+#       (defaults: docker-compose.yml and docker-compose.secure.yml at the repo root; an
+#       override that does not exist is skipped)
 #
 # The tool is Docker Compose v2 when present (`docker compose` or a v2 `docker-compose`), else
 # Debian's docker-compose package (the Python Compose 1.29, which knows profiles and
@@ -14,6 +17,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FILE=${1:-$ROOT/docker-compose.yml}
+SECURE_FILE=${2:-$ROOT/docker-compose.secure.yml}
 
 fail() { printf 'compose: FAIL: %s\n' "$*" >&2; exit 1; }
 
@@ -67,6 +71,21 @@ if ! errors=$(compose config -q 2>&1); then
 fi
 resolved=$(compose config 2>/dev/null)
 
+secure_note=
+CHECKED=$FILE
+if [[ -f $SECURE_FILE ]]; then
+  compose_secure() { compose -f "$SECURE_FILE" "$@"; }
+  if ! errors=$(compose_secure config -q 2>&1); then
+    printf '%s\n' "$errors" >&2
+    fail "$FILE merged with $SECURE_FILE is not a valid compose file (checked with: $TOOL)"
+  fi
+  # the merged file has every image of the plain one, and the override's own
+  resolved=$(compose_secure config 2>/dev/null)
+  secure_services=$(compose_secure config --services 2>/dev/null | sort | tr '\n' ' ')
+  secure_note="; with ${SECURE_FILE#"$ROOT"/}: ${secure_services% }"
+  CHECKED="$FILE merged with $SECURE_FILE"
+fi
+
 # ---------------------------------------------------------------- 2. versions
 
 # the file's values only (not the environment), parsed like scripts/stack.sh does
@@ -88,9 +107,9 @@ check_image() {
     else
       [[ $tag == "$want" ]] && continue
     fi
-    fail "$FILE uses image $image but scripts/versions.env has $key=$want (expected $repo:$want)"
+    fail "$CHECKED uses image $image but scripts/versions.env has $key=$want (expected $repo:$want)"
   done < <(sed -n 's/^ *image: *["'\'']\{0,1\}\([^"'\'' ]*\).*/\1/p' <<<"$resolved")
-  [[ $found -eq 1 ]] || fail "$FILE has no $repo image (expected $repo:$want from $key in scripts/versions.env)"
+  [[ $found -eq 1 ]] || fail "$CHECKED has no $repo image (expected $repo:$want from $key in scripts/versions.env)"
 }
 
 for key in KAFKA_VERSION APICURIO_VERSION POSTGRES_MAJOR PROMETHEUS_VERSION; do
@@ -103,6 +122,6 @@ check_image postgres "${pinned[POSTGRES_MAJOR]}" POSTGRES_MAJOR
 check_image prom/prometheus "v${pinned[PROMETHEUS_VERSION]}" PROMETHEUS_VERSION
 
 services=$(compose config --services 2>/dev/null | sort | tr '\n' ' ')
-printf 'compose: ok (%s; services: %s; kafka %s, apicurio %s, postgres %s, prometheus %s; %s)\n' \
-  "${FILE#"$ROOT"/}" "${services% }" "${pinned[KAFKA_VERSION]}" "${pinned[APICURIO_VERSION]}" \
+printf 'compose: ok (%s; services: %s%s; kafka %s, apicurio %s, postgres %s, prometheus %s; %s)\n' \
+  "${FILE#"$ROOT"/}" "${services% }" "$secure_note" "${pinned[KAFKA_VERSION]}" "${pinned[APICURIO_VERSION]}" \
   "${pinned[POSTGRES_MAJOR]}" "${pinned[PROMETHEUS_VERSION]}" "$TOOL"

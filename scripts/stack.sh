@@ -4,13 +4,20 @@
 # (Debian's package, scraping both binaries at their default --metrics-addr, with the rules of
 # deploy/prometheus/alerts.yml).
 #
+# Secured listeners beside the plain ones, with a throwaway CA and passwords made once in
+# .stack/tls/ (scripts/make-certs.sh): both PostgreSQL instances also accept TLS (ssl=on) and
+# have the role tunnel_tls, which may log in only over TLS with a password (pg-password);
+# Kafka has a SASL_SSL listener (TUNNEL_KAFKA_SECURE_PORT, 9094) where the user tunnel logs in
+# with SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN (kafka-password). The plain listeners and roles
+# are unchanged.
+#
 #   scripts/stack.sh up       install what is missing, start what is not running, wait for all
 #   scripts/stack.sh down     stop exactly the processes this script started (pid files)
-#   scripts/stack.sh status   exit 0 only when all five answer
+#   scripts/stack.sh status   exit 0 only when all six answer (five services, Kafka's SASL_SSL)
 #   scripts/stack.sh env      print the connection settings as shell export lines
 #
 # Overrides (environment): TUNNEL_STACK_DIR, TUNNEL_SOURCE_PORT, TUNNEL_TARGET_PORT,
-# TUNNEL_KAFKA_PORT, TUNNEL_KAFKA_CONTROLLER_PORT, TUNNEL_REGISTRY_PORT,
+# TUNNEL_KAFKA_PORT, TUNNEL_KAFKA_CONTROLLER_PORT, TUNNEL_KAFKA_SECURE_PORT, TUNNEL_REGISTRY_PORT,
 # TUNNEL_REGISTRY_MANAGEMENT_PORT, TUNNEL_PROMETHEUS_PORT, TUNNEL_STACK_TIMEOUT (seconds per service), TUNNEL_STACK_CACHE
 # (downloads), TUNNEL_REGISTRY_JAVA (a java >= 21 for the registry), the versions in
 # scripts/versions.env (KAFKA_VERSION, APICURIO_VERSION, ...), and the role passwords
@@ -30,12 +37,14 @@ versions_from_file() {
 versions_from_file
 
 STACK_DIR=${TUNNEL_STACK_DIR:-$ROOT/.stack}
+[[ $STACK_DIR == /* ]] || STACK_DIR=$PWD/$STACK_DIR
 CACHE_DIR=${TUNNEL_STACK_CACHE:-$STACK_DIR/cache}
 RUN_DIR=$STACK_DIR/run
 SOURCE_PORT=${TUNNEL_SOURCE_PORT:-5433}
 TARGET_PORT=${TUNNEL_TARGET_PORT:-5434}
 KAFKA_PORT=${TUNNEL_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${TUNNEL_KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_SECURE_PORT=${TUNNEL_KAFKA_SECURE_PORT:-9094}
 REGISTRY_PORT=${TUNNEL_REGISTRY_PORT:-8081}
 REGISTRY_MGMT_PORT=${TUNNEL_REGISTRY_MANAGEMENT_PORT:-9000}
 PROMETHEUS_PORT=${TUNNEL_PROMETHEUS_PORT:-9090}
@@ -44,6 +53,9 @@ TIMEOUT=${TUNNEL_STACK_TIMEOUT:-120}
 APP_PASSWORD=${TUNNEL_APP_PASSWORD:-app}
 READER_PASSWORD=${TUNNEL_READER_PASSWORD:-reader}
 WRITER_PASSWORD=${TUNNEL_WRITER_PASSWORD:-writer}
+TLS_DIR=$STACK_DIR/tls
+PG_TLS_USER=tunnel_tls
+KAFKA_USER=tunnel
 
 KAFKA_HOME=$CACHE_DIR/kafka-$KAFKA_VERSION
 APICURIO_HOME=$CACHE_DIR/apicurio-registry-$APICURIO_VERSION
@@ -165,6 +177,28 @@ install_prometheus() {
     || die "prometheus or promtool is still missing after apt-get install"
 }
 
+install_openssl() {
+  command -v openssl >/dev/null 2>&1 && return
+  log "installing openssl from Debian's packages"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  command -v openssl >/dev/null 2>&1 || die "openssl is still missing after apt-get install"
+}
+
+# The CA, certificates and passwords of the secured listeners, made once (scripts/make-certs.sh
+# keeps what is there). As root, PostgreSQL runs as 'postgres': server.key and the passwords
+# are then root's with group read for postgres's group, which PostgreSQL accepts for a key.
+make_tls() {
+  local group=
+  if [[ $(id -u) -eq 0 ]]; then
+    group=$(id -gn postgres 2>/dev/null) \
+      || die "running as root needs the 'postgres' system user (created by Debian's postgresql package)"
+  fi
+  # the paths go into SQL literals and into Kafka's \${provider:path:key} references
+  [[ $TLS_DIR != *[\'\"\\:{}\$]* ]] || die "the stack's directory ($STACK_DIR) may not contain ' \" \\ : { } \$"
+  TLS_KEY_GROUP=$group "$ROOT/scripts/make-certs.sh" "$TLS_DIR" || die "could not make the TLS files in $TLS_DIR"
+}
+
 # ---------------------------------------------------------------- processes
 
 # the pid in a pid file, if that process is alive and is the one we started
@@ -279,24 +313,98 @@ SELECT 'CREATE DATABASE target OWNER tunnel_writer' WHERE NOT EXISTS (SELECT 1 F
 SQL
 }
 
+# TLS beside the plain connections, on an instance made by this or an older stack.sh, without a
+# restart: ssl=on with .stack/tls's certificate (ALTER SYSTEM, then a reload), the role
+# tunnel_tls, and pg_hba.conf rules ahead of initdb's that let tunnel_tls in over TLS only
+# (first match wins; the block between the markers is rewritten on every up).
+secure_postgres() { # name port
+  local name=$1 port=$2 hba rest block wanted pw
+  hba=$STACK_DIR/pg/$name/pg_hba.conf
+  pw=$(<"$TLS_DIR/pg-password")
+  rest=$(awk '/^# >>> scripts\/stack.sh/ {skip = 1; next}
+              skip && /^# <<< scripts\/stack.sh/ {skip = 0; next}
+              !skip' "$hba")
+  block="# >>> scripts/stack.sh: $PG_TLS_USER over TLS only (rewritten by every stack.sh up)
+hostnossl all $PG_TLS_USER 127.0.0.1/32 reject
+hostssl   all $PG_TLS_USER 127.0.0.1/32 scram-sha-256"
+  if grep -qE '^[[:space:]]*host[a-z]*[[:space:]].*::1' <<<"$rest"; then
+    block+="
+hostnossl all $PG_TLS_USER ::1/128 reject
+hostssl   all $PG_TLS_USER ::1/128 scram-sha-256"
+  fi
+  block+="
+# <<< scripts/stack.sh"
+  # the block goes before the first rule
+  wanted=$(BLOCK=$block awk '!done && /^[[:space:]]*[^#[:space:]]/ {print ENVIRON["BLOCK"]; done = 1}
+                             {print}
+                             END {if (!done) print ENVIRON["BLOCK"]}' <<<"$rest")
+  # rewritten in place: the file keeps its owner and mode
+  [[ $wanted == "$(cat "$hba")" ]] || printf '%s\n' "$wanted" >"$hba"
+  psql_admin "$name" "$port" >/dev/null <<SQL
+ALTER SYSTEM SET ssl = on;
+ALTER SYSTEM SET ssl_cert_file = '$TLS_DIR/server.pem';
+ALTER SYSTEM SET ssl_key_file = '$TLS_DIR/server.key';
+ALTER SYSTEM SET ssl_ca_file = '$TLS_DIR/ca.pem';
+SELECT format('CREATE ROLE $PG_TLS_USER LOGIN PASSWORD %L', '$pw')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_TLS_USER') \gexec
+ALTER ROLE $PG_TLS_USER LOGIN NOSUPERUSER CREATEDB NOCREATEROLE PASSWORD '$pw';
+SELECT pg_reload_conf();
+SQL
+  wait_until "postgres '$name' over TLS" "$STACK_DIR/pg/$name.log" pg_tls_ready "$port"
+}
+
+# tunnel_tls logs in with verify-full against the stack's CA, and the session is encrypted
+pg_tls_ready() {
+  local ssl
+  ssl=$(PGPASSWORD=$(<"$TLS_DIR/pg-password") PGSSLMODE=verify-full PGSSLROOTCERT=$TLS_DIR/ca.pem \
+    PGCONNECT_TIMEOUT=3 "$(pg_bindir)/psql" -X -A -t -h 127.0.0.1 -p "$1" -U "$PG_TLS_USER" -d postgres \
+    -c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()' 2>/dev/null) || return 1
+  [[ $ssl == t ]]
+}
+
 kafka_ready() {
   port_open "$KAFKA_PORT" || return 1
   java -cp "$KAFKA_HOME/libs/*" org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "127.0.0.1:$KAFKA_PORT" --list >/dev/null 2>&1
 }
 
+# the SASL_SSL listener, as a client: the user tunnel with SCRAM-SHA-512, trusting only the CA
+kafka_secure_ready() {
+  port_open "$KAFKA_SECURE_PORT" || return 1
+  java -cp "$KAFKA_HOME/libs/*" org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "127.0.0.1:$KAFKA_SECURE_PORT" --command-config "$STACK_DIR/kafka/sasl-ssl-client.properties" \
+    --list >/dev/null 2>&1
+}
+
+# cheaper, for a broker that passed kafka_secure_ready before with the same settings: its TLS
+# handshake, the certificate checked against the CA and 127.0.0.1
+kafka_tls_handshake() {
+  port_open "$KAFKA_SECURE_PORT" || return 1
+  openssl s_client -connect "127.0.0.1:$KAFKA_SECURE_PORT" -CAfile "$TLS_DIR/ca.pem" \
+    -verify_ip 127.0.0.1 -verify_return_error </dev/null >/dev/null 2>&1
+}
+
+# what the user's SCRAM credentials were last set for: the cluster (a new data directory has
+# none) and the password (a digest salted with the cluster's id)
+scram_stamp() {
+  local cluster
+  cluster=$(sed -n 's/^cluster\.id=//p' "$STACK_DIR/kafka/data/meta.properties" 2>/dev/null || true)
+  printf '%s %s\n' "$cluster" "$(printf '%s:%s' "$cluster" "$1" | sha256sum | cut -d' ' -f1)"
+}
+
 start_kafka() {
-  local dir=$STACK_DIR/kafka pid
+  local dir=$STACK_DIR/kafka pid pw mech checked=1
+  pw=$(<"$TLS_DIR/kafka-password")
   mkdir -p "$dir/data"
-  cat >"$dir/server.properties" <<PROPS
+  cat >"$dir/server.properties.new" <<PROPS
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_SECURE_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_SECURE_PORT
 controller.listener.names=CONTROLLER
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
 log.dirs=$dir/data
 num.partitions=6
 auto.create.topics.enable=false
@@ -309,7 +417,31 @@ transaction.state.log.num.partitions=6
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# SASL_SSL: the certificate, its key and the PLAIN password are read from $TLS_DIR when the
+# broker starts (DirectoryConfigProvider: \${tls:<dir>:<file>} is the file's content), so this
+# file holds no secret. SCRAM users live in the cluster's metadata (start_kafka adds them).
+config.providers=tls
+config.providers.tls.class=org.apache.kafka.common.config.provider.DirectoryConfigProvider
+config.providers.tls.param.allowed.paths=$TLS_DIR
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.certificate.chain=\${tls:$TLS_DIR:server.pem}
+listener.name.sasl_ssl.ssl.keystore.key=\${tls:$TLS_DIR:server.key}
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_USER="\${tls:$TLS_DIR:kafka-password}";
+# a digest of those files: when it changes, a running broker is restarted
+# tls: $(cat "$TLS_DIR/server.pem" "$TLS_DIR/server.key" "$TLS_DIR/kafka-password" | sha256sum | cut -c1-16)
 PROPS
+  (umask 077 && cat >"$dir/sasl-ssl-client.properties" <<PROPS
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_USER" password="$pw";
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+PROPS
+  )
+  chmod 600 "$dir/sasl-ssl-client.properties"
   cat >"$dir/log4j2.yaml" <<'LOG'
 Configuration:
   Appenders:
@@ -328,22 +460,59 @@ Configuration:
       - name: org.apache.kafka.storage
         level: WARN
 LOG
+  # a broker started with other settings (an older stack.sh's, other ports, new TLS files)
+  # is restarted with these
+  if pid=$(live_pid "$dir/kafka.pid" "$dir/server.properties") \
+     && ! cmp -s "$dir/server.properties.new" "$dir/server.properties"; then
+    log "kafka (pid $pid) runs with older settings (no SASL_SSL listener, or other ports or TLS files); restarting it"
+    stop_pidfile "$dir/kafka.pid" "$dir/server.properties" kafka
+  fi
+  mv -f "$dir/server.properties.new" "$dir/server.properties"
   if pid=$(live_pid "$dir/kafka.pid" "$dir/server.properties"); then
     log "kafka already running (pid $pid)"
   else
     port_open "$KAFKA_PORT" && die "port $KAFKA_PORT is taken by another process; set TUNNEL_KAFKA_PORT"
+    port_open "$KAFKA_SECURE_PORT" && die "port $KAFKA_SECURE_PORT is taken by another process; set TUNNEL_KAFKA_SECURE_PORT"
     if [[ ! -f $dir/data/meta.properties ]]; then
       local id
       id=$(java -cp "$KAFKA_HOME/libs/*" kafka.tools.StorageTool random-uuid)
+      # a new cluster gets the user's SCRAM credentials with its first metadata
       java -cp "$KAFKA_HOME/libs/*" kafka.tools.StorageTool format --standalone -t "$id" \
-        -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
+        -c "$dir/server.properties" \
+        --add-scram "SCRAM-SHA-256=[name=$KAFKA_USER,password=$pw]" \
+        --add-scram "SCRAM-SHA-512=[name=$KAFKA_USER,password=$pw]" >"$dir/format.log" 2>&1 \
         || { cat "$dir/format.log" >&2; die "kafka storage format failed"; }
+      scram_stamp "$pw" >"$dir/scram-users"
     fi
     nohup java -Xms256m -Xmx768m -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
       -cp "$KAFKA_HOME/libs/*" kafka.Kafka "$dir/server.properties" >"$dir/kafka.log" 2>&1 </dev/null &
     echo $! >"$dir/kafka.pid"
+    checked=0
   fi
   WAIT_PIDFILE=$dir/kafka.pid wait_until kafka "$dir/kafka.log" kafka_ready
+  # an existing cluster (an older stack.sh's, or a new password): the credentials are set
+  # through the plain listener (no authorizer), one mechanism per call (4.1 refuses two
+  # changes of one user's credentials in one request); an upsert, so a rerun is harmless
+  if [[ $(cat "$dir/scram-users" 2>/dev/null || true) != "$(scram_stamp "$pw")" ]]; then
+    log "kafka: SCRAM-SHA-256 and SCRAM-SHA-512 credentials for the user '$KAFKA_USER'"
+    : >"$dir/scram.log"
+    for mech in SCRAM-SHA-256 SCRAM-SHA-512; do
+      java -cp "$KAFKA_HOME/libs/*" kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+        --alter --entity-type users --entity-name "$KAFKA_USER" --add-config "$mech=[password=$pw]" \
+        >>"$dir/scram.log" 2>&1 || { cat "$dir/scram.log" >&2; die "kafka: could not set the $mech credentials of '$KAFKA_USER'"; }
+    done
+    scram_stamp "$pw" >"$dir/scram-users"
+    checked=0
+  fi
+  # a client logs in through SASL_SSL once per broker process and password (a JVM: seconds)
+  [[ -f $dir/sasl-ssl-checked && $(cat "$dir/sasl-ssl-checked") == "$(cat "$dir/kafka.pid")" ]] || checked=0
+  if [[ $checked -eq 1 ]]; then
+    WAIT_PIDFILE=$dir/kafka.pid wait_until "kafka SASL_SSL" "$dir/kafka.log" kafka_tls_handshake
+  else
+    rm -f "$dir/sasl-ssl-checked"
+    WAIT_PIDFILE=$dir/kafka.pid wait_until "kafka SASL_SSL" "$dir/kafka.log" kafka_secure_ready
+    cp "$dir/kafka.pid" "$dir/sasl-ssl-checked"
+  fi
 }
 
 registry_ready() {
@@ -434,14 +603,18 @@ cmd_up() {
   install_apicurio
   install_registry_java
   install_prometheus
+  install_openssl
+  make_tls
   start_postgres source "$SOURCE_PORT"
   provision_source
+  secure_postgres source "$SOURCE_PORT"
   start_postgres target "$TARGET_PORT"
   provision_target
+  secure_postgres target "$TARGET_PORT"
   start_kafka
   start_registry
   start_prometheus
-  log "up in $((SECONDS - t0))s: source :$SOURCE_PORT, target :$TARGET_PORT, kafka :$KAFKA_PORT, registry :$REGISTRY_PORT, prometheus :$PROMETHEUS_PORT"
+  log "up in $((SECONDS - t0))s: source :$SOURCE_PORT, target :$TARGET_PORT, kafka :$KAFKA_PORT (SASL_SSL :$KAFKA_SECURE_PORT), registry :$REGISTRY_PORT, prometheus :$PROMETHEUS_PORT"
 }
 
 cmd_down() {
@@ -460,6 +633,7 @@ cmd_status() {
   if pg_bindir >/dev/null && pg_ready "$SOURCE_PORT"; then echo "source    up   127.0.0.1:$SOURCE_PORT"; else echo "source    DOWN 127.0.0.1:$SOURCE_PORT"; ok=1; fi
   if pg_bindir >/dev/null && pg_ready "$TARGET_PORT"; then echo "target    up   127.0.0.1:$TARGET_PORT"; else echo "target    DOWN 127.0.0.1:$TARGET_PORT"; ok=1; fi
   if port_open "$KAFKA_PORT"; then echo "kafka     up   127.0.0.1:$KAFKA_PORT"; else echo "kafka     DOWN 127.0.0.1:$KAFKA_PORT"; ok=1; fi
+  if port_open "$KAFKA_SECURE_PORT"; then echo "kafka     up   127.0.0.1:$KAFKA_SECURE_PORT (SASL_SSL)"; else echo "kafka     DOWN 127.0.0.1:$KAFKA_SECURE_PORT (SASL_SSL)"; ok=1; fi
   if registry_ready; then echo "registry  up   http://127.0.0.1:$REGISTRY_PORT"; else echo "registry  DOWN http://127.0.0.1:$REGISTRY_PORT"; ok=1; fi
   if prometheus_ready; then echo "prometheus up  http://127.0.0.1:$PROMETHEUS_PORT"; else echo "prometheus DOWN http://127.0.0.1:$PROMETHEUS_PORT"; ok=1; fi
   return $ok
@@ -479,6 +653,10 @@ export TUNNEL_REGISTRY_JAR='$APICURIO_HOME/quarkus-run.jar'
 export TUNNEL_PROMETHEUS_BIN='$(prometheus_bin || true)'
 export TUNNEL_PROMTOOL_BIN='$(promtool_bin || true)'
 export TUNNEL_PROMETHEUS_URL='http://127.0.0.1:$PROMETHEUS_PORT'
+export TUNNEL_STACK_TLS_DIR='$TLS_DIR'
+export TUNNEL_STACK_KAFKA_SECURE_BROKERS='127.0.0.1:$KAFKA_SECURE_PORT'
+export TUNNEL_STACK_KAFKA_USER='$KAFKA_USER'
+export TUNNEL_STACK_PG_TLS_USER='$PG_TLS_USER'
 ENV
 }
 
