@@ -23,16 +23,38 @@ where
     }
 }
 
-/// The exit code of a command's result: 0, or `failure` after printing the error (in its
-/// alternate form: an `anyhow` error with its chain of causes).
-pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>, failure: u8) -> ExitCode {
+/// The exit code of a command's result: 0, or `failure` after printing the error with its
+/// chain of causes.
+pub fn exit_code<E>(result: Result<(), E>, failure: u8) -> ExitCode
+where
+    E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync + 'static>,
+{
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_text(&*e));
             ExitCode::from(failure)
         }
     }
+}
+
+/// An error and its causes joined by `: `, leaving out a cause its error already tells (some
+/// errors print their causes themselves: it was said twice).
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        cause = c.source();
+        let part = c.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Why a command could not start with its config.
@@ -55,4 +77,23 @@ pub async fn load_reaching_kafka(
     let config = crate::config::Config::load(path)?;
     crate::kafka::check_access(&config.kafka, KAFKA_ACCESS_WITHIN).await?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot connect: {0}")]
+    struct Telling(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_the_error_already_told_is_not_printed_again() {
+        let inner = std::io::Error::other("password authentication failed");
+        let e = anyhow::Error::from(Telling(inner)).context("table public.items");
+        assert_eq!(
+            chain_text(&*e),
+            "table public.items: cannot connect: password authentication failed"
+        );
+    }
 }
