@@ -115,3 +115,26 @@ fn a_password_without_a_user_or_a_token_with_one_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_password_or_token_in_the_file_gives_way_to_the_environment_and_not_to_a_second_file() {
+    let text = "[source]\nurl = \"postgres://r:pw@h/s\"\n[target]\nurl = \"postgres://w:pw@h/t\"\n[kafka]\nbrokers = \"b:1\"\n[registry]\nurl = \"http://r\"\nusername = \"u\"\npassword = \"in-file\"\n[[tables]]\nname = \"m\"\n";
+    let c = Config::parse(text, "t.toml", &[]).unwrap();
+    assert_eq!(c.registry.password.as_ref().unwrap().expose(), "in-file");
+    assert!(!format!("{:?}", c.registry).contains("in-file"));
+    let env = [("TUNNEL_REGISTRY_PASSWORD".to_string(), "env".to_string())];
+    let c = Config::parse(text, "t.toml", &env).unwrap();
+    assert_eq!(c.registry.password.as_ref().unwrap().expose(), "env");
+    let both = text.replace(
+        "password = \"in-file\"",
+        "password = \"in-file\"\npassword_file = \"/run/secrets/x\"",
+    );
+    let e = Config::parse(&both, "t.toml", &[]).unwrap_err().to_string();
+    assert!(e.contains("both set") && !e.contains("in-file"), "{e}");
+    let token = text.replace(
+        "username = \"u\"\npassword = \"in-file\"",
+        "token = \"t0k\"",
+    );
+    let c = Config::parse(&token, "t.toml", &[]).unwrap();
+    assert_eq!(c.registry.token.as_ref().unwrap().expose(), "t0k");
+}

@@ -106,23 +106,24 @@ pub struct RegistryConfig {
     /// Compatibility level set on every subject the producer registers.
     #[serde(default = "default_compatibility")]
     pub compatibility: String,
-    /// HTTP basic authentication: the user; its password from `password_file` or
-    /// `TUNNEL_REGISTRY_PASSWORD`.
+    /// HTTP basic authentication: the user; its password from `TUNNEL_REGISTRY_PASSWORD`
+    /// (which wins), `password_file` or `password`.
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub password_file: Option<std::path::PathBuf>,
-    /// A bearer token from this file, or `TUNNEL_REGISTRY_TOKEN` (not with `username`).
+    /// A bearer token from `TUNNEL_REGISTRY_TOKEN` (which wins), this file or `token` (not
+    /// with `username`).
     #[serde(default)]
     pub token_file: Option<std::path::PathBuf>,
     /// A PEM file of the CA certificates an `https://` registry's certificate must chain to
     /// (besides the system's).
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
-    /// Read at load time, never shown.
-    #[serde(skip)]
+    /// Never shown; the one from the environment or the file replaces it at load time.
+    #[serde(default)]
     pub password: Option<Secret>,
-    #[serde(skip)]
+    #[serde(default)]
     pub token: Option<Secret>,
 }
 
@@ -408,18 +409,32 @@ impl Config {
             .resolve_password(env_value("TUNNEL_KAFKA_PASSWORD"))
             .map_err(invalid)?;
         let r = &mut config.registry;
-        r.password = secrets::secret(
-            "registry.password_file",
-            env_value("TUNNEL_REGISTRY_PASSWORD"),
-            r.password_file.as_deref(),
-        )
-        .map_err(invalid)?;
-        r.token = secrets::secret(
-            "registry.token_file",
-            env_value("TUNNEL_REGISTRY_TOKEN"),
-            r.token_file.as_deref(),
-        )
-        .map_err(invalid)?;
+        for (key, var, file, value) in [
+            (
+                "password",
+                "TUNNEL_REGISTRY_PASSWORD",
+                &r.password_file,
+                &mut r.password,
+            ),
+            (
+                "token",
+                "TUNNEL_REGISTRY_TOKEN",
+                &r.token_file,
+                &mut r.token,
+            ),
+        ] {
+            if file.is_some() && value.is_some() {
+                return Err(invalid(format!(
+                    "registry: {key} and {key}_file are both set: keep one"
+                )));
+            }
+            let setting = format!("registry.{key}_file");
+            if let Some(s) =
+                secrets::secret(&setting, env_value(var), file.as_deref()).map_err(invalid)?
+            {
+                *value = Some(s);
+            }
+        }
         match (&r.username, &r.password, &r.token) {
             (Some(_), _, Some(_)) => {
                 return Err(invalid(
