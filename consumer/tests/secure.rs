@@ -1,7 +1,7 @@
 //! The whole pipeline through the stack's secured listeners (`scripts/stack.sh` makes them):
 //! both databases over TLS (`verify-full` against the stack's CA) as a role that may only log
-//! in over TLS, Kafka over SASL_SSL with SCRAM-SHA-512, and a registry behind HTTP basic
-//! authentication; every password from a file. Then the failures an operator meets first: a
+//! in over TLS, Kafka over SASL_SSL with SCRAM-SHA-512, and a registry over HTTPS (checked
+//! against `registry.ca_file`) behind HTTP basic authentication; every password from a file. Then the failures an operator meets first: a
 //! wrong CA or a wrong password stops the process within seconds, naming the endpoint and what
 //! to check, never a secret; and no log of the run holds one.
 
@@ -121,6 +121,8 @@ struct Settings<'a> {
     source_ca: PathBuf,
     kafka: String,
     registry: &'a str,
+    /// `registry.ca_file`, for an https:// registry.
+    registry_ca: Option<PathBuf>,
 }
 
 fn write_config(s: &Secured, dbs: &Databases, settings: &Settings<'_>) -> PathBuf {
@@ -145,6 +147,7 @@ partitions = 3
 url = "{registry}"
 username = "tunnel"
 password_file = "{registry_pw}"
+{registry_ca}
 [producer]
 insert_interval_ms = 50
 update_interval_ms = 100
@@ -167,6 +170,13 @@ check = "qty >= 0"
         kafka = settings.kafka,
         registry = settings.registry,
         registry_pw = registry_pw.display(),
+        registry_ca = settings
+            .registry_ca
+            .as_ref()
+            .map_or(String::new(), |ca| format!(
+                "ca_file = \"{}\"",
+                ca.display()
+            )),
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, text).unwrap();
@@ -198,8 +208,9 @@ async fn wait_dlq_pending(config: &Path, n: usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pipeline_runs_through_the_secured_listeners_and_no_log_holds_a_secret() {
     let s = Secured::from_env();
-    let registry = tokio::task::spawn_blocking(|| {
-        PrivateRegistry::start_with_basic_auth(&tk::brokers(), "tunnel", REGISTRY_PASSWORD)
+    let (cert, key) = (s.file("server.pem"), s.file("server.key"));
+    let registry = tokio::task::spawn_blocking(move || {
+        PrivateRegistry::start_secured(&tk::brokers(), "tunnel", REGISTRY_PASSWORD, &cert, &key)
     })
     .await
     .unwrap();
@@ -208,6 +219,7 @@ async fn the_pipeline_runs_through_the_secured_listeners_and_no_log_holds_a_secr
         source_ca: s.file("ca.pem"),
         kafka: kafka_settings(&s, &s.file("kafka-password"), &s.file("ca.pem")),
         registry: &registry.url(),
+        registry_ca: Some(s.file("ca.pem")),
     };
     let config = write_config(&s, &dbs, &settings);
     let producer = Proc::start("producer", &config);
@@ -257,6 +269,18 @@ async fn the_pipeline_runs_through_the_secured_listeners_and_no_log_holds_a_secr
             assert!(!text.contains(secret.as_str()), "{what} shows a secret");
         }
     }
+
+    // the registry's certificate checked against a CA that did not sign it: refused at once
+    let wrong = Settings {
+        registry_ca: Some(s.file("other-ca.pem")),
+        ..settings
+    };
+    let log = fails_fast(&write_config(&s, &dbs, &wrong));
+    assert!(
+        log.contains(&registry.url()) && log.contains("registry.ca_file"),
+        "{log}"
+    );
+    assert!(!log.contains(REGISTRY_PASSWORD), "{log}");
 }
 
 /// Runs `tunnel-producer run` with `config` and returns its log once it exited, which must be
@@ -302,6 +326,7 @@ async fn a_wrong_ca_or_password_stops_the_process_at_once_naming_the_endpoint() 
             source_ca: ca.clone(),
             kafka: kafka_settings(&s, password, trusted),
             registry: &registry,
+            registry_ca: None,
         };
         let log = fails_fast(&write_config(&s, &dbs, &settings));
         assert!(
@@ -317,6 +342,7 @@ async fn a_wrong_ca_or_password_stops_the_process_at_once_naming_the_endpoint() 
         source_ca: other_ca.clone(),
         kafka: kafka_settings(&s, &s.file("kafka-password"), &ca),
         registry: &registry,
+        registry_ca: None,
     };
     let log = fails_fast(&write_config(&s, &dbs, &settings));
     assert!(
@@ -331,6 +357,7 @@ async fn a_wrong_ca_or_password_stops_the_process_at_once_naming_the_endpoint() 
         source_ca: ca.clone(),
         kafka: kafka_settings(&s, &s.file("kafka-password"), &ca),
         registry: &registry,
+        registry_ca: None,
     };
     let config = write_config(&s, &dbs, &settings);
     let text = std::fs::read_to_string(&config).unwrap().replacen(

@@ -301,12 +301,31 @@ impl Registry {
         Ok(schema)
     }
 
+    /// A request that got no answer: unreachable (retried), unless the registry's certificate
+    /// was refused, which only the config can change.
     fn unreachable(&self, e: reqwest::Error) -> RegistryError {
-        RegistryError::Unreachable {
-            url: redact_url(&self.base),
-            // the error's own text would repeat the URL, credentials included
-            message: e.without_url().to_string(),
+        // the error's own text would repeat the URL, credentials included
+        let e = e.without_url();
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let more = c.to_string();
+            if !message.contains(&more) {
+                message.push_str(": ");
+                message.push_str(&more);
+            }
+            cause = c.source();
         }
+        let url = redact_url(&self.base);
+        if message.contains("invalid peer certificate") {
+            return RegistryError::Setup {
+                url,
+                message: format!(
+                    "{message}; check registry.ca_file (the CA the registry's certificate chains to) and that the certificate names the host of registry.url"
+                ),
+            };
+        }
+        RegistryError::Unreachable { url, message }
     }
 }
 

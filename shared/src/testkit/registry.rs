@@ -18,6 +18,8 @@ pub struct PrivateRegistry {
     child: Option<Child>,
     /// The one user of HTTP basic authentication, when it is on.
     basic: Option<(String, String)>,
+    /// HTTPS only, with this certificate and key (PEM), when set.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl PrivateRegistry {
@@ -32,24 +34,45 @@ impl PrivateRegistry {
         Self::start_with(brokers, Some((user.to_string(), password.to_string())))
     }
 
+    /// [`Self::start_with_basic_auth`], over HTTPS only with the certificate `cert` and its key
+    /// `key` (PEM; the certificate must name 127.0.0.1).
+    pub fn start_secured(
+        brokers: &str,
+        user: &str,
+        password: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> PrivateRegistry {
+        let mut registry = Self::new(brokers, Some((user.to_string(), password.to_string())));
+        registry.tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        registry.restart();
+        registry
+    }
+
     fn start_with(brokers: &str, basic: Option<(String, String)>) -> PrivateRegistry {
+        let mut registry = Self::new(brokers, basic);
+        registry.restart();
+        registry
+    }
+
+    fn new(brokers: &str, basic: Option<(String, String)>) -> PrivateRegistry {
         let dir = std::env::temp_dir().join(unique("tunnel_registry"));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let mut registry = PrivateRegistry {
+        PrivateRegistry {
             dir,
             port: free_port(),
             management_port: free_port(),
             brokers: brokers.to_string(),
             child: None,
             basic,
-        };
-        registry.restart();
-        registry
+            tls: None,
+        }
     }
 
     /// The Confluent-compatible API's URL, for `registry.url`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/apis/ccompat/v7", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/apis/ccompat/v7", self.port)
     }
 
     /// Starts the registry (again, on the same ports and topic) and waits until it answers.
@@ -90,6 +113,15 @@ impl PrivateRegistry {
                     format!("-Dquarkus.security.users.embedded.roles.{user}=sr-admin"),
                 ]
             }))
+            .args(self.tls.iter().flat_map(|(cert, key)| {
+                [
+                    format!("-Dquarkus.http.ssl-port={}", self.port),
+                    format!("-Dquarkus.http.port={}", free_port()),
+                    format!("-Dquarkus.http.ssl.certificate.files={}", cert.display()),
+                    format!("-Dquarkus.http.ssl.certificate.key-files={}", key.display()),
+                    "-Dquarkus.http.insecure-requests=disabled".to_string(),
+                ]
+            }))
             .arg("-jar")
             .arg(jar)
             .stdin(Stdio::null())
@@ -108,6 +140,10 @@ impl PrivateRegistry {
             let mut curl = Command::new("curl");
             if let Some((user, password)) = &self.basic {
                 curl.args(["-u", &format!("{user}:{password}")]);
+            }
+            if self.tls.is_some() {
+                // whether it answers, not whom it is: the tests check the certificate
+                curl.arg("-k");
             }
             let ok = curl
                 .args(["-fs", "-o", "/dev/null", "--max-time", "3", &url])
