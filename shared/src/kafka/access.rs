@@ -6,10 +6,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
-use tracing::warn;
+use tracing::{debug, error, info, warn};
 
 use crate::config::KafkaConfig;
 use crate::fault::{Classify, ErrorClass};
@@ -47,22 +48,58 @@ fn hint(code: RDKafkaErrorCode) -> &'static str {
     }
 }
 
-/// The first refusal librdkafka reported; other errors are logged as they come.
+/// Whether an error of this code is a refusal of this client (not a broker that is down).
+fn refusal(code: Option<RDKafkaErrorCode>) -> Option<RDKafkaErrorCode> {
+    code.filter(|c| {
+        matches!(
+            c,
+            RDKafkaErrorCode::SSL
+                | RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+        )
+    })
+}
+
+/// The first refusal librdkafka reported as an event, and its last failure log line that says
+/// the brokers refused this client (the events carry only a code, and not every failure has
+/// one).
 #[derive(Default)]
-struct Refusals(Mutex<Option<(RDKafkaErrorCode, String)>>);
+struct Refusals {
+    first: Mutex<Option<(RDKafkaErrorCode, String)>>,
+    failure: Mutex<Option<(RDKafkaErrorCode, String)>>,
+}
 
 impl ClientContext for Refusals {
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error.rdkafka_error_code() {
-            Some(
-                code @ (RDKafkaErrorCode::SSL
-                | RDKafkaErrorCode::Authentication
-                | RDKafkaErrorCode::SaslAuthenticationFailed),
-            ) => {
-                let mut first = self.0.lock().unwrap_or_else(|p| p.into_inner());
-                first.get_or_insert((code, reason.to_string()));
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "FAIL" {
+            // only what a retry cannot mend: librdkafka also says "SASL authentication error"
+            // of a connection that merely went down
+            let code = if message.contains("Authentication failed") {
+                Some(RDKafkaErrorCode::Authentication)
+            } else if message.contains("certificate verify failed") {
+                Some(RDKafkaErrorCode::SSL)
+            } else {
+                None
+            };
+            if let Some(code) = code {
+                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((code, message.to_string()));
             }
-            _ => warn!(error = %error, reason, "kafka client error"),
+        }
+        match level {
+            RDKafkaLogLevel::Debug => debug!(fac, "librdkafka: {message}"),
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
+                info!(fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(fac, "librdkafka: {message}"),
+            _ => error!(fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match refusal(error.rdkafka_error_code()) {
+            Some(code) => self.refused(code, Some(reason)),
+            None => warn!(error = %error, reason, "kafka client error"),
         }
     }
 }
@@ -70,8 +107,27 @@ impl ClientContext for Refusals {
 impl ConsumerContext for Refusals {}
 
 impl Refusals {
+    fn refused(&self, code: RDKafkaErrorCode, reason: Option<&str>) {
+        let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| (code, reason.unwrap_or_default().to_string()));
+    }
+
+    /// The refusal: an error event's (with the failure log line's text when the event had
+    /// none), else the failure log line's alone (librdkafka does not always queue an event
+    /// for a failed handshake).
     fn first(&self) -> Option<(RDKafkaErrorCode, String)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let event = self.first.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match (event, failure) {
+            (Some((code, reason)), _) if !reason.is_empty() => Some((code, reason)),
+            (Some((code, _)), Some((_, text))) => Some((code, text)),
+            (Some((code, _)), None) => Some((code, format!("{code:?}"))),
+            (None, failure) => failure,
+        }
     }
 }
 
@@ -93,8 +149,14 @@ pub async fn check_access(kafka: &KafkaConfig, within: Duration) -> Result<(), A
             let answered = consumer
                 .fetch_metadata(None, Duration::from_millis(500))
                 .is_ok();
-            // the errors librdkafka queued meanwhile reach the context when polled
-            let _ = consumer.poll(Duration::ZERO);
+            // the errors librdkafka queued meanwhile come out of the consumer's queue
+            while let Some(event) = consumer.poll(Duration::ZERO) {
+                if let Err(e) = event {
+                    if let Some(code) = refusal(e.rdkafka_error_code()) {
+                        consumer.context().refused(code, None);
+                    }
+                }
+            }
             if let Some((code, reason)) = consumer.context().first() {
                 return Err(AccessError::Refused {
                     brokers,
