@@ -1,5 +1,6 @@
 //! The whole pipeline through the stack's secured listeners (`scripts/stack.sh` makes them):
-//! both databases over TLS (`verify-full` against the stack's CA) as a role that may only log
+//! both databases over TLS (`verify-full` against the stack's CA; the source's settings in its
+//! URL, the target's as config keys) as a role that may only log
 //! in over TLS, Kafka over SASL_SSL with SCRAM-SHA-512, and a registry over HTTPS (checked
 //! against `registry.ca_file`) behind HTTP basic authentication; every password from a file. Then the failures an operator meets first: a
 //! wrong CA or a wrong password stops the process within seconds, naming the endpoint and what
@@ -137,6 +138,8 @@ password_file = "{pg_pw}"
 [target]
 url = "{target}"
 password_file = "{pg_pw}"
+sslmode = "verify-full"
+sslrootcert = "{target_ca}"
 [kafka]
 brokers = "{brokers}"
 topic_prefix = "{prefix}"
@@ -162,7 +165,13 @@ name = "qty_not_negative"
 check = "qty >= 0"
 "#,
         source = s.pg_url(&dbs.source_admin_url, &settings.source_ca),
-        target = s.pg_url(&dbs.target_url, &s.file("ca.pem")),
+        // the source's TLS settings in its URL, the target's as config keys
+        target = s
+            .pg_url(&dbs.target_url, &s.file("ca.pem"))
+            .split('?')
+            .next()
+            .unwrap(),
+        target_ca = s.file("ca.pem").display(),
         pg_pw = s.file("pg-password").display(),
         brokers = s.kafka_brokers,
         prefix = tk::unique("sec"),

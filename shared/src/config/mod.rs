@@ -5,6 +5,7 @@
 
 mod kafka;
 mod secrets;
+mod tls_params;
 mod validate;
 
 pub use kafka::{KafkaConfig, SaslMechanism, SecurityProtocol};
@@ -72,6 +73,17 @@ pub struct SourceConfig {
     /// `TUNNEL_SOURCE_PASSWORD` (the password itself).
     #[serde(default)]
     pub password_file: Option<std::path::PathBuf>,
+    /// TLS, as libpq's parameters of the same names (which the URL may hold instead):
+    /// `sslmode` (`disable`, `allow`, `prefer` (default), `require`, `verify-ca`,
+    /// `verify-full`), `sslrootcert` (PEM CAs), `sslcert` and `sslkey` (a client certificate).
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    #[serde(default)]
+    pub sslrootcert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub sslcert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub sslkey: Option<std::path::PathBuf>,
     #[serde(default = "default_application_name")]
     pub application_name: String,
     /// Longest a single statement may run on the source before PostgreSQL cancels it.
@@ -91,6 +103,15 @@ pub struct TargetConfig {
     /// As `source.password_file`; override: `TUNNEL_TARGET_PASSWORD`.
     #[serde(default)]
     pub password_file: Option<std::path::PathBuf>,
+    /// As in `[source]`.
+    #[serde(default)]
+    pub sslmode: Option<String>,
+    #[serde(default)]
+    pub sslrootcert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub sslcert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub sslkey: Option<std::path::PathBuf>,
     /// Schema of the target database that holds the pipeline's bookkeeping (consumed offsets).
     #[serde(default = "default_bookkeeping_schema")]
     pub bookkeeping_schema: String,
@@ -383,6 +404,30 @@ impl Config {
             path: path.to_string(),
             message,
         };
+        let (s, t) = (&config.source, &config.target);
+        let tls = [
+            tls_params::TlsParams {
+                sslmode: s.sslmode.clone(),
+                sslrootcert: s.sslrootcert.clone(),
+                sslcert: s.sslcert.clone(),
+                sslkey: s.sslkey.clone(),
+            },
+            tls_params::TlsParams {
+                sslmode: t.sslmode.clone(),
+                sslrootcert: t.sslrootcert.clone(),
+                sslcert: t.sslcert.clone(),
+                sslkey: t.sslkey.clone(),
+            },
+        ];
+        for ((setting, url), tls) in [
+            ("source", &mut config.source.url),
+            ("target", &mut config.target.url),
+        ]
+        .into_iter()
+        .zip(tls)
+        {
+            *url = tls.applied_to(url, setting).map_err(invalid)?;
+        }
         for (setting, var, url, file) in [
             (
                 "source",
@@ -638,6 +683,30 @@ name = "media"
         );
         assert_eq!(redact_url("postgres://u@h:1/db"), "postgres://u@h:1/db");
         assert_eq!(redact_url("http://h:8081/x"), "http://h:8081/x");
+    }
+
+    #[test]
+    fn tls_keys_go_into_the_url_as_libpq_parameters() {
+        let text = MINIMAL.replace(
+            "url = \"postgres://r:pw@127.0.0.1:5433/source\"",
+            "url = \"postgres://r:pw@127.0.0.1:5433/source\"\nsslmode = \"verify-full\"\nsslrootcert = \"/etc/ssl/ca.pem\"",
+        );
+        let c = Config::parse(&text, "t.toml", &[]).unwrap();
+        assert_eq!(
+            c.source.url,
+            "postgres://r:pw@127.0.0.1:5433/source?sslmode=verify-full&sslrootcert=%2Fetc%2Fssl%2Fca.pem"
+        );
+        let env = [(
+            "TUNNEL_SOURCE_URL".to_string(),
+            "postgres://r:pw@db:5432/s?sslmode=disable".to_string(),
+        )];
+        let e = Config::parse(&text, "t.toml", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("source.sslmode = 'verify-full' contradicts"),
+            "{e}"
+        );
     }
 
     #[test]

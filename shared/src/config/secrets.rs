@@ -101,7 +101,7 @@ pub(super) fn with_password(url: &str, password: &str, setting: &str) -> Result<
 }
 
 /// Percent-encodes everything but the unreserved characters (RFC 3986).
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
