@@ -270,12 +270,14 @@ pub async fn wait_identical(dbs: &Databases, table: &str, timeout: Duration, pro
         }
         if Instant::now() > deadline {
             let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+            let states: Vec<String> = procs.iter().map(|p| p.kernel_state()).collect();
             let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
             panic!(
-                "{table}: the target did not match the source within {timeout:?} (source {} rows, target {} rows)\n{}\nlogs:\n{}",
+                "{table}: the target did not match the source within {timeout:?} (source {} rows, target {} rows)\n{}\nprocesses: {}\nlogs:\n{}",
                 a.len(),
                 b.len(),
                 row_difference(&a, &b),
+                states.join(", "),
                 logs.join("\n----\n")
             );
         }
@@ -478,6 +480,19 @@ impl Proc {
             self.log_text().contains(text).then_some(())
         })
         .await
+    }
+
+    /// The process's state as the kernel tells it (`R` running, `S` sleeping, `T` stopped,
+    /// `Z` exited and not reaped, ...), for a failure message.
+    pub fn kernel_state(&self) -> String {
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // "pid (comm) state ...": the state follows the command's closing parenthesis
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("gone");
+        format!("pid {pid}: {state}")
     }
 
     /// Whether it is still running.
