@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use tunnel_shared::metrics::names::ALL;
 
 /// `tunnel_*` words that are not metrics: the PostgreSQL roles of the local stack.
-const NOT_METRICS: &[&str] = &["tunnel_reader", "tunnel_writer"];
+const NOT_METRICS: &[&str] = &["tunnel_reader", "tunnel_writer", "tunnel_tls"];
 
 fn repo_file(path: &str) -> (PathBuf, String) {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
