@@ -406,18 +406,8 @@ impl Config {
         };
         let (s, t) = (&config.source, &config.target);
         let tls = [
-            tls_params::TlsParams {
-                sslmode: s.sslmode.clone(),
-                sslrootcert: s.sslrootcert.clone(),
-                sslcert: s.sslcert.clone(),
-                sslkey: s.sslkey.clone(),
-            },
-            tls_params::TlsParams {
-                sslmode: t.sslmode.clone(),
-                sslrootcert: t.sslrootcert.clone(),
-                sslcert: t.sslcert.clone(),
-                sslkey: t.sslkey.clone(),
-            },
+            tls_params::TlsParams::of(&s.sslmode, &s.sslrootcert, &s.sslcert, &s.sslkey),
+            tls_params::TlsParams::of(&t.sslmode, &t.sslrootcert, &t.sslcert, &t.sslkey),
         ];
         for ((setting, url), tls) in [
             ("source", &mut config.source.url),

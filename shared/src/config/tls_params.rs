@@ -17,6 +17,21 @@ pub(super) struct TlsParams {
 }
 
 impl TlsParams {
+    /// The keys of a section.
+    pub(super) fn of(
+        sslmode: &Option<String>,
+        sslrootcert: &Option<PathBuf>,
+        sslcert: &Option<PathBuf>,
+        sslkey: &Option<PathBuf>,
+    ) -> TlsParams {
+        TlsParams {
+            sslmode: sslmode.clone(),
+            sslrootcert: sslrootcert.clone(),
+            sslcert: sslcert.clone(),
+            sslkey: sslkey.clone(),
+        }
+    }
+
     fn pairs(&self) -> Vec<(&'static str, String)> {
         let path = |p: &PathBuf| p.display().to_string();
         [
