@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tunnel_shared::catalog::TableInfo;
 use tunnel_shared::config::{Config, TableConfig};
+use tunnel_shared::event::Detection;
 
 use crate::capture::{ChangeDetector, KeyScan, SlotSpec, WatermarkScan};
 use crate::contents::ContentScan;
@@ -59,11 +60,30 @@ pub fn for_table(
 
 /// The detectors as the capture state sees them.
 pub fn specs(detectors: &[Box<dyn ChangeDetector>]) -> Vec<SlotSpec> {
+    let detections: Vec<Detection> = detectors.iter().map(|d| d.detection()).collect();
     detectors
         .iter()
         .map(|d| SlotSpec {
             detection: d.detection(),
             interval: d.interval(),
+            priority: priority(d.detection(), &detections),
         })
         .collect()
+}
+
+/// How much a background detector's wait counts against the others' when the source cost
+/// budget lets one run. With a single integer key, reconciliation compares only the rows
+/// written since its last pass, which finds every insert and update (with or without
+/// `updated_at`), and the delete scan finds deletes: those two go first, and the watermark
+/// scan, which reads the whole table for what they also find, runs when it has waited four
+/// times as long. Otherwise the watermark scan finds updates and reconciliation compares the
+/// whole table: the other way round.
+fn priority(d: Detection, all: &[Detection]) -> u32 {
+    let by_versions = all.contains(&Detection::DeleteScan) && all.contains(&Detection::Reconcile);
+    match d {
+        Detection::DeleteScan => 4,
+        Detection::Reconcile if by_versions => 4,
+        Detection::Watermark if !by_versions => 4,
+        _ => 1,
+    }
 }

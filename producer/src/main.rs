@@ -1,6 +1,7 @@
 //! `tunnel-producer`: reads source tables through a SELECT-only role and ships their rows and
 //! changes as keyed Avro events into Kafka.
 
+mod budget;
 mod capture;
 mod checkpoint;
 mod contents;

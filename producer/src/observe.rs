@@ -89,6 +89,20 @@ impl TableObserver {
         health().beat(&self.stage(d));
     }
 
+    /// `d` is waiting for its turn in the background lane, or reading: alive, not stuck.
+    pub fn alive(&self, d: Detection) {
+        health().beat(&self.stage(d));
+    }
+
+    /// How far apart `d`'s last two passes started (the budget may space them wider than its
+    /// interval): the interval the alerts on overdue passes compare with.
+    pub fn spacing(&self, d: Detection, spacing: Duration) {
+        metrics()
+            .detector_interval
+            .get_or_create(&self.labels(d))
+            .set(spacing.as_secs_f64());
+    }
+
     /// The table's checkpoint went out (with events, or alone).
     pub fn checkpoint_shipped(&self) {
         metrics().checkpoint_shipped(&self.table);

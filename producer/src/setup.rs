@@ -88,6 +88,13 @@ impl Link {
         }
     }
 
+    /// A second read-only connection to the source, for passes that run beside this one's;
+    /// `None` when it read another shape of the table (a DDL since this one connected).
+    pub async fn second_source(&self) -> Result<Option<Source>, WorkerError> {
+        let other = connect(&self.config, &self.table, "connecting to the source").await?;
+        Ok(self.source.same_shape(&other).then_some(other))
+    }
+
     /// Connects again if the source connection broke.
     pub async fn reconnect_if_closed(&mut self) -> Result<(), WorkerError> {
         if self.source.is_closed() {

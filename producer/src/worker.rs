@@ -163,7 +163,8 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
         shipped,
         remembered,
         started,
-    );
+    )
+    .with_budget(link.config().source.max_cpu_share);
     Stream::new(link, detectors, state)
         .announcing_the_first_watermark_pass(snapshotted_here)
         .run()

@@ -2,6 +2,7 @@
 //! [`ChangeDetector`] reads, from its bounds, the rows that may have changed and the keys that
 //! are gone ([`Found`]), and ships nothing itself.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use apache_avro::types::Value;
@@ -65,6 +66,20 @@ pub struct Found {
     pub repairs_upto: Option<i64>,
     /// The transaction horizon the next reconciliation pass starts from (that pass only).
     pub reconciled_xmin: Option<i64>,
+}
+
+impl Found {
+    /// `fresh`: the rows of `keys` read again after the pass (the foreground shipped those keys
+    /// while it read, so its versions may be older). They take the place of the pass's
+    /// versions; a key the pass found gone stays gone only if it is still missing.
+    pub fn read_again(&mut self, keys: &[Vec<String>], fresh: Vec<SourceRow>) {
+        let keys: HashSet<&Vec<String>> = keys.iter().collect();
+        let present: HashSet<Vec<String>> = fresh.iter().map(|r| r.key_text.clone()).collect();
+        self.rows.retain(|r| !keys.contains(&r.key_text));
+        self.gone
+            .retain(|g| !keys.contains(&g.key_text) || !present.contains(&g.key_text));
+        self.rows.extend(fresh);
+    }
 }
 
 /// One way of detecting changes.

@@ -12,4 +12,4 @@ mod state;
 
 pub use detector::{ChangeDetector, Found, GoneKey, PassContext};
 pub use scans::{KeyScan, WatermarkScan};
-pub use state::{CaptureState, SlotSpec};
+pub use state::{CaptureState, Plan, SlotSpec};

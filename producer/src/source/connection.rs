@@ -88,6 +88,11 @@ impl Source {
         activity.columns != self.columns
     }
 
+    /// Whether `other` read the same shape of the table when it connected.
+    pub fn same_shape(&self, other: &Source) -> bool {
+        self.columns == other.columns
+    }
+
     /// Rows read from the table since the start.
     pub fn read_rows(&self) -> u64 {
         self.read_rows

@@ -93,6 +93,11 @@ pub struct SourceConfig {
     /// queues behind us for longer than this).
     #[serde(default = "default_lock_timeout_ms")]
     pub lock_timeout_ms: u64,
+    /// The share of one source core the producer's passes of each table may take on average
+    /// (their statements' time against wall time; see docs/design.md "What it costs the
+    /// source"); 0 = no budget, passes run on their intervals alone.
+    #[serde(default = "default_max_cpu_share")]
+    pub max_cpu_share: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -328,7 +333,7 @@ impl Default for ProducerConfig {
             horizon_max_wait_s: 600,
             checkpoint_interval_ms: 10_000,
             delete_interval_ms: 1_000,
-            reconcile_interval_ms: 60_000,
+            reconcile_interval_ms: 1_000,
             reconcile_full_interval_ms: 86_400_000,
             repair_interval_ms: 1_000,
             heartbeat_interval_ms: 10_000,
@@ -353,6 +358,9 @@ fn default_statement_timeout_ms() -> u64 {
 }
 fn default_lock_timeout_ms() -> u64 {
     1_000
+}
+fn default_max_cpu_share() -> f64 {
+    0.05
 }
 fn default_bookkeeping_schema() -> String {
     "tunnel".into()

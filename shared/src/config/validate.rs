@@ -124,6 +124,12 @@ impl Config {
 
     /// Chunk sizes and intervals that the loops can work with.
     fn validate_settings(&self) -> Result<(), String> {
+        let share = self.source.max_cpu_share;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(format!(
+                "source.max_cpu_share must be between 0 (no budget) and 1 (one whole core), not {share}"
+            ));
+        }
         let p = &self.producer;
         if p.snapshot_chunk_rows < 1 || p.scan_chunk_rows < 1 {
             return Err("producer chunk sizes must be at least 1".into());

@@ -232,6 +232,23 @@ pub fn add_producer_settings(config: &std::path::Path, settings: &str) {
     std::fs::write(config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
 }
 
+/// Adds settings to the `[source]` section of a config written by [`write_config`].
+pub fn add_source_settings(config: &std::path::Path, settings: &str) {
+    let text = std::fs::read_to_string(config)
+        .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+    let text = text.replacen(
+        "[target]
+",
+        &format!(
+            "{settings}
+[target]
+"
+        ),
+        1,
+    );
+    std::fs::write(config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+}
+
 /// Points a config written by [`write_config`] at another registry (a [`PrivateRegistry`]).
 pub fn use_registry(config: &std::path::Path, url: &str) {
     let text = std::fs::read_to_string(config)

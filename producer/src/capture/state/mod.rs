@@ -13,14 +13,23 @@
 //!
 //! Only the last step changes what is shipped next: a pass repeated after a failed publish
 //! reads from the same bounds and ships the same thing.
+//!
+//! Detectors run in two lanes. The key scan and repairs (foreground) run on their intervals on
+//! the table's connection. The others (background: watermark, delete scan, reconciliation)
+//! run one at a time on a connection of their own, while the foreground goes on, each
+//! started when it is due, may find something, and the source cost budget allows
+//! ([`CaptureState::background`]). Keys the foreground ships while a background pass reads
+//! are read again before that pass is shipped ([`CaptureState::overlap`]): its versions of
+//! them may be older.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use tunnel_shared::event::{ChangeEvent, Detection};
 
 use super::cache::ContentCache;
 use super::detector::Found;
+use crate::budget::{self, Budget, Candidate};
 use crate::checkpoint::Checkpoint;
 use crate::horizon::{Bounds, Horizon, Margins, Probe};
 use crate::shipped::ShippedKeys;
@@ -31,6 +40,17 @@ use crate::source::Activity;
 pub struct SlotSpec {
     pub detection: Detection,
     pub interval: Duration,
+    /// Background detectors: how much a wait counts when several are due ([`budget::pick`]).
+    pub priority: u32,
+}
+
+/// Whether passes of `detection` run in the background lane (their own connection, one at a
+/// time, within the source cost budget).
+pub fn in_background(detection: Detection) -> bool {
+    matches!(
+        detection,
+        Detection::Watermark | Detection::DeleteScan | Detection::Reconcile
+    )
 }
 
 struct Slot {
@@ -46,6 +66,10 @@ struct Slot {
     last_activity: Option<Activity>,
     /// Tick of this detector's last shipped pass.
     last_tick: u64,
+    priority: u32,
+    background: bool,
+    /// A background detector that was due and may find something, waiting for its turn.
+    waiting_since: Option<Instant>,
 }
 
 /// The bounds of one pass, and the horizon its detector keeps once the pass is shipped.
@@ -122,6 +146,10 @@ pub struct CaptureState {
     snapshot_rows_remembered: bool,
     /// When a checkpoint was last shipped.
     last_shipped: Instant,
+    budget: Budget,
+    /// The background pass under way (its slot), and the keys the foreground shipped since it
+    /// began.
+    in_flight: Option<(usize, HashSet<Vec<String>>)>,
 }
 
 impl CaptureState {
@@ -151,6 +179,9 @@ impl CaptureState {
                 },
                 last_activity: None,
                 last_tick: 0,
+                priority: s.priority,
+                background: in_background(s.detection),
+                waiting_since: None,
             })
             .collect();
         let mut cache = ContentCache::new(specs.len());
@@ -166,7 +197,15 @@ impl CaptureState {
             tick: 0,
             snapshot_rows_remembered,
             last_shipped: started,
+            budget: Budget::new(0.0, started),
+            in_flight: None,
         }
+    }
+
+    /// Background passes within `share` of one source core (0: on their intervals alone).
+    pub fn with_budget(mut self, share: f64) -> Self {
+        self.budget = Budget::new(share, self.last_shipped);
+        self
     }
 
     pub fn checkpoint(&self) -> &Checkpoint {
@@ -177,13 +216,25 @@ impl CaptureState {
         &self.shipped
     }
 
-    /// When the next detector is due.
-    pub fn next_due(&self) -> Option<Instant> {
-        self.slots.iter().map(|s| s.next_due).min()
+    /// When something is next to be done (at `now`): a foreground detector due, a background
+    /// one due to be looked at, or one waiting for the budget (none while a background pass is
+    /// under way).
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        let background_idle = self.in_flight.is_none();
+        let waiting = self.slots.iter().any(|s| s.waiting_since.is_some());
+        let budget = (background_idle && waiting).then(|| self.budget.ready_at(now));
+        self.slots
+            .iter()
+            .filter(|s| !s.background || (background_idle && s.waiting_since.is_none()))
+            .map(|s| s.next_due)
+            .chain(budget)
+            .min()
     }
 
-    /// The detectors due at `now` that `wants` (slot, activity at its last pass, activity now)
-    /// says may find something; every due detector is next due one interval later.
+    /// The foreground detectors due at `now` that `wants` (slot, activity at its last pass,
+    /// activity now) says may find something; every due detector is next due one interval
+    /// later. Background detectors due and wanted from now on wait for their turn
+    /// ([`CaptureState::background`]); those not wanted are looked at again an interval later.
     pub fn due(
         &mut self,
         now: Instant,
@@ -191,8 +242,9 @@ impl CaptureState {
         mut wants: impl FnMut(usize, &Activity, &Activity) -> bool,
     ) -> Vec<usize> {
         let mut run = Vec::new();
+        let in_flight = self.in_flight.as_ref().map(|(slot, _)| *slot);
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            if now < slot.next_due {
+            if now < slot.next_due || slot.waiting_since.is_some() || in_flight == Some(i) {
                 continue;
             }
             slot.next_due = now + slot.interval;
@@ -200,11 +252,80 @@ impl CaptureState {
                 .last_activity
                 .as_ref()
                 .is_none_or(|before| wants(i, before, activity));
-            if wanted {
-                run.push(i);
+            match (wanted, slot.background) {
+                (true, true) => slot.waiting_since = Some(now),
+                (true, false) => run.push(i),
+                (false, _) => {}
             }
         }
         run
+    }
+
+    /// The background detector to run now, if none is under way, one is waiting and the budget
+    /// allows: it is then under way until [`CaptureState::shipped`] or
+    /// [`CaptureState::abandoned`].
+    pub fn background(&mut self, now: Instant) -> Option<usize> {
+        if self.in_flight.is_some() || self.budget.ready_at(now) > now {
+            return None;
+        }
+        let candidates: Vec<Candidate> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| {
+                s.waiting_since.map(|waiting_since| Candidate {
+                    slot,
+                    priority: s.priority,
+                    waiting_since,
+                })
+            })
+            .collect();
+        let slot = budget::pick(&candidates, now)?;
+        self.slots[slot].waiting_since = None;
+        self.in_flight = Some((slot, HashSet::new()));
+        Some(slot)
+    }
+
+    /// The background pass under way failed (`retry_at`: when it may be tried again): nothing
+    /// of it is kept, and it is due again then.
+    pub fn abandoned(&mut self, slot: usize, now: Instant, retry_at: Instant) {
+        if self.in_flight.as_ref().is_some_and(|(s, _)| *s == slot) {
+            self.in_flight = None;
+        }
+        let s = &mut self.slots[slot];
+        s.waiting_since = None;
+        s.next_due = retry_at.max(now);
+    }
+
+    /// Background detectors waiting for their turn or reading now.
+    pub fn busy_background(&self) -> Vec<usize> {
+        let in_flight = self.in_flight.as_ref().map(|(slot, _)| *slot);
+        (0..self.slots.len())
+            .filter(|i| self.slots[*i].waiting_since.is_some() || in_flight == Some(*i))
+            .collect()
+    }
+
+    /// Keys of `found` (a background pass's) that the foreground shipped while it read: its
+    /// versions of those may be older than what was shipped, so they are read again.
+    pub fn overlap(&self, found: &Found) -> Vec<Vec<String>> {
+        let Some((_, meanwhile)) = &self.in_flight else {
+            return Vec::new();
+        };
+        found
+            .rows
+            .iter()
+            .map(|r| &r.key_text)
+            .chain(found.gone.iter().map(|g| &g.key_text))
+            .filter(|k| meanwhile.contains(*k))
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// A pass that kept the source busy for `cost`, ended at `now`: charged to the budget.
+    pub fn charge(&mut self, cost: Duration, now: Instant) {
+        self.budget.charge(cost, now);
     }
 
     /// The bounds of a pass of detector `slot` that follows `probe`.
@@ -317,10 +438,23 @@ impl CaptureState {
         if outcome.after_snapshot {
             self.snapshot_rows_remembered = false;
         }
+        match &mut self.in_flight {
+            Some((s, _)) if *s == plan.slot => self.in_flight = None,
+            Some((_, meanwhile)) => meanwhile.extend(
+                found
+                    .rows
+                    .iter()
+                    .map(|r| r.key_text.clone())
+                    .chain(found.gone.iter().map(|g| g.key_text.clone())),
+            ),
+            None => {}
+        }
         let slot = &mut self.slots[plan.slot];
-        // a pass may take at most half of the source time of its detector: a pass that took
-        // longer than its interval waits as long again before the next one
-        slot.next_due = slot.next_due.max(now + took);
+        // without a budget, a pass may take at most half of the source time of its detector:
+        // a pass that took longer than its interval waits as long again before the next one
+        if !self.budget.limited() {
+            slot.next_due = slot.next_due.max(now + took);
+        }
         slot.horizon = plan.horizon;
         slot.bounds = plan.observed;
         slot.last_activity = Some(activity.clone());

@@ -58,6 +58,7 @@ fn state_keys(
     let spec = |detection, ms| SlotSpec {
         detection,
         interval: Duration::from_millis(ms),
+        priority: 1,
     };
     CaptureState::new(
         &[
@@ -390,17 +391,106 @@ fn detectors_run_when_due_and_wanted_reconciliation_one_interval_after_the_start
     let started = Instant::now();
     let mut s = state_with(checkpoint(5_000, None), &[], started);
     let activity = Activity::default();
-    // never ran: wanted whatever the activity
-    assert_eq!(
-        s.due(started, &activity, |_, _, _| false),
-        vec![KEY_SCAN, WATERMARK]
-    );
+    // never ran: wanted whatever the activity; the watermark scan waits for its turn in the
+    // background lane
+    assert_eq!(s.due(started, &activity, |_, _, _| false), vec![KEY_SCAN]);
+    assert_eq!(s.busy_background(), vec![WATERMARK]);
     assert!(s.due(started, &activity, |_, _, _| true).is_empty());
+    assert_eq!(s.background(started), Some(WATERMARK));
+    pass(&mut s, WATERMARK, 1_000, Found::default());
     pass(&mut s, KEY_SCAN, 1_000, Found::default());
     let later = started + Duration::from_millis(1_000);
+    assert!(s.due(later, &activity, |i, _, _| i != KEY_SCAN).is_empty());
+    assert_eq!(s.busy_background(), vec![WATERMARK, RECONCILE]);
+    assert_eq!(s.next_due(later), Some(later));
+    assert_eq!(s.background(later), Some(WATERMARK));
+    // one background pass at a time: the next waits until it is shipped
+    assert_eq!(s.background(later), None);
+    assert_eq!(s.next_due(later), Some(later + Duration::from_millis(100)));
+    pass(&mut s, WATERMARK, 2_000, Found::default());
+    assert_eq!(s.background(later), Some(RECONCILE));
+}
+
+#[test]
+fn background_passes_wait_for_the_budget_the_key_scan_does_not() {
+    let started = Instant::now();
+    let mut s = state_with(checkpoint(5_000, None), &[], started).with_budget(0.05);
+    let activity = Activity::default();
+    assert_eq!(s.due(started, &activity, |_, _, _| true), vec![KEY_SCAN]);
+    assert_eq!(s.background(started), Some(WATERMARK));
+    // the watermark pass kept the source busy for 300 ms: 6 s of rest at 5%
+    s.charge(Duration::from_millis(300), started);
+    pass(&mut s, WATERMARK, 1_000, Found::default());
+    let later = started + Duration::from_millis(1_100);
+    assert_eq!(s.due(later, &activity, |_, _, _| true), vec![KEY_SCAN]);
+    assert_eq!(s.busy_background(), vec![WATERMARK, RECONCILE]);
+    assert_eq!(s.background(later), None);
+    // the key scan stays on its interval meanwhile
+    let soon = later + Duration::from_millis(100);
+    assert_eq!(s.next_due(later), Some(soon));
+    assert_eq!(s.due(soon, &activity, |_, _, _| true), vec![KEY_SCAN]);
+    assert_eq!(s.background(started + Duration::from_millis(5_900)), None);
+    assert!(s
+        .background(started + Duration::from_millis(6_100))
+        .is_some());
+}
+
+#[test]
+fn keys_the_foreground_ships_during_a_background_pass_are_read_again() {
+    let started = Instant::now();
+    let mut s = state_with(checkpoint(5_000, None), &[], started);
+    let activity = Activity::default();
+    s.due(started, &activity, |_, _, _| true);
+    assert_eq!(s.background(started), Some(WATERMARK));
+    let bg_plan = s.plan(WATERMARK, probe(1_000));
+    // the key scan ships key 11 while the watermark scan reads
+    pass(&mut s, KEY_SCAN, 1_100, found(vec![row(11, 2, None)]));
+    let mut f = Found {
+        rows: vec![row(11, 1, None), row(3, 1, None)],
+        gone: vec![gone(12)],
+        ..Default::default()
+    };
+    assert_eq!(s.overlap(&f), vec![vec!["11".to_string()]]);
+    // read again: the newer version takes the place of the pass's
+    f.read_again(&s.overlap(&f), vec![row(11, 2, None)]);
+    let o = s.outcome(&bg_plan, &f, 0, started);
+    // 11 is what the key scan shipped: unchanged; 3 is new; 12 is gone
     assert_eq!(
-        s.due(later, &activity, |i, _, _| i != KEY_SCAN),
-        vec![WATERMARK, RECONCILE]
+        ops(&o),
+        vec![(Op::Create, Value::Long(3)), (Op::Delete, Value::Long(12))]
     );
-    assert_eq!(s.next_due(), Some(later + Duration::from_millis(100)));
+    s.shipped(bg_plan, f, o, &activity, started, Duration::ZERO);
+    // no background pass under way: nothing to read again
+    assert!(s.overlap(&found(vec![row(11, 3, None)])).is_empty());
+}
+
+#[test]
+fn a_key_found_gone_but_shipped_meanwhile_is_gone_only_if_still_missing() {
+    let mut f = Found {
+        gone: vec![gone(5), gone(6)],
+        ..Default::default()
+    };
+    let keys = vec![vec!["5".to_string()], vec!["6".to_string()]];
+    // 5 is back (inserted again), 6 is still missing
+    f.read_again(&keys, vec![row(5, 9, None)]);
+    assert_eq!(f.rows.len(), 1);
+    assert_eq!(f.gone.len(), 1);
+    assert_eq!(f.gone[0].key_text, vec!["6".to_string()]);
+}
+
+#[test]
+fn a_failed_background_pass_is_due_again_after_its_back_off() {
+    let started = Instant::now();
+    let mut s = state_with(checkpoint(5_000, None), &[], started);
+    let activity = Activity::default();
+    s.due(started, &activity, |_, _, _| true);
+    assert_eq!(s.background(started), Some(WATERMARK));
+    let retry = started + Duration::from_secs(2);
+    s.abandoned(WATERMARK, started, retry);
+    assert!(s.busy_background().is_empty());
+    assert_eq!(s.background(started), None);
+    s.due(started + Duration::from_secs(1), &activity, |_, _, _| true);
+    assert!(!s.busy_background().contains(&WATERMARK));
+    s.due(retry, &activity, |_, _, _| true);
+    assert!(s.busy_background().contains(&WATERMARK));
 }
