@@ -3,9 +3,14 @@
 #
 #   1. initial sync of BENCH_ROWS rows (default 1,000,000): time from the start of the producer
 #      until the target holds every row, against a direct COPY pipe between the two databases;
-#   2. source-commit-to-target-visible latency at BENCH_RATE DML/s (default 10, alternating
-#      inserts and updates) for BENCH_LATENCY_SECONDS (default 60), on a table of BENCH_ROWS rows
-#      and on one of BENCH_SMALL_ROWS rows (default 10,000);
+#   2. source-commit-to-target-visible latency at BENCH_RATE DML/s (default 10, cycling through
+#      BENCH_MIX, default "iusd": an insert, an update that moves updated_at, a silent update that
+#      does not, a delete) for BENCH_LATENCY_SECONDS (default 60), on a table of BENCH_ROWS rows
+#      and on one of BENCH_SMALL_ROWS rows (default 10,000), with the default settings, and the
+#      source's CPU share taken by the pipeline meanwhile (pg_stat_statements); then, on the
+#      large table, inserts alone for BENCH_B2B_SECONDS (default 30; 0 skips it) while the
+#      watermark scan runs back to back ([source] max_cpu_share = 0, so that every insert is
+#      made during a full watermark pass): the key scan's latency beside a long pass;
 #   3. peak RSS (VmHWM) and CPU time of tunnel-producer and tunnel-consumer;
 #   4. deletes and reconciliation, on tables of BENCH_DELETE_SIZES rows (default
 #      "1000000 10000000"), each synced through the pipeline first (producer options
@@ -53,6 +58,8 @@ ROWS=${BENCH_ROWS:-1000000}
 SMALL_ROWS=${BENCH_SMALL_ROWS:-10000}
 RATE=${BENCH_RATE:-10}
 LAT_SECONDS=${BENCH_LATENCY_SECONDS:-60}
+MIX=${BENCH_MIX:-iusd}
+B2B_SECONDS=${BENCH_B2B_SECONDS:-30}
 POLL_MS=${BENCH_POLL_MS:-25}
 PARTITIONS=${BENCH_PARTITIONS:-6}
 SNAPSHOT_CHUNK=${BENCH_SNAPSHOT_CHUNK:-10000}
@@ -214,12 +221,13 @@ create_target() { # db
   TARGET_DBS+=("$1")
 }
 
-write_config() { # db config-path [extra [producer] lines]
-  local db=$1 extra=${3:-}
+write_config() { # db config-path [extra [producer] lines] [extra [source] lines]
+  local db=$1 extra=${3:-} source_extra=${4:-}
   cat >"$2" <<TOML
 [source]
 url = "$(src_reader_url "$db")"
 application_name = "$db"
+$source_extra
 [target]
 url = "$(tgt_url "$db")"
 [kafka]
@@ -244,11 +252,11 @@ target_count() { # db -> rows in the target's media, 0 while it does not exist
   psql -X -At "$(tgt_url "$1")" -c "SELECT count(*) FROM media" 2>/dev/null || echo 0
 }
 
-start_pipeline() { # db tag; sets PRODUCER_PID CONSUMER_PID T_START
+start_pipeline() { # db tag [extra [source] lines] [RUST_LOG]; sets PRODUCER_PID CONSUMER_PID T_START
   local db=$1 tag=$2 cfg=$LOG_DIR/$2.toml
-  write_config "$db" "$cfg"
+  write_config "$db" "$cfg" "" "${3:-}"
   T_START=$(now)
-  NO_COLOR=1 "$PRODUCER_BIN" run --config "$cfg" >"$LOG_DIR/$tag-producer.log" 2>&1 &
+  RUST_LOG=${4:-${RUST_LOG:-}} NO_COLOR=1 "$PRODUCER_BIN" run --config "$cfg" >"$LOG_DIR/$tag-producer.log" 2>&1 &
   PRODUCER_PID=$!
   PIDS+=("$PRODUCER_PID")
   NO_COLOR=1 "$CONSUMER_BIN" run --config "$cfg" >"$LOG_DIR/$tag-consumer.log" 2>&1 &
@@ -334,12 +342,41 @@ cost_figure() { # section label before after seconds
   figure "$1" "$2" "$(calc "printf \"%.2f s exec over %.0f s (%.0f%% of one core), %d statements, %d buffers\", ${a[0]} - ${b[0]}, $5, 100 * (${a[0]} - ${b[0]}) / $5, ${a[1]} - ${b[1]}, ${a[3]} - ${b[3]}")" ""
 }
 
-latency() { # db tag section
-  local db=$1 tag=$2 section=$3 out=$LOG_DIR/$2-latency
-  note "load: ${RATE} DML/s for ${LAT_SECONDS} s (alternating INSERT / UPDATE), probing the target every ${POLL_MS} ms"
+log_lines() { # log: its number of lines
+  if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi
+}
+
+pass_lines() { # log from detector: the pass lines of <detector> after line <from>
+  tail -n +"$(($2 + 1))" "$1" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' \
+    | grep -E "(shipped changes|pass found no change) .*detector=\"?$3\"?( |$)" || true
+}
+
+kv() { # line key: the value of key=value in a log line, "" when absent
+  grep -oE "(^| )$2=[^ ]+" <<<"$1" | head -n 1 | sed -E "s/^ *$2=//; s/\"//g" || true
+}
+
+elapsed_list() { # the elapsed_ms of the log lines on stdin, space-separated
+  local l out=""
+  while IFS= read -r l; do
+    [[ -n $l ]] && out+="${out:+ }$(kv "$l" elapsed_ms)"
+  done
+  echo "${out:--}"
+}
+
+wait_logged() { # log text seconds: waits until <log> holds <text> (at most <seconds>)
+  local deadline=$(($(date +%s) + $3))
+  until grep -q "$2" "$1" 2>/dev/null; do
+    (($(date +%s) > deadline)) && { note "'$2' not logged in ${1##*/} within $3 s"; return 0; }
+    sleep 0.5
+  done
+}
+
+latency() { # db tag section [mix] [seconds]
+  local db=$1 tag=$2 section=$3 out=$LOG_DIR/$2-latency mix=${4:-$MIX} seconds=${5:-$LAT_SECONDS}
+  note "load: ${RATE} DML/s for ${seconds} s (cycling through \"$mix\": i insert, u update, s silent update, d delete), probing the target every ${POLL_MS} ms"
   "$VENV/bin/python" "$ROOT/scripts/bench/latency.py" \
-    --source "$(src_admin_url "$db")" --target "$(tgt_url "$db")" \
-    --duration "$LAT_SECONDS" --rate "$RATE" --poll-ms "$POLL_MS" --label "$tag" --out "$out" &
+    --source "$(src_admin_url "$db")" --target "$(tgt_url "$db")" --mix "$mix" \
+    --duration "$seconds" --rate "$RATE" --poll-ms "$POLL_MS" --label "$tag" --out "$out" &
   LOAD_PID=$!
   local before after t0
   before=$(source_cost "$db")
@@ -353,11 +390,14 @@ latency() { # db tag section
 import json, sys
 r = json.load(open(sys.argv[1])); section = sys.argv[2]
 f = lambda v: "-" if v is None else f"{v:.0f}"
-for kind in ("insert", "update"):
+targets = {"insert": "p99 < 1000 ms", "update": "", "silent": "p99 < 5000 ms", "delete": "p99 < 2000 ms"}
+for kind in ("insert", "update", "silent", "delete"):
     s = r[kind]
+    if s["count"] == 0 and s["missing"] == 0:
+        continue
     print(f"{section}|{kind} latency p50 / p95 / p99 / max"
           f"|{f(s['p50_ms'])} / {f(s['p95_ms'])} / {f(s['p99_ms'])} / {f(s['max_ms'])} ms"
-          f" (n={s['count']}, missing={s['missing']})|p99 < 1000 ms")
+          f" (n={s['count']}, missing={s['missing']})|{targets[kind]}")
 PY
 }
 
@@ -420,6 +460,18 @@ if [[ $SECTIONS == *" 1 "* ]]; then
   say "3. peak RSS, $ROWS-row pipeline"
   stop_pipeline big "3. resources, $ROWS-row pipeline"
 
+  if [[ -n $SYNC_SECONDS ]] && ((B2B_SECONDS > 0)); then
+    S2W="2. insert latency beside back-to-back watermark passes, $ROWS-row table"
+    say "$S2W"
+    start_pipeline "$BIG" big-b2b "max_cpu_share = 0" "info,tunnel_producer=debug,rdkafka=warn,tokio_postgres=warn"
+    wait_logged "$LOG_DIR/big-b2b-producer.log" "streaming changes" 300
+    from=$(log_lines "$LOG_DIR/big-b2b-producer.log")
+    latency "$BIG" big-b2b "$S2W" i "$B2B_SECONDS"
+    line=$(pass_lines "$LOG_DIR/big-b2b-producer.log" "$from" watermark)
+    figure "$S2W" "watermark passes meanwhile" "$(grep -c . <<<"$line" || true) pass(es), elapsed_ms: $(elapsed_list <<<"$line" | cut -c1-200)" ""
+    stop_pipeline big-b2b "$S2W"
+  fi
+
   # ---------------------------------------------------------------- 2+3 on the small table
 
   if ((SMALL_ROWS > 0)); then
@@ -452,19 +504,6 @@ start_producer() { # config log: tunnel-producer at debug; sets PRODUCER_PID
   PRODUCER_PID=$!
   PIDS+=("$PRODUCER_PID")
   note "producer pid $PRODUCER_PID (log ${2##*/})"
-}
-
-log_lines() { # log: its number of lines
-  if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi
-}
-
-pass_lines() { # log from detector: the pass lines of <detector> after line <from>
-  tail -n +"$(($2 + 1))" "$1" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' \
-    | grep -E "(shipped changes|pass found no change) .*detector=\"?$3\"?( |$)" || true
-}
-
-kv() { # line key: the value of key=value in a log line, "" when absent
-  grep -oE "(^| )$2=[^ ]+" <<<"$1" | head -n 1 | sed -E "s/^ *$2=//; s/\"//g" || true
 }
 
 rec_lines() { # log from: the "reconciliation pass" lines after line <from>
@@ -594,14 +633,6 @@ sum_field() { # key: the sum of key=N over the log lines on stdin
     [[ -n $v ]] && total=$((total + v))
   done
   echo "$total"
-}
-
-elapsed_list() { # the elapsed_ms of the log lines on stdin, space-separated
-  local l out=""
-  while IFS= read -r l; do
-    [[ -n $l ]] && out+="${out:+ }$(kv "$l" elapsed_ms)"
-  done
-  echo "${out:--}"
 }
 
 ratio() { # a b -> a / b with 2 decimals, "n/a" when either is missing

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Latency load generator for scripts/bench.sh.
 
-Issues ~RATE DML/s against the source's `media` table for DURATION seconds, alternating an
-INSERT and an UPDATE (of a random id among the rows that existed before the run, each id at most
-once), each one its own autocommitted transaction. For every operation it records the client's
+Issues ~RATE DML/s against the source's `media` table for DURATION seconds, cycling through
+MIX (default "iu": an INSERT, then an UPDATE that moves updated_at; "s" is an UPDATE that leaves
+updated_at alone, a silent update; "d" a DELETE), each UPDATE and DELETE of a random id among the
+rows that existed before the run (each id at most once), each one its own autocommitted
+transaction. A DELETE is visible when a poll no longer finds its id. For every operation it records the client's
 wall clock right after the COMMIT returned and a unique marker (the new s3_path). In the same
 process, every POLL_MS it asks the target which of the ids still pending carry their marker yet
 (primary-key lookups, so the poll costs the target next to nothing) and records when each first
@@ -66,6 +68,9 @@ def main():
     ap.add_argument("--mode", choices=("dml", "delete"), default="dml",
                     help="dml: alternating INSERT / UPDATE; delete: single-row DELETEs")
     ap.add_argument("--count", type=int, default=20, help="deletes issued (--mode delete)")
+    ap.add_argument("--mix", default="iu",
+                    help="--mode dml: the cycle of operations: i insert, u update, "
+                         "s silent update (updated_at unchanged), d delete")
     args = ap.parse_args()
     if args.mode == "delete":
         return deletes(args)
@@ -77,7 +82,11 @@ def main():
     min_id, max_id = src.execute("SELECT min(id), max(id) FROM media").fetchone()
     if max_id is None:
         sys.exit("the source's media table is empty")
-    n_updates = int(args.duration * args.rate / 2) + 2
+    kinds = {"i": "insert", "u": "update", "s": "silent", "d": "delete"}
+    if not args.mix or any(c not in kinds for c in args.mix):
+        sys.exit(f"--mix {args.mix!r}: use the letters i, u, s and d")
+    cycle = [kinds[c] for c in args.mix]
+    n_updates = int(args.duration * args.rate) + 2
     span = max_id - min_id + 1
     update_ids = rng.sample(range(min_id, max_id + 1), min(n_updates, span))
 
@@ -85,6 +94,8 @@ def main():
         "INSERT INTO media (s3_path, format, type) VALUES (%s, 'jpg', 1) RETURNING id"
     )
     update_sql = "UPDATE media SET s3_path = %s, updated_at = now() WHERE id = %s"
+    silent_sql = "UPDATE media SET s3_path = %s WHERE id = %s"
+    delete_sql = "DELETE FROM media WHERE id = %s"
     probe_sql = "SELECT id, s3_path FROM media WHERE id = ANY(%s)"
 
     run_tag = f"{int(time.time())}-{rng.randrange(1 << 30):x}"
@@ -102,12 +113,17 @@ def main():
         t_start = time.time()
         rows = tgt.execute(probe_sql, (list(pending.keys()),)).fetchall()
         polls += 1
+        present = set()
         for row_id, s3_path in rows:
+            present.add(row_id)
             p = pending.get(row_id)
-            if p is not None and s3_path == p[1]:
+            if p is not None and p[0] != "delete" and s3_path == p[1]:
                 kind, marker, t_commit, seq = p
                 records[seq] = (seq, kind, row_id, marker, t_commit, t_start)
                 del pending[row_id]
+        for row_id in [k for k, p in pending.items() if p[0] == "delete" and k not in present]:
+            kind, marker, t_commit, seq = pending.pop(row_id)
+            records[seq] = (seq, kind, row_id, marker, t_commit, t_start)
 
     start = time.time()
     end = start + args.duration
@@ -121,17 +137,19 @@ def main():
         if now >= next_op:
             if now - next_op > interval:
                 late_ops += 1
-            kind = "insert" if seq % 2 == 0 else "update"
+            kind = cycle[seq % len(cycle)]
             marker = f"/bucket/bench/{run_tag}/{seq}.jpg"
+            if kind != "insert" and not update_ids:
+                kind = "insert"
             if kind == "insert":
                 row_id = src.execute(insert_sql, (marker,)).fetchone()[0]
             else:
-                if not update_ids:
-                    kind = "insert"
-                    row_id = src.execute(insert_sql, (marker,)).fetchone()[0]
+                row_id = update_ids.pop()
+                if kind == "delete":
+                    marker = None
+                    src.execute(delete_sql, (row_id,))
                 else:
-                    row_id = update_ids.pop()
-                    src.execute(update_sql, (marker, row_id))
+                    src.execute(update_sql if kind == "update" else silent_sql, (marker, row_id))
             t_commit = time.time()  # autocommit: the statement returned after its COMMIT
             records.append((seq, kind, row_id, marker, t_commit, None))
             pending[row_id] = (kind, marker, t_commit, seq)
@@ -159,7 +177,7 @@ def main():
     result = {"label": args.label, "table_rows": span, "duration_s": args.duration,
               "ops": len(records), "achieved_rate": len(records) / args.duration,
               "polls": polls, "late_ops": late_ops}
-    for kind in ("insert", "update"):
+    for kind in ("insert", "update", "silent", "delete"):
         lats = [(r[5] - r[4]) * 1000.0 for r in records if r[1] == kind and r[5] is not None]
         missing = sum(1 for r in records if r[1] == kind and r[5] is None)
         result[kind] = summarize(lats, missing)
@@ -173,8 +191,10 @@ def main():
           f"({result['achieved_rate']:.1f} ops/s), target polled every {args.poll_ms:.0f} ms "
           f"({polls} polls)")
     print(f"    {'op':<7} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'missing':>8}")
-    for kind in ("insert", "update"):
+    for kind in ("insert", "update", "silent", "delete"):
         s = result[kind]
+        if s["count"] == 0 and s["missing"] == 0:
+            continue
         print(f"    {kind:<7} {s['count']:>5} {fmt(s['p50_ms']):>8} {fmt(s['p95_ms']):>8} "
               f"{fmt(s['p99_ms']):>8} {fmt(s['max_ms']):>8} {s['missing']:>8}")
 
