@@ -17,7 +17,7 @@
 //! It reads the target through a read-only session of its own. A target that cannot be read
 //! (down, table not created yet) skips the pass with a warning: capture goes on regardless.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -41,10 +41,14 @@ type Listed = (Vec<String>, i64);
 /// the whole table is compared.
 const VERSIONS_CAP: usize = 200_000;
 
+/// How long after a comparison of the rows written since the last pass the differences are
+/// looked at again: a row whose event is still on its way to the target (shipped by a key or
+/// watermark scan moments ago) differs for that long, and is not shipped a second time.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// What a pass would change of the scan's memory, until it is shipped.
 #[derive(Default)]
 struct Staged {
-    suspects: Option<HashSet<Vec<String>>>,
     full_at: Option<Instant>,
 }
 
@@ -57,9 +61,7 @@ pub struct ContentScan {
     /// Whether passes may look at the rows written since the last pass only: deletes are
     /// then the delete scan's to find (tables with a single integer key).
     by_versions: bool,
-    /// Keys the last pass found different, to be shipped if this pass finds them so again.
-    suspects: HashSet<Vec<String>>,
-    /// What the pass in hand would make of `suspects` and `last_full`, kept once it is shipped.
+    /// What the pass in hand would make of `last_full`, kept once it is shipped.
     staged: Staged,
     /// Whether the consumer applies what was shipped (passes pause while it does not).
     applying: ApplyWatch,
@@ -95,7 +97,6 @@ impl ContentScan {
             full_interval,
             last_full: Instant::now(),
             by_versions,
-            suspects: HashSet::new(),
             staged: Staged::default(),
             applying: ApplyWatch::default(),
             progress_at_last_pass: (0, None),
@@ -125,29 +126,56 @@ impl ContentScan {
         }
     }
 
-    /// Rows written since the last pass may differ from the target only because their events
-    /// are still on their way (shipped by a key or watermark scan moments ago): a difference is
-    /// shipped when the previous pass saw it too. The others are remembered, and the horizon
-    /// is held back to the oldest of them so that the next pass lists them again. Returns the
-    /// keys to ship and the horizon to keep.
-    fn confirm(
+    /// Of `keys` (rows written since the last pass that differed from the target), those that
+    /// still differ [`RECHECK_AFTER`] later: the others were events on their way, applied
+    /// meanwhile. Both sides are read again by key; a target that cannot be read now leaves
+    /// them all (shipping one again is harmless).
+    async fn still_different(
         &mut self,
-        differing: Vec<Vec<String>>,
-        listed: &[Listed],
-        xids: &[i64],
-        horizon: i64,
-    ) -> (Vec<Vec<String>>, i64) {
-        let (confirmed, fresh): (Vec<_>, Vec<_>) = differing
-            .into_iter()
-            .partition(|k| self.suspects.contains(k));
-        let xid_of: HashMap<&Vec<String>, i64> =
-            listed.iter().zip(xids).map(|((k, _), x)| (k, *x)).collect();
-        let held = fresh
-            .iter()
-            .filter_map(|k| xid_of.get(k).copied())
-            .fold(horizon, i64::min);
-        self.staged.suspects = Some(fresh.into_iter().collect());
-        (confirmed, held)
+        ctx: &mut PassContext<'_>,
+        keys: Vec<Vec<String>>,
+    ) -> Result<Vec<Vec<String>>, SourceError> {
+        tokio::time::sleep(RECHECK_AFTER).await;
+        let table = ctx.source.table().clone();
+        let source = ctx.source.client();
+        source
+            .batch_execute(&tunnel_shared::pg::canonical_set(false))
+            .await
+            .map_err(PgError::query("preparing the session for reconciliation"))?;
+        let side = Side {
+            client: source,
+            table: qualified(&table.schema, &table.name),
+        };
+        let listed = reconcile::list_keys(&table, &side, &keys).await;
+        source
+            .batch_execute(&tunnel_shared::pg::canonical_reset())
+            .await
+            .map_err(PgError::query("resetting the session after reconciliation"))?;
+        let listed = listed?;
+        let target_table = self.target_table.clone();
+        let Ok(target) = self.target().await else {
+            return Ok(keys);
+        };
+        let side = Side {
+            client: target,
+            table: target_table,
+        };
+        match reconcile::compare_listed(&table, &side, &listed).await {
+            Ok(diff) => {
+                let mut still = diff.missing;
+                still.extend(diff.differing);
+                debug!(
+                    differed = keys.len(),
+                    still = still.len(),
+                    "differences looked at again"
+                );
+                Ok(still)
+            }
+            Err(e) => {
+                debug!(error = %e, "the target could not be read again: shipping the differences");
+                Ok(keys)
+            }
+        }
     }
 
     /// Whether this pass is skipped because the consumer applies nothing of what was shipped
@@ -217,7 +245,6 @@ impl ChangeDetector for ContentScan {
         // seen once are looked at again, and so is a target compared while events were on
         // their way to it
         self.full_due()
-            || !self.suspects.is_empty()
             || self.progress_moved
             || self.differed.is_some()
             || self.applying.is_paused()
@@ -239,10 +266,7 @@ impl ChangeDetector for ContentScan {
                 return Ok(Found::default());
             }
             let activity = ctx.source.activity().await?;
-            if self.differed.as_ref() == Some(&activity)
-                && !self.progress_moved
-                && self.suspects.is_empty()
-                && !self.full_due()
+            if self.differed.as_ref() == Some(&activity) && !self.progress_moved && !self.full_due()
             {
                 // the same comparison would find the same
                 return Ok(Found::default());
@@ -259,9 +283,6 @@ impl ChangeDetector for ContentScan {
     }
     fn shipped(&mut self) {
         let staged = std::mem::take(&mut self.staged);
-        if let Some(suspects) = staged.suspects {
-            self.suspects = suspects;
-        }
         if let Some(at) = staged.full_at {
             self.last_full = at;
         }
@@ -379,10 +400,9 @@ impl ContentScan {
         let mut again: Vec<Vec<String>> = c.diff.missing;
         again.extend(c.diff.differing);
         again.retain(|k| !c.parked.contains(k));
-        if let Some((listed, xids)) = &c.written {
-            let (confirmed, held) = self.confirm(again, listed, xids, c.horizon);
-            again = confirmed;
-            found.reconciled_xmin = Some(held);
+        if c.written.is_some() && !again.is_empty() {
+            again = self.still_different(ctx, again).await?;
+            found.waited = RECHECK_AFTER;
         }
         found.rows = ctx.source.rows_by_keys(&again).await?;
         let table = ctx.source.table().clone();
@@ -440,53 +460,5 @@ async fn parked_keys(target: &Client, bookkeeping: &str, topic: &str) -> HashSet
             debug!(error = %e, "no parked keys read");
             HashSet::new()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn scan() -> ContentScan {
-        let config = tunnel_shared::config::Config::parse(
-            "[source]\nurl = \"postgres://r@h/s\"\n[target]\nurl = \"postgres://w@h/t\"\n\
-             [kafka]\nbrokers = \"k:1\"\n[registry]\nurl = \"http://r\"\n[[tables]]\nname = \"media\"\n",
-            "t.toml",
-            &[],
-        )
-        .unwrap();
-        ContentScan::new(
-            Duration::from_secs(1),
-            Duration::ZERO,
-            true,
-            &config.target,
-            &config.tables[0],
-            "t.public.media".into(),
-        )
-    }
-
-    fn key(k: &str) -> Vec<String> {
-        vec![k.to_string()]
-    }
-
-    #[test]
-    fn a_difference_is_confirmed_by_the_next_shipped_pass_only() {
-        let mut s = scan();
-        let listed = vec![(key("1"), 10), (key("2"), 20)];
-        let xids = [100, 200];
-        // first seen: not shipped yet, the horizon held back to its transaction
-        let (ship, held) = s.confirm(vec![key("1")], &listed, &xids, 500);
-        assert!(ship.is_empty());
-        assert_eq!(held, 100);
-        // that pass was not shipped: repeated, it decides the same
-        s.staged = Staged::default();
-        let (ship, _) = s.confirm(vec![key("1")], &listed, &xids, 500);
-        assert!(ship.is_empty());
-        // shipped this time: the next pass that sees it again ships it
-        s.shipped();
-        let (ship, held) = s.confirm(vec![key("1"), key("2")], &listed, &xids, 500);
-        assert_eq!(ship, vec![key("1")]);
-        assert_eq!(held, 200);
     }
 }

@@ -394,31 +394,12 @@ pub async fn compare_listed(
     listed: &[(Vec<String>, i64)],
 ) -> Result<Differences, PgError> {
     let started = Instant::now();
-    let n = t.key.len();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {}",
-        listing_select(t),
-        target.table,
-        t.key_in_arrays()
-    );
     let mut out = Differences::default();
     for chunk in listed.chunks(LOOKUP_CHUNK) {
-        let columns: Vec<Vec<&str>> = (0..n)
-            .map(|i| chunk.iter().map(|(k, _)| k[i].as_str()).collect())
-            .collect();
-        let params: Vec<&(dyn ToSql + Sync)> =
-            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        let rows = target
-            .client
-            .query(&sql, &params)
-            .await
-            .map_err(PgError::query("looking up listed keys in the target"))?;
+        let keys: Vec<&Vec<String>> = chunk.iter().map(|(k, _)| k).collect();
+        let there = hashes_by_keys(t, target, &keys).await?;
         out.queries += 1;
-        out.rows_compared += (chunk.len() + rows.len()) as u64;
-        let there: HashMap<Vec<String>, i64> = rows
-            .iter()
-            .map(|r| ((0..n).map(|i| r.get(i)).collect(), r.get(n)))
-            .collect();
+        out.rows_compared += (chunk.len() + there.len()) as u64;
         for (k, h) in chunk {
             match there.get(k) {
                 None => out.missing.push(k.clone()),
@@ -429,6 +410,50 @@ pub async fn compare_listed(
     }
     out.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(out)
+}
+
+/// The rows of `keys` on one side, listed as [`listing_select`] lists them (the session must
+/// render text as [`crate::pg::CANONICAL_TEXT`] says); keys the side lacks are not there.
+pub async fn list_keys(
+    t: &TableInfo,
+    side: &Side<'_>,
+    keys: &[Vec<String>],
+) -> Result<Vec<(Vec<String>, i64)>, PgError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(LOOKUP_CHUNK) {
+        let chunk: Vec<&Vec<String>> = chunk.iter().collect();
+        out.extend(hashes_by_keys(t, side, &chunk).await?);
+    }
+    Ok(out)
+}
+
+/// The hash of each row of `keys` (one statement) that `side` has.
+async fn hashes_by_keys(
+    t: &TableInfo,
+    side: &Side<'_>,
+    keys: &[&Vec<String>],
+) -> Result<HashMap<Vec<String>, i64>, PgError> {
+    let n = t.key.len();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {}",
+        listing_select(t),
+        side.table,
+        t.key_in_arrays()
+    );
+    let columns: Vec<Vec<&str>> = (0..n)
+        .map(|i| keys.iter().map(|k| k[i].as_str()).collect())
+        .collect();
+    let params: Vec<&(dyn ToSql + Sync)> =
+        columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    let rows = side
+        .client
+        .query(&sql, &params)
+        .await
+        .map_err(PgError::query("looking up listed keys"))?;
+    Ok(rows
+        .iter()
+        .map(|r| ((0..n).map(|i| r.get(i)).collect(), r.get(n)))
+        .collect())
 }
 
 #[cfg(test)]
