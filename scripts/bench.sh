@@ -256,7 +256,7 @@ start_pipeline() { # db tag [extra [source] lines] [RUST_LOG]; sets PRODUCER_PID
   local db=$1 tag=$2 cfg=$LOG_DIR/$2.toml
   write_config "$db" "$cfg" "" "${3:-}"
   T_START=$(now)
-  RUST_LOG=${4:-${RUST_LOG:-}} NO_COLOR=1 "$PRODUCER_BIN" run --config "$cfg" >"$LOG_DIR/$tag-producer.log" 2>&1 &
+  RUST_LOG=${4:-${RUST_LOG:-info}} NO_COLOR=1 "$PRODUCER_BIN" run --config "$cfg" >"$LOG_DIR/$tag-producer.log" 2>&1 &
   PRODUCER_PID=$!
   PIDS+=("$PRODUCER_PID")
   NO_COLOR=1 "$CONSUMER_BIN" run --config "$cfg" >"$LOG_DIR/$tag-consumer.log" 2>&1 &

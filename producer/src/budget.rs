@@ -1,15 +1,16 @@
 //! The source cost budget (`[source] max_cpu_share`): the share of one source core the
-//! producer's passes of a table may take on average. Every pass is charged what it took (the
-//! time its statements kept a source backend busy, measured around them); the budget refills at
-//! the share per second of wall time. A background pass (watermark, delete, reconciliation)
-//! starts only while the budget is not in debt, so a pass that cost more than there was is
-//! followed by as much rest as it needs: a pass of 300 ms at a share of 0.05 waits 6 s. Cheap
-//! passes therefore run often and expensive ones rarely, whatever the table's size, with no
-//! interval to tune. The key scan and repairs are charged too, but never wait for the budget:
-//! new rows are an index range scan of a few buffers.
+//! producer's background passes of a table (watermark, delete scan, reconciliation) may take
+//! on average, split among those detectors by priority. Each is charged what its passes took
+//! (wall time around the pass, not counting waits: an overestimate of the source's CPU when
+//! the producer's own machine is busy), and its part refills at its share per second of wall
+//! time. A detector starts a pass only while its part is not in debt, so a pass that cost more
+//! than there was is followed by as much rest as it needs: a pass of 300 ms at a share of 0.05
+//! waits 6 s. Cheap passes therefore run often and expensive ones rarely, whatever the table's
+//! size, with no interval to tune, and an expensive detector never holds back a cheap one. The
+//! key scan and repairs are not budgeted: new rows are an index range scan of a few buffers.
 //!
-//! Among background detectors that are due and may find something, the one that has waited
-//! longest, weighted by its priority, runs first ([`pick`]).
+//! Among background detectors that are due, may find something and whose part allows, the one
+//! that has waited longest, weighted by its priority, runs first ([`pick`]).
 
 use std::time::{Duration, Instant};
 

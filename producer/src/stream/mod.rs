@@ -305,7 +305,7 @@ impl Stream {
         self.detectors[slot] = Some(detector);
         self.lane.put_source(source);
         let now = Instant::now();
-        self.state.charge(took, now);
+        self.state.charge(slot, took, now);
         let Some(Pending {
             plan,
             activity,
@@ -368,7 +368,6 @@ impl Stream {
             checkpoint: self.state.checkpoint(),
         };
         let found = detector.pass(ctx).await;
-        self.state.charge(started.elapsed(), Instant::now());
         let read = self.link.source().read_rows() - read_before;
         self.ship(i, plan, found?, activity, started, read).await
     }

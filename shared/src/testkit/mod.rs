@@ -164,6 +164,9 @@ pub fn write_config(
     let mut text = format!(
         r#"[source]
 url = "{src}"
+# tests run many pipelines at once on a loaded machine, in debug builds: a pass of a few rows
+# takes hundreds of milliseconds there, which the default budget would space by seconds
+max_cpu_share = 0.5
 [target]
 url = "{tgt}"
 [kafka]
@@ -232,20 +235,21 @@ pub fn add_producer_settings(config: &std::path::Path, settings: &str) {
     std::fs::write(config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
 }
 
-/// Adds settings to the `[source]` section of a config written by [`write_config`].
+/// Sets keys of the `[source]` section of a config written by [`write_config`] (`settings`:
+/// `key = value` lines; a key already there is replaced).
 pub fn add_source_settings(config: &std::path::Path, settings: &str) {
     let text = std::fs::read_to_string(config)
         .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
-    let text = text.replacen(
-        "[target]
-",
-        &format!(
-            "{settings}
-[target]
-"
-        ),
-        1,
-    );
+    let keys: Vec<String> = settings
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| format!("{} =", k.trim())))
+        .collect();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !keys.iter().any(|k| l.starts_with(k.as_str())))
+        .collect();
+    let text =
+        (kept.join("\n") + "\n").replacen("[target]\n", &format!("{settings}\n[target]\n"), 1);
     std::fs::write(config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
 }
 

@@ -70,6 +70,8 @@ struct Slot {
     background: bool,
     /// A background detector that was due and may find something, waiting for its turn.
     waiting_since: Option<Instant>,
+    /// A background detector's share of the source cost budget.
+    budget: Budget,
 }
 
 /// The bounds of one pass, and the horizon its detector keeps once the pass is shipped.
@@ -146,7 +148,8 @@ pub struct CaptureState {
     snapshot_rows_remembered: bool,
     /// When a checkpoint was last shipped.
     last_shipped: Instant,
-    budget: Budget,
+    /// Whether background passes are spaced by a budget (else by their intervals alone).
+    budgeted: bool,
     /// The background pass under way (its slot), and the keys the foreground shipped since it
     /// began.
     in_flight: Option<(usize, HashSet<Vec<String>>)>,
@@ -182,6 +185,7 @@ impl CaptureState {
                 priority: s.priority,
                 background: in_background(s.detection),
                 waiting_since: None,
+                budget: Budget::new(0.0, started),
             })
             .collect();
         let mut cache = ContentCache::new(specs.len());
@@ -197,14 +201,28 @@ impl CaptureState {
             tick: 0,
             snapshot_rows_remembered,
             last_shipped: started,
-            budget: Budget::new(0.0, started),
+            budgeted: false,
             in_flight: None,
         }
     }
 
-    /// Background passes within `share` of one source core (0: on their intervals alone).
+    /// Background passes within `share` of one source core (0: on their intervals alone),
+    /// shared among the background detectors by priority: each is spaced by its own passes'
+    /// cost, so an expensive detector (the delete scan of a large table) never holds back a
+    /// cheap one.
     pub fn with_budget(mut self, share: f64) -> Self {
-        self.budget = Budget::new(share, self.last_shipped);
+        let total: u32 = self
+            .slots
+            .iter()
+            .filter(|s| s.background)
+            .map(|s| s.priority.max(1))
+            .sum();
+        let at = self.last_shipped;
+        for s in self.slots.iter_mut().filter(|s| s.background) {
+            let part = f64::from(s.priority.max(1)) / f64::from(total.max(1));
+            s.budget = Budget::new(share * part, at);
+        }
+        self.budgeted = share > 0.0;
         self
     }
 
@@ -221,13 +239,13 @@ impl CaptureState {
     /// under way).
     pub fn next_due(&self, now: Instant) -> Option<Instant> {
         let background_idle = self.in_flight.is_none();
-        let waiting = self.slots.iter().any(|s| s.waiting_since.is_some());
-        let budget = (background_idle && waiting).then(|| self.budget.ready_at(now));
         self.slots
             .iter()
-            .filter(|s| !s.background || (background_idle && s.waiting_since.is_none()))
-            .map(|s| s.next_due)
-            .chain(budget)
+            .filter(|s| !s.background || background_idle)
+            .map(|s| match s.waiting_since {
+                Some(_) => s.budget.ready_at(now),
+                None => s.next_due,
+            })
             .min()
     }
 
@@ -261,17 +279,18 @@ impl CaptureState {
         run
     }
 
-    /// The background detector to run now, if none is under way, one is waiting and the budget
-    /// allows: it is then under way until [`CaptureState::shipped`] or
+    /// The background detector to run now, if none is under way and one is waiting whose
+    /// budget allows it: it is then under way until [`CaptureState::shipped`] or
     /// [`CaptureState::abandoned`].
     pub fn background(&mut self, now: Instant) -> Option<usize> {
-        if self.in_flight.is_some() || self.budget.ready_at(now) > now {
+        if self.in_flight.is_some() {
             return None;
         }
         let candidates: Vec<Candidate> = self
             .slots
             .iter()
             .enumerate()
+            .filter(|(_, s)| s.budget.ready_at(now) <= now)
             .filter_map(|(slot, s)| {
                 s.waiting_since.map(|waiting_since| Candidate {
                     slot,
@@ -323,9 +342,10 @@ impl CaptureState {
             .collect()
     }
 
-    /// A pass that kept the source busy for `cost`, ended at `now`: charged to the budget.
-    pub fn charge(&mut self, cost: Duration, now: Instant) {
-        self.budget.charge(cost, now);
+    /// A pass of `slot` that kept the source busy for `cost`, ended at `now`: charged to its
+    /// budget.
+    pub fn charge(&mut self, slot: usize, cost: Duration, now: Instant) {
+        self.slots[slot].budget.charge(cost, now);
     }
 
     /// The bounds of a pass of detector `slot` that follows `probe`.
@@ -452,7 +472,7 @@ impl CaptureState {
         let slot = &mut self.slots[plan.slot];
         // without a budget, a pass may take at most half of the source time of its detector:
         // a pass that took longer than its interval waits as long again before the next one
-        if !self.budget.limited() {
+        if !self.budgeted {
             slot.next_due = slot.next_due.max(now + took);
         }
         slot.horizon = plan.horizon;
