@@ -38,6 +38,13 @@
 #
 #   scripts/bench.sh
 #
+#   6. (BENCH_SECTIONS=6, not by default) a large table: BENCH_HUGE_ROWS rows of media (default
+#      100,000,000) generated, the direct COPY pipe, the initial sync and its ratio to the pipe;
+#      BENCH_STEADY_SECONDS (default 600) of BENCH_RATE DML/s cycling through BENCH_MIX with
+#      their latencies, the source's CPU share and rows read per second (pg_stat_statements);
+#      peak RSS of both processes; producer restart to streaming; `verify` of the whole table;
+#      the disk used by the table's topic. Needs about 40 GB free at 100M rows.
+#
 # Knobs (environment): BENCH_ROWS, BENCH_SMALL_ROWS (0 skips the small table), BENCH_RATE,
 # BENCH_LATENCY_SECONDS, BENCH_POLL_MS (target polling of the latency probes, default 25),
 # BENCH_PARTITIONS (default 6), BENCH_SNAPSHOT_CHUNK (default 10000), BENCH_BATCH (consumer
@@ -1054,6 +1061,71 @@ if [[ $SECTIONS == *" 5 "* ]]; then
     COST=$(calc "printf \"%.1f\", (1 - $RI / $R1) * 100")
     figure "$S5" "throughput lost to 1% invalid events (medians)" "${COST}% (2x their share = 2%)" "<= 2%"
   fi
+fi
+
+# ---------------------------------------------------------------- 6. a large table
+
+if [[ $SECTIONS == *" 6 "* ]]; then
+  HUGE_ROWS=${BENCH_HUGE_ROWS:-100000000}
+  STEADY=${BENCH_STEADY_SECONDS:-600}
+  HUGE=${RUN_ID}_huge
+  S6="6. $HUGE_ROWS-row table"
+  say "$S6"
+  KAFKA_DATA=${TUNNEL_STACK_DIR:-$ROOT/.stack}/kafka/data
+  figure "$S6" "disk free before" "$(df -h --output=avail "$ROOT" | tail -n 1 | tr -d ' ')" ""
+  t0=$(now)
+  create_source "$HUGE" "$HUGE_ROWS"
+  figure "$S6" "rows generated and vacuumed in" "$(since "$t0") s" ""
+  create_target "$HUGE"
+  create_target "${RUN_ID}_hcopy"
+  "${PSQL[@]}" "$(tgt_url "${RUN_ID}_hcopy")" -c "$MEDIA_DDL"
+  t0=$(now)
+  psql -X -q -v ON_ERROR_STOP=1 "$(src_admin_url "$HUGE")" -c "\\copy (SELECT * FROM media) TO STDOUT" \
+    | psql -X -q -v ON_ERROR_STOP=1 "$(tgt_url "${RUN_ID}_hcopy")" -c "\\copy media FROM STDIN"
+  HCOPY_SECONDS=$(since "$t0")
+  figure "$S6" "direct COPY pipe" "$HCOPY_SECONDS s" ""
+  "${PSQL[@]}" "$TUNNEL_TARGET_URL" -c "DROP DATABASE ${RUN_ID}_hcopy WITH (FORCE)"
+  keep=()
+  for d in "${TARGET_DBS[@]}"; do [[ $d == "${RUN_ID}_hcopy" ]] || keep+=("$d"); done
+  TARGET_DBS=("${keep[@]}")
+  "${PSQL[@]}" "$TUNNEL_TARGET_URL" -c "CHECKPOINT" 2>/dev/null || true
+
+  start_pipeline "$HUGE" huge
+  wait_sync "$HUGE" "$HUGE_ROWS" huge
+  if [[ -n $SYNC_SECONDS ]]; then
+    figure "$S6" "initial sync (producer start -> target count = N)" "$SYNC_SECONDS s" ""
+    figure "$S6" "initial sync / direct COPY pipe" "$(calc "printf \"%.2f\", $HCOPY_SECONDS / $SYNC_SECONDS")x" ">= 0.5x"
+    # steady writes: latencies, the source's CPU share and rows read per second
+    c0=$(source_cost "$HUGE")
+    t0=$(now)
+    latency "$HUGE" huge "$S6" "$MIX" "$STEADY"
+    c1=$(source_cost "$HUGE")
+    el=$(since "$t0")
+    read -r -a b <<<"$c0"
+    read -r -a a <<<"$c1"
+    if [[ ${a[0]} != "?" && ${b[0]} != "?" ]]; then
+      figure "$S6" "rows read by the pipeline per second (steady)" "$(calc "printf \"%.0f\", (${a[2]} - ${b[2]}) / $el") rows/s (pg_stat_statements)" ""
+    fi
+    say "6. peak RSS after the steady phase"
+    stop_pipeline huge "$S6"
+    # restart to streaming: the key set comes back, the first passes follow
+    say "6. restart to streaming"
+    start_pipeline "$HUGE" huge-restart
+    wait_logged "$LOG_DIR/huge-restart-producer.log" "streaming changes" 3600
+    figure "$S6" "producer restart -> 'streaming changes'" "$(since "$T_START") s" "< 10 s"
+    say "6. tunnel-consumer verify"
+    vout=$LOG_DIR/huge-verify.out vrc=0
+    t0=$(now)
+    "$CONSUMER_BIN" verify --config "$LOG_DIR/huge-restart.toml" >"$vout" 2>&1 || vrc=$?
+    line=$(grep -m 1 'public.media:' "$vout" || tail -n 1 "$vout")
+    figure "$S6" "tunnel-consumer verify (whole table)" "$line (exit $vrc, $(since "$t0") s wall)" "minutes"
+    stop_pipeline huge-restart "$S6 (after the restart)"
+  else
+    figure "$S6" "initial sync" "not reached ($SYNC_ROWS rows after $(since "$T_START") s)" ""
+    stop_pipeline huge "$S6"
+  fi
+  used=$(du -sb "$KAFKA_DATA"/"$HUGE".* 2>/dev/null | awk '{ s += $1 } END { printf "%.0f", s / 1048576 }')
+  figure "$S6" "disk used by the table's topic (all partitions)" "${used:-?} MiB" ""
 fi
 
 # ---------------------------------------------------------------- summary
