@@ -41,11 +41,6 @@ type Listed = (Vec<String>, i64);
 /// the whole table is compared.
 const VERSIONS_CAP: usize = 200_000;
 
-/// How long after a comparison of the rows written since the last pass the differences are
-/// looked at again: a row whose event is still on its way to the target (shipped by a key or
-/// watermark scan moments ago) differs for that long, and is not shipped a second time.
-const RECHECK_AFTER: Duration = Duration::from_secs(1);
-
 /// What a pass would change of the scan's memory, until it is shipped.
 #[derive(Default)]
 struct Staged {
@@ -123,58 +118,6 @@ impl ContentScan {
         match &self.target {
             Some(c) => Ok(c),
             None => unreachable!("connected above"),
-        }
-    }
-
-    /// Of `keys` (rows written since the last pass that differed from the target), those that
-    /// still differ [`RECHECK_AFTER`] later: the others were events on their way, applied
-    /// meanwhile. Both sides are read again by key; a target that cannot be read now leaves
-    /// them all (shipping one again is harmless).
-    async fn still_different(
-        &mut self,
-        ctx: &mut PassContext<'_>,
-        keys: Vec<Vec<String>>,
-    ) -> Result<Vec<Vec<String>>, SourceError> {
-        tokio::time::sleep(RECHECK_AFTER).await;
-        let table = ctx.source.table().clone();
-        let source = ctx.source.client();
-        source
-            .batch_execute(&tunnel_shared::pg::canonical_set(false))
-            .await
-            .map_err(PgError::query("preparing the session for reconciliation"))?;
-        let side = Side {
-            client: source,
-            table: qualified(&table.schema, &table.name),
-        };
-        let listed = reconcile::list_keys(&table, &side, &keys).await;
-        source
-            .batch_execute(&tunnel_shared::pg::canonical_reset())
-            .await
-            .map_err(PgError::query("resetting the session after reconciliation"))?;
-        let listed = listed?;
-        let target_table = self.target_table.clone();
-        let Ok(target) = self.target().await else {
-            return Ok(keys);
-        };
-        let side = Side {
-            client: target,
-            table: target_table,
-        };
-        match reconcile::compare_listed(&table, &side, &listed).await {
-            Ok(diff) => {
-                let mut still = diff.missing;
-                still.extend(diff.differing);
-                debug!(
-                    differed = keys.len(),
-                    still = still.len(),
-                    "differences looked at again"
-                );
-                Ok(still)
-            }
-            Err(e) => {
-                debug!(error = %e, "the target could not be read again: shipping the differences");
-                Ok(keys)
-            }
         }
     }
 
@@ -296,8 +239,6 @@ struct Compared {
     diff: Differences,
     /// The transaction horizon the next pass starts from.
     horizon: i64,
-    /// The rows written since the last pass, (key, hash) and transaction id, when compared.
-    written: Option<(Vec<Listed>, Vec<i64>)>,
     /// Keys parked by the consumer.
     parked: HashSet<Vec<String>>,
 }
@@ -334,11 +275,10 @@ impl ContentScan {
             table: target_table,
         };
         // (key, hash) for the target lookup, and each row's transaction id beside it
-        let written = written.map(|(rows, _)| -> (Vec<Listed>, Vec<i64>) {
-            rows.into_iter().map(|w| (w.listed, w.xid)).unzip()
-        });
+        let written = written
+            .map(|(rows, _)| -> Vec<Listed> { rows.into_iter().map(|w| w.listed).collect() });
         let (mode, listed, diff) = match &written {
-            Some((listed, _)) => (
+            Some(listed) => (
                 "written_since_last_pass",
                 listed.len(),
                 reconcile::compare_listed(&table, &target_side, listed).await,
@@ -377,7 +317,6 @@ impl ContentScan {
             whole_table: written.is_none(),
             diff,
             horizon,
-            written,
             parked,
         }))
     }
@@ -400,10 +339,8 @@ impl ContentScan {
         let mut again: Vec<Vec<String>> = c.diff.missing;
         again.extend(c.diff.differing);
         again.retain(|k| !c.parked.contains(k));
-        if c.written.is_some() && !again.is_empty() {
-            again = self.still_different(ctx, again).await?;
-            found.waited = RECHECK_AFTER;
-        }
+        // a row whose event is still on its way differs from the target too: the producer's
+        // content cache drops it, its content having been shipped moments ago
         found.rows = ctx.source.rows_by_keys(&again).await?;
         let table = ctx.source.table().clone();
         for k in c.diff.extra.into_iter().filter(|k| !c.parked.contains(k)) {

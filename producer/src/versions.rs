@@ -42,8 +42,6 @@ pub async fn horizon(client: &Client) -> Result<i64, PgError> {
 pub struct Written {
     /// The key in text form and the row's hash ([`reconcile::listing_select`]).
     pub listed: (Vec<String>, i64),
-    /// The id of the transaction that wrote it, epoch-extended like the horizon.
-    pub xid: i64,
 }
 
 /// What [`changed_since`] found.
@@ -105,7 +103,7 @@ pub async fn changed_since(
     }
     let sql = format!(
         // the upper bound first: it fails for nearly every row, which then costs one `age` call
-        "SELECT {}, age(xmin) FROM {} WHERE age(xmin) <= $1 AND age(xmin) >= 0 LIMIT $2",
+        "SELECT {} FROM {} WHERE age(xmin) <= $1 AND age(xmin) >= 0 LIMIT $2",
         reconcile::listing_select(t),
         qualified(&t.schema, &t.name)
     );
@@ -121,13 +119,10 @@ pub async fn changed_since(
         )));
     }
     let n = t.key.len();
-    // `age` counts back from the server's latest id (`next - 1`), in the same transaction
-    let latest = next - 1;
     let rows = found
         .iter()
         .map(|r| Written {
             listed: ((0..n).map(|i| r.get(i)).collect(), r.get(n)),
-            xid: latest - i64::from(r.get::<_, i32>(n + 1)),
         })
         .collect();
     Ok(Versions::Changed { rows, horizon })

@@ -412,21 +412,6 @@ pub async fn compare_listed(
     Ok(out)
 }
 
-/// The rows of `keys` on one side, listed as [`listing_select`] lists them (the session must
-/// render text as [`crate::pg::CANONICAL_TEXT`] says); keys the side lacks are not there.
-pub async fn list_keys(
-    t: &TableInfo,
-    side: &Side<'_>,
-    keys: &[Vec<String>],
-) -> Result<Vec<(Vec<String>, i64)>, PgError> {
-    let mut out = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(LOOKUP_CHUNK) {
-        let chunk: Vec<&Vec<String>> = chunk.iter().collect();
-        out.extend(hashes_by_keys(t, side, &chunk).await?);
-    }
-    Ok(out)
-}
-
 /// The hash of each row of `keys` (one statement) that `side` has.
 async fn hashes_by_keys(
     t: &TableInfo,

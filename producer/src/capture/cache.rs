@@ -1,18 +1,30 @@
 //! The content cache: what was last shipped of the rows a detector may read again, as a hash
 //! per key. It decides which operation a row found by a pass becomes (the c/u/d decision), and
-//! keeps a row only while some detector may still read it again.
+//! keeps a row while some detector may still read it again, and for [`RECENT`] after it was
+//! shipped: a reconciliation pass that finds such a row different from the target (its event
+//! still on the way) does not ship the same content again.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tunnel_shared::event::{ChangeEvent, Detection, Op};
 
 use super::detector::Found;
 use crate::shipped::ShippedKeys;
 
+/// How long a shipped row's content is kept whoever may read it again: longer than an event
+/// takes to reach the target while the consumer keeps up.
+const RECENT: Duration = Duration::from_secs(30);
+/// Beyond this many rows (a bulk change), rows are kept only while a detector may read them
+/// again.
+const RECENT_CAP: usize = 100_000;
+
 struct CacheEntry {
     hash: u64,
     /// Tick at which each detector (by slot index) last read the row.
     seen: Vec<u64>,
+    /// When this content was shipped (or remembered).
+    at: Instant,
 }
 
 pub struct ContentCache {
@@ -31,13 +43,19 @@ impl ContentCache {
 
     /// Rows shipped before the first tick (by the snapshot), as seen by every detector at
     /// `tick`.
-    pub fn remember(&mut self, rows: impl IntoIterator<Item = (Vec<String>, u64)>, tick: u64) {
+    pub fn remember(
+        &mut self,
+        rows: impl IntoIterator<Item = (Vec<String>, u64)>,
+        tick: u64,
+        now: Instant,
+    ) {
         for (key, hash) in rows {
             self.entries.insert(
                 key,
                 CacheEntry {
                     hash,
                     seen: vec![tick; self.slots],
+                    at: now,
                 },
             );
         }
@@ -89,11 +107,18 @@ impl ContentCache {
         events
     }
 
-    /// After the pass of detector `slot` at `tick` was shipped: its gone keys are forgotten,
-    /// its rows remembered as read by it now. Then a row is kept only while some detector read
-    /// it at or after its own last pass (`last_ticks`, by slot): only those may read it again
-    /// from the same bounds.
-    pub fn shipped(&mut self, found: Found, slot: usize, tick: u64, last_ticks: &[u64]) {
+    /// After the pass of detector `slot` at `tick` was shipped (at `now`): its gone keys are
+    /// forgotten, its rows remembered as read by it now. Then a row is kept while some detector
+    /// read it at or after its own last pass (`last_ticks`, by slot): only those may read it
+    /// again from the same bounds; and for [`RECENT`] after it was shipped.
+    pub fn shipped(
+        &mut self,
+        found: Found,
+        slot: usize,
+        tick: u64,
+        last_ticks: &[u64],
+        now: Instant,
+    ) {
         for g in &found.gone {
             self.entries.remove(&g.key_text);
         }
@@ -105,15 +130,21 @@ impl ContentCache {
                 .or_insert_with(|| CacheEntry {
                     hash: r.hash,
                     seen: vec![0; slots],
+                    at: now,
                 });
-            e.hash = r.hash;
+            if e.hash != r.hash {
+                e.hash = r.hash;
+                e.at = now;
+            }
             e.seen[slot] = tick;
         }
+        let recent = self.entries.len() <= RECENT_CAP;
         self.entries.retain(|_, e| {
-            e.seen
-                .iter()
-                .zip(last_ticks)
-                .any(|(seen, last)| seen >= last)
+            (recent && now.saturating_duration_since(e.at) < RECENT)
+                || e.seen
+                    .iter()
+                    .zip(last_ticks)
+                    .any(|(seen, last)| seen >= last)
         });
     }
 
@@ -167,6 +198,7 @@ pub(super) mod tests {
         cache.remember(
             [(vec!["1".to_string()], 10), (vec!["2".to_string()], 20)],
             0,
+            Instant::now(),
         );
         let found = Found {
             rows: vec![row(1, 10, None), row(2, 21, None), row(3, 30, None)],
@@ -241,7 +273,7 @@ pub(super) mod tests {
     #[test]
     fn a_repair_ships_a_row_even_when_it_is_unchanged() {
         let mut cache = ContentCache::new(1);
-        cache.remember([(vec!["1".to_string()], 10)], 0);
+        cache.remember([(vec!["1".to_string()], 10)], 0, Instant::now());
         let found = Found {
             rows: vec![row(1, 10, None)],
             ..Default::default()
@@ -255,31 +287,67 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_row_is_kept_while_some_detector_may_read_it_again() {
+    fn a_row_is_kept_while_some_detector_may_read_it_again_or_it_was_shipped_recently() {
         let mut cache = ContentCache::new(2);
         let found = |rows| Found {
             rows,
             ..Default::default()
         };
+        let t0 = Instant::now();
+        let later = t0 + RECENT + Duration::from_secs(1);
         // slot 0 reads row 1 at tick 1
-        cache.shipped(found(vec![row(1, 10, None)]), 0, 1, &[1, 0]);
+        cache.shipped(found(vec![row(1, 10, None)]), 0, 1, &[1, 0], t0);
         // slot 1 passes at tick 2 without it: slot 0 may still read it again
-        cache.shipped(found(vec![]), 1, 2, &[1, 2]);
+        cache.shipped(found(vec![]), 1, 2, &[1, 2], later);
         assert!(cache.contains(&["1".to_string()]));
-        // slot 0's next pass (tick 3) no longer reads it: nobody will from these bounds
-        cache.shipped(found(vec![]), 0, 3, &[3, 2]);
+        // slot 0's next pass (tick 3) no longer reads it: kept while it was shipped recently
+        cache.shipped(found(vec![]), 0, 3, &[3, 2], t0 + Duration::from_secs(1));
+        assert!(cache.contains(&["1".to_string()]));
+        // ... and forgotten after: nobody will read it again from these bounds
+        cache.shipped(found(vec![]), 0, 4, &[4, 2], later);
         assert!(!cache.contains(&["1".to_string()]));
+    }
+
+    #[test]
+    fn a_row_shipped_moments_ago_is_not_shipped_again_by_reconciliation() {
+        let mut cache = ContentCache::new(2);
+        let t0 = Instant::now();
+        let f = Found {
+            rows: vec![row(1, 10, None)],
+            ..Default::default()
+        };
+        // the key scan (slot 0) ships it; its next pass no longer reads it
+        cache.shipped(f, 0, 1, &[1, 0], t0);
+        cache.shipped(Found::default(), 0, 2, &[2, 0], t0);
+        // reconciliation finds the target without it (its event on the way): same content
+        let again = Found {
+            rows: vec![row(1, 10, None)],
+            ..Default::default()
+        };
+        let keys = shipped(&[1]);
+        assert!(cache
+            .changes(&again, Detection::Reconcile, &keys, 5)
+            .is_empty());
+        // changed since, silently: shipped
+        let changed = Found {
+            rows: vec![row(1, 11, None)],
+            ..Default::default()
+        };
+        assert_eq!(
+            ops(&cache.changes(&changed, Detection::Reconcile, &keys, 5)),
+            vec![(Op::Update, Value::Long(1))]
+        );
     }
 
     #[test]
     fn gone_keys_are_forgotten() {
         let mut cache = ContentCache::new(1);
-        cache.remember([(vec!["1".to_string()], 10)], 0);
+        cache.remember([(vec!["1".to_string()], 10)], 0, Instant::now());
         let found = Found {
             gone: vec![gone(1)],
             ..Default::default()
         };
-        cache.shipped(found, 0, 1, &[0]);
+        cache.shipped(found, 0, 1, &[0], Instant::now());
         assert!(!cache.contains(&["1".to_string()]));
     }
 }

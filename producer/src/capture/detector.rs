@@ -66,8 +66,6 @@ pub struct Found {
     pub repairs_upto: Option<i64>,
     /// The transaction horizon the next reconciliation pass starts from (that pass only).
     pub reconciled_xmin: Option<i64>,
-    /// How long the pass waited without reading (not charged to the source cost budget).
-    pub waited: Duration,
 }
 
 impl Found {

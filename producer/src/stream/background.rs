@@ -80,13 +80,12 @@ impl Lane {
             };
             let result = detector.pass(ctx).await;
             let read_rows = source.read_rows() - read_before;
-            let waited = result.as_ref().map_or(Duration::ZERO, |f| f.waited);
             Done {
                 slot,
                 detector,
                 source,
                 result,
-                took: started.elapsed().saturating_sub(waited),
+                took: started.elapsed(),
                 read_rows,
             }
         };

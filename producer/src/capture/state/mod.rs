@@ -190,7 +190,7 @@ impl CaptureState {
             .collect();
         let mut cache = ContentCache::new(specs.len());
         let snapshot_rows_remembered = !remembered.is_empty();
-        cache.remember(remembered, 0);
+        cache.remember(remembered, 0, started);
         Self {
             margins,
             checkpoint_interval,
@@ -481,7 +481,7 @@ impl CaptureState {
         slot.last_tick = tick;
         self.shipped.apply(&outcome.events);
         let last_ticks: Vec<u64> = self.slots.iter().map(|s| s.last_tick).collect();
-        self.cache.shipped(found, plan.slot, tick, &last_ticks);
+        self.cache.shipped(found, plan.slot, tick, &last_ticks, now);
         self.checkpoint = outcome.next;
     }
 }
