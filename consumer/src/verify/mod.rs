@@ -5,24 +5,38 @@
 //! columns that differ, the keys missing from the target, extra in it, and differing (the
 //! first N of each, and the totals). Rows are not compared while the replica lacks a column or
 //! has another type. `--repair` asks the producer, through the topic `<prefix>._repairs`, to
-//! ship the differing rows again: the target is only ever written by the consumer.
+//! ship the differing rows again: the replicas are only ever written by the consumer.
+//!
+//! A verify that finds a table's rows identical records both servers' transaction horizons in
+//! the target's bookkeeping; `--incremental` then compares only what was written since
+//! ([`incremental`]). The whole-table comparison reports its progress on standard error
+//! ([`progress`]).
+
+mod incremental;
+mod progress;
+mod report;
 
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tunnel_shared::catalog;
-use tunnel_shared::columns::{self, ColumnComparison};
+use tokio_postgres::Client;
+use tracing::warn;
+use tunnel_shared::catalog::{self, TableInfo};
+use tunnel_shared::columns;
 use tunnel_shared::config::{Config, SchemaChangePolicy, TableConfig};
 use tunnel_shared::kafka;
-use tunnel_shared::pg::{self, qualified, Session};
-use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
+use tunnel_shared::pg::{self, PgError, Session};
+use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side, Tick};
 
 use crate::error::VerifyError;
+use incremental::{Horizons, Outcome};
 
 pub(crate) struct Options {
     pub(crate) table: Option<String>,
     pub(crate) show: usize,
     pub(crate) repair: bool,
+    /// Compare the rows written since the last verify that found the table identical.
+    pub(crate) incremental: bool,
 }
 
 /// Verifies the configured tables; `Ok(true)` when every one is identical to its replica.
@@ -48,13 +62,15 @@ pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyE
         read_only,
         canonical_text: true,
     };
-    let source = pg::connect(&config.source.url, &session(true)).await?;
-    let target = pg::connect(&config.target.url, &session(true)).await?;
+    let mut source = pg::connect(&config.source.url, &session(true)).await?;
+    let mut target = pg::connect(&config.target.url, &session(true)).await?;
+    // the horizons are recorded through a session of their own, which may write
+    let mut recorder: Option<Client> = None;
     let mut identical = true;
     for t in tables {
         let info =
             catalog::load_table(&source, &t.schema, &t.name, t.watermark_column.as_deref()).await?;
-        let target_name = qualified(t.target_schema(), t.target_name());
+        let (source_name, target_name) = incremental::names(t);
         let replica_columns = columns::load(&target, t.target_schema(), t.target_name()).await?;
         if replica_columns.is_empty() {
             return Err(VerifyError::NoReplica {
@@ -65,7 +81,7 @@ pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyE
         let source_columns = columns::load(&source, &t.schema, &t.name).await?;
         let keep = t.on_schema_change == SchemaChangePolicy::KeepDropped;
         let cmp = columns::compare(&source_columns, &replica_columns, keep);
-        print_columns(t, &cmp);
+        report::print_columns(t, &cmp);
         if !cmp.is_empty() {
             identical = false;
         }
@@ -73,31 +89,40 @@ pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyE
             println!("  rows not compared: the replica lacks a column or has another type");
             continue;
         }
-        let d = reconcile::diff(
-            &info,
-            Side {
-                client: &source,
-                table: qualified(&t.schema, &t.name),
-            },
-            Side {
-                client: &target,
-                table: target_name.clone(),
-            },
-            DiffOptions::default(),
-        )
-        .await
-        .map_err(|e| match e.sqlstate() {
+        let no_replica = |e: PgError| match e.sqlstate() {
             Some("42P01") => VerifyError::NoReplica {
                 table: t.qualified(),
                 target: target_name.clone(),
             },
             _ => VerifyError::Pg(e),
-        })?;
-        print_report(t, &d, opts.show, !cmp.is_empty());
-        if !d.is_empty() {
+        };
+        let names = (source_name.as_str(), target_name.as_str());
+        let compared = compare_rows(config, opts, t, &info, (&mut source, &mut target), names)
+            .await
+            .map_err(no_replica)?;
+        report::print_report(
+            t,
+            &compared.diff,
+            opts.show,
+            !cmp.is_empty(),
+            compared.scope.as_deref(),
+        );
+        if compared.diff.is_empty() {
+            let recorded = record(
+                config,
+                &mut recorder,
+                t,
+                compared.horizons,
+                compared.scope.is_none(),
+            )
+            .await;
+            if let Err(e) = recorded {
+                warn!(table = %t.qualified(), error = %e, "the verify's horizons could not be recorded: the next incremental verify compares the whole table");
+            }
+        } else {
             identical = false;
             if opts.repair {
-                let n = request_repair(config, t, &d).await?;
+                let n = request_repair(config, t, &compared.diff).await?;
                 println!(
                     "  asked the producer to ship {n} key(s) again (topic {})",
                     config.repair_topic()
@@ -108,82 +133,107 @@ pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyE
     Ok(identical)
 }
 
-/// The columns that differ, one line each; the columns kept by the policy and those whose
-/// default is not compared, on a line of their own.
-fn print_columns(t: &TableConfig, cmp: &ColumnComparison) {
-    if !cmp.differences.is_empty() {
-        println!(
-            "{}: {} column difference(s)",
-            t.qualified(),
-            cmp.differences.len()
-        );
-        for d in &cmp.differences {
-            println!("  {d}");
-        }
-    }
-    if !cmp.kept.is_empty() {
-        println!(
-            "{}: kept in the target after the source dropped them (on_schema_change = \"keep_dropped\"): {}",
-            t.qualified(),
-            cmp.kept.join(", ")
-        );
-    }
-    if !cmp.defaults_not_compared.is_empty() {
-        println!(
-            "{}: defaults not compared (not constants, never copied to the target): {}",
-            t.qualified(),
-            cmp.defaults_not_compared.join(", ")
-        );
-    }
+/// The rows of one table compared.
+struct Compared {
+    diff: Differences,
+    /// The horizons to record should the rows be identical.
+    horizons: Horizons,
+    /// What was compared when not the whole table.
+    scope: Option<String>,
 }
 
-/// The rows' differences; `columns_differ`: the columns' were printed above.
-fn print_report(t: &TableConfig, d: &Differences, show: usize, columns_differ: bool) {
-    let total = d.missing.len() + d.extra.len() + d.differing.len();
-    if total == 0 {
-        println!(
-            "{}: {} ({} rows compared, {} queries, {} ms)",
-            t.qualified(),
-            if columns_differ {
-                "rows identical"
-            } else {
-                "identical"
-            },
-            d.rows_compared,
-            d.queries,
-            d.elapsed_ms
-        );
-        return;
-    }
-    println!(
-        "{}: {total} difference(s): {} missing from the target, {} extra in the target, {} differing ({} rows compared, {} ms)",
-        t.qualified(),
-        d.missing.len(),
-        d.extra.len(),
-        d.differing.len(),
-        d.rows_compared,
-        d.elapsed_ms
-    );
-    for (what, keys) in [
-        ("missing", &d.missing),
-        ("extra", &d.extra),
-        ("differing", &d.differing),
-    ] {
-        if keys.is_empty() {
-            continue;
+/// Compares the rows of `t`: those written since the last verify when asked and possible,
+/// else the whole table. `names`: the qualified, quoted names on the source and the target.
+async fn compare_rows(
+    config: &Config,
+    opts: &Options,
+    t: &TableConfig,
+    info: &TableInfo,
+    (source, target): (&mut Client, &mut Client),
+    names: (&str, &str),
+) -> Result<Compared, PgError> {
+    let estimated = progress::estimated_rows(source, names.0).await?;
+    let total = u64::try_from(estimated).unwrap_or(0).saturating_mul(2);
+    if opts.incremental {
+        let since = incremental::recorded(target, &config.target.bookkeeping_schema, t).await?;
+        let mut bar = progress::Progress::new(format!("{} (keys)", t.qualified()), total);
+        let mut on_tick = |tick: Tick| bar.tick(tick);
+        let outcome =
+            incremental::compare(source, target, info, names, since, Some(&mut on_tick)).await;
+        bar.finish();
+        match outcome? {
+            Outcome::Compared {
+                diff,
+                horizons,
+                listed,
+            } => {
+                let scope = format!(
+                    "incremental: {} row(s) written since the last verify on the source, {} on the target, keys of both compared",
+                    listed.0, listed.1
+                );
+                return Ok(Compared {
+                    diff,
+                    horizons,
+                    scope: Some(scope),
+                });
+            }
+            Outcome::WholeTable(why) => {
+                println!("{}: comparing the whole table: {why}", t.qualified());
+            }
         }
-        let shown: Vec<String> = keys
-            .iter()
-            .take(show)
-            .map(|k| format!("({})", k.join(", ")))
-            .collect();
-        let more = if keys.len() > show {
-            format!(" and {} more", keys.len() - show)
-        } else {
-            String::new()
-        };
-        println!("  {what}: {}{more}", shown.join(" "));
     }
+    // rows written after these are compared by the next incremental verify
+    let horizons = incremental::horizons_now(source, target).await?;
+    let opts = DiffOptions {
+        top_ranges: progress::top_ranges(estimated),
+        ..DiffOptions::default()
+    };
+    let mut bar = progress::Progress::new(t.qualified(), total);
+    let mut on_tick = |tick: Tick| bar.tick(tick);
+    let diff = reconcile::diff_reporting(
+        info,
+        Side {
+            client: source,
+            table: names.0.to_string(),
+        },
+        Side {
+            client: target,
+            table: names.1.to_string(),
+        },
+        opts,
+        Some(&mut on_tick),
+    )
+    .await;
+    bar.finish();
+    Ok(Compared {
+        diff: diff?,
+        horizons,
+        scope: None,
+    })
+}
+
+/// Records `h` for `t`, through a writable session to the target opened on first use.
+async fn record(
+    config: &Config,
+    recorder: &mut Option<Client>,
+    t: &TableConfig,
+    h: Horizons,
+    whole_table: bool,
+) -> Result<(), PgError> {
+    let client = match recorder {
+        Some(c) => c,
+        None => {
+            let session = Session {
+                application_name: "data-tunnel-verify".into(),
+                statement_timeout: Duration::from_millis(config.source.statement_timeout_ms),
+                lock_timeout: Duration::from_millis(config.source.lock_timeout_ms),
+                read_only: false,
+                canonical_text: false,
+            };
+            recorder.insert(pg::connect(&config.target.url, &session).await?)
+        }
+    };
+    incremental::record(client, &config.target.bookkeeping_schema, t, h, whole_table).await
 }
 
 /// Writes repair requests for every differing key; returns how many keys were asked for.
