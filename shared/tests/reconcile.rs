@@ -147,6 +147,26 @@ async fn integer_keys_every_kind_of_difference_is_found() {
     .await;
     assert_eq!((&k.missing, &k.extra), (&d.missing, &d.extra));
     assert!(k.differing.is_empty(), "{k:?}");
+    // the same keys on both sides: one aggregate per side settles it
+    dbs.target()
+        .await
+        .batch_execute(
+            "DELETE FROM media WHERE id IN (17, 15000);
+             INSERT INTO media VALUES (20001, '/other', NULL, NULL, NULL, NULL);",
+        )
+        .await
+        .unwrap();
+    let k = run_diff(
+        &dbs,
+        "media",
+        DiffOptions {
+            keys_only: true,
+            ..small
+        },
+    )
+    .await;
+    assert!(k.is_empty(), "{k:?}");
+    assert_eq!(k.queries, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
