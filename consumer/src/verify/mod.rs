@@ -184,8 +184,15 @@ async fn compare_rows(
     }
     // rows written after these are compared by the next incremental verify
     let horizons = incremental::horizons_now(source, target).await?;
+    let correlation = match info.integer_key() {
+        Some(k) => [
+            progress::key_correlation(source, &t.schema, &t.name, &k.name).await?,
+            progress::key_correlation(target, t.target_schema(), t.target_name(), &k.name).await?,
+        ],
+        None => [None, None],
+    };
     let opts = DiffOptions {
-        top_ranges: progress::top_ranges(estimated),
+        top_ranges: progress::top_ranges(estimated, correlation),
         ..DiffOptions::default()
     };
     let mut bar = progress::Progress::new(t.qualified(), total);

@@ -30,8 +30,38 @@ pub(super) async fn estimated_rows(client: &Client, table: &str) -> Result<i64, 
     Ok(row.get(0))
 }
 
-/// How many ranges an integer key's span is cut into first, for a table of `rows` rows.
-pub(super) fn top_ranges(rows: i64) -> i64 {
+/// Below this correlation of the key with the rows' physical order (on either side), a range
+/// of keys is spread over the whole table and each top range would read all of it again.
+const MIN_CORRELATION: f64 = 0.8;
+
+/// The planner's statistics of the correlation of column `column` of `schema.table` with the
+/// rows' physical order (-1 to 1), when analysed.
+pub(super) async fn key_correlation(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    column: &str,
+) -> Result<Option<f64>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT correlation::float8 FROM pg_stats WHERE schemaname = $1 AND tablename = $2 AND attname = $3",
+            &[&schema, &table, &column],
+        )
+        .await
+        .map_err(PgError::query("reading the key's correlation"))?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
+/// How many ranges an integer key's span is cut into first, for a table of `rows` rows whose
+/// key's correlation with the physical order is `correlation` on each side: one when the key
+/// is not known to follow that order (a range query there reads most of the table).
+pub(super) fn top_ranges(rows: i64, correlation: [Option<f64>; 2]) -> i64 {
+    let ordered = correlation
+        .iter()
+        .all(|c| c.is_some_and(|c| c.abs() >= MIN_CORRELATION));
+    if !ordered {
+        return 1;
+    }
     (rows / ROWS_PER_TOP_RANGE).clamp(1, MAX_TOP_RANGES)
 }
 
@@ -117,10 +147,17 @@ mod tests {
 
     #[test]
     fn top_ranges_grow_with_the_table_and_stop_at_a_level() {
-        assert_eq!(top_ranges(0), 1);
-        assert_eq!(top_ranges(999_999), 1);
-        assert_eq!(top_ranges(10_000_000), 10);
-        assert_eq!(top_ranges(1_000_000_000), MAX_TOP_RANGES);
+        let ordered = [Some(1.0), Some(-0.95)];
+        assert_eq!(top_ranges(0, ordered), 1);
+        assert_eq!(top_ranges(999_999, ordered), 1);
+        assert_eq!(top_ranges(10_000_000, ordered), 10);
+        assert_eq!(top_ranges(1_000_000_000, ordered), MAX_TOP_RANGES);
+    }
+
+    #[test]
+    fn keys_scattered_over_the_table_are_not_cut() {
+        assert_eq!(top_ranges(10_000_000, [Some(1.0), Some(0.1)]), 1);
+        assert_eq!(top_ranges(10_000_000, [None, Some(1.0)]), 1);
     }
 
     #[test]
