@@ -574,6 +574,10 @@ wait_target_idle() { # db seconds timeout
   note "the target was still being written after $3 s"
 }
 
+verify_line() { # output of verify: its report line of public.media (not the column notes)
+  grep -m 1 -E '^public\.media: ((rows )?identical|[0-9]+ difference)' "$1" || tail -n 1 "$1"
+}
+
 count_ms() { # url: duration of `SELECT count(*) FROM media` in ms (psql \timing)
   psql -X -q -At "$1" -c '\timing on' -c 'SELECT count(*) FROM media' | awk '/^Time:/ { print $2 }'
 }
@@ -711,7 +715,7 @@ repair_interval_ms = 3600000"
   # "pass found no change" line does not
   vout=$LOG_DIR/del$n-verify-nochange.out vrc=0
   "$CONSUMER_BIN" verify --config "$cfg" >"$vout" 2>&1 || vrc=$?
-  line=$(grep -m 1 'public.media:' "$vout" || tail -n 1 "$vout")
+  line=$(verify_line "$vout")
   note "verify, no change: $line (exit $vrc)"
   later "$S" "c) tunnel-consumer verify, no change" "$line (exit $vrc)" ""
   d=$(grep -oE ', [0-9]+ ms\)' <<<"$line" | grep -oE '[0-9]+' || true)
@@ -844,7 +848,7 @@ PY
   t0=$(now)
   "$CONSUMER_BIN" verify --config "$cfg" >"$vout" 2>&1 || vrc=$?
   sed 's/^/  /' "$vout"
-  line=$(grep -m 1 'public.media:' "$vout" || tail -n 1 "$vout")
+  line=$(verify_line "$vout")
   figure "$S" "e) tunnel-consumer verify" "$line (exit $vrc, $(since "$t0") s wall)" "identical, exit 0"
   # the verify above, when identical, recorded both servers' horizons: the incremental one
   # compares the rows written since and the keys of both sides
@@ -852,7 +856,7 @@ PY
   t0=$(now)
   "$CONSUMER_BIN" verify --incremental --config "$cfg" >"$vout" 2>&1 || vrc=$?
   sed 's/^/  /' "$vout"
-  line=$(grep 'public.media:' "$vout" | tail -n 1 || tail -n 1 "$vout")
+  line=$(verify_line "$vout")
   figure "$S" "e) verify --incremental, no change" "$line (exit $vrc, $(since "$t0") s wall)" "identical, exit 0"
   upd=$(psql -X -q -At "$(src_admin_url "$db")" -c "WITH u AS (UPDATE media SET format = 'png' WHERE id % 1000 = 2 RETURNING 1) SELECT count(*) FROM u")
   note "$upd rows updated in the source (id % 1000 = 2)"
@@ -863,7 +867,7 @@ PY
     t0=$(now)
     "$CONSUMER_BIN" verify $mode --config "$cfg" >"$vout" 2>&1 || vrc=$?
     sed 's/^/  /' "$vout"
-    line=$(grep 'public.media:' "$vout" | tail -n 1 || tail -n 1 "$vout")
+    line=$(verify_line "$vout")
     figure "$S" "e) verify ${mode:-(whole table)}, $upd rows updated since" "$line (exit $vrc, $(since "$t0") s wall)" "identical, exit 0"
   done
 
