@@ -28,7 +28,8 @@
 #      d) on the BENCH_DELETE_LATENCY_ROWS table (default 1000000), producer restarted with the
 #         default settings: BENCH_DELETE_PROBES (default 20) single-row deletes of random ids,
 #         one a second, commit -> gone from the target (polled every BENCH_POLL_MS);
-#      e) `tunnel-consumer verify` of the table;
+#      e) `tunnel-consumer verify` of the table: the whole table, then `--incremental` with no
+#         change, then both after 0.1% of the rows were updated (id % 1000 = 2) and applied;
 #   5. consumer apply throughput: the producer alone fills a topic with BENCH_APPLY_ROWS
 #      (default 2,000,000) snapshot events; then fresh targets and groups apply it with 1, 2 and 3
 #      consumers, with one rule every row passes, and with 1% of the rows breaking a rule (those
@@ -619,6 +620,10 @@ wait_target_idle() { # db seconds timeout
   note "the target was still being written after $3 s"
 }
 
+verify_line() { # output of verify: its report line of public.media (not the column notes)
+  grep -m 1 -E '^public\.media: ((rows )?identical|[0-9]+ difference)' "$1" || tail -n 1 "$1"
+}
+
 count_ms() { # url: duration of `SELECT count(*) FROM media` in ms (psql \timing)
   psql -X -q -At "$1" -c '\timing on' -c 'SELECT count(*) FROM media' | awk '/^Time:/ { print $2 }'
 }
@@ -748,7 +753,7 @@ repair_interval_ms = 3600000"
   # "pass found no change" line does not
   vout=$LOG_DIR/del$n-verify-nochange.out vrc=0
   "$CONSUMER_BIN" verify --config "$cfg" >"$vout" 2>&1 || vrc=$?
-  line=$(grep -m 1 'public.media:' "$vout" || tail -n 1 "$vout")
+  line=$(verify_line "$vout")
   note "verify, no change: $line (exit $vrc)"
   later "$S" "c) tunnel-consumer verify, no change" "$line (exit $vrc)" ""
   d=$(grep -oE ', [0-9]+ ms\)' <<<"$line" | grep -oE '[0-9]+' || true)
@@ -881,8 +886,28 @@ PY
   t0=$(now)
   "$CONSUMER_BIN" verify --config "$cfg" >"$vout" 2>&1 || vrc=$?
   sed 's/^/  /' "$vout"
-  line=$(grep -m 1 'public.media:' "$vout" || tail -n 1 "$vout")
+  line=$(verify_line "$vout")
   figure "$S" "e) tunnel-consumer verify" "$line (exit $vrc, $(since "$t0") s wall)" "identical, exit 0"
+  # the verify above, when identical, recorded both servers' horizons: the incremental one
+  # compares the rows written since and the keys of both sides
+  vout=$LOG_DIR/del$n-verify-incr.out vrc=0
+  t0=$(now)
+  "$CONSUMER_BIN" verify --incremental --config "$cfg" >"$vout" 2>&1 || vrc=$?
+  sed 's/^/  /' "$vout"
+  line=$(verify_line "$vout")
+  figure "$S" "e) verify --incremental, no change" "$line (exit $vrc, $(since "$t0") s wall)" "identical, exit 0"
+  upd=$(psql -X -q -At "$(src_admin_url "$db")" -c "WITH u AS (UPDATE media SET format = 'png' WHERE id % 1000 = 2 RETURNING 1) SELECT count(*) FROM u")
+  note "$upd rows updated in the source (id % 1000 = 2)"
+  wait_target "$db" "count(*) FROM media WHERE id IN (SELECT generate_series(2, $max_id, 1000)) AND format = 'png'" "$upd" "$(now)" "$PASS_TIMEOUT" 0.25
+  wait_target_idle "$db" 3 "$PASS_TIMEOUT"
+  for mode in --incremental ""; do
+    vout=$LOG_DIR/del$n-verify-after${mode}.out vrc=0
+    t0=$(now)
+    "$CONSUMER_BIN" verify $mode --config "$cfg" >"$vout" 2>&1 || vrc=$?
+    sed 's/^/  /' "$vout"
+    line=$(verify_line "$vout")
+    figure "$S" "e) verify ${mode:-(whole table)}, $upd rows updated since" "$line (exit $vrc, $(since "$t0") s wall)" "identical, exit 0"
+  done
 
   stop_pipeline "$tag" "$S"
   for f in "$tag-producer-restart.log" "$tag-producer-reconcile.log" "$tag-producer-default.log"; do

@@ -18,7 +18,7 @@ use crate::model::{TargetColumn, TargetTable};
 const DDL_LOCK: i64 = 0x7475_6e6e_656c; // "tunnel"
 
 pub(crate) use tunnel_shared::bookkeeping::{
-    columns_table, offsets_table, parked_table, resolved_table, versions_table,
+    columns_table, offsets_table, parked_table, resolved_table, verified_table, versions_table,
 };
 
 pub(crate) async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Result<(), PgError> {
@@ -64,13 +64,25 @@ pub(crate) async fn ensure_bookkeeping(client: &mut Client, schema: &str) -> Res
              target_table text NOT NULL,
              value_schema_id int8 NOT NULL,
              evolved_at timestamptz NOT NULL DEFAULT now());
-         COMMENT ON TABLE {v} IS 'Data Tunnel: per topic, the highest value schema id the replica table was evolved to'",
+         COMMENT ON TABLE {v} IS 'Data Tunnel: per topic, the highest value schema id the replica table was evolved to';
+         CREATE TABLE IF NOT EXISTS {vf} (
+             source_schema text NOT NULL,
+             source_table text NOT NULL,
+             target_schema text NOT NULL,
+             target_table text NOT NULL,
+             source_horizon int8 NOT NULL,
+             target_horizon int8 NOT NULL,
+             whole_table bool NOT NULL,
+             verified_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (source_schema, source_table, target_schema, target_table));
+         COMMENT ON TABLE {vf} IS 'Data Tunnel: the transaction horizons (epoch-extended txids of the source and of the target) of the last verify that found the table identical; verify --incremental compares the rows written since'",
         s = quote_ident(schema),
         t = offsets_table(schema),
         p = parked_table(schema),
         r = resolved_table(schema),
         c = columns_table(schema),
         v = versions_table(schema),
+        vf = verified_table(schema),
     );
     locked(client, &sql, "creating the bookkeeping table").await
 }

@@ -70,6 +70,10 @@ enum Command {
         /// Ask the producer to ship the differing rows again (the target is not written here).
         #[arg(long)]
         repair: bool,
+        /// Compare only the rows written since the last verify that found the table identical
+        /// (and the keys of both sides); the whole table when that cannot be done, saying why.
+        #[arg(long)]
+        incremental: bool,
     },
     /// Inspect and replay the dead-letter queues (`<topic>.dlq`).
     Dlq {
@@ -163,11 +167,13 @@ async fn command(command: Command) -> ExitCode {
             table,
             show,
             repair,
+            incremental,
         } => {
             let opts = verify::Options {
                 table,
                 show,
                 repair,
+                incremental,
             };
             let result = async {
                 let config = Config::load(&config)?;

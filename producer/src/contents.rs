@@ -5,7 +5,7 @@
 //! tables with no watermark column, and deletes of tables whose key is not a single integer.
 //!
 //! A pass compares one of two things:
-//! - the rows written since the last pass ([`crate::versions`]): one filtered sequential read
+//! - the rows written since the last pass ([`tunnel_shared::versions`]): one filtered sequential read
 //!   of the source, and a lookup by key in the target of those rows alone. Used for tables with
 //!   a single integer key (their deletes are the delete scan's), whenever the last pass's
 //!   transaction horizon, kept in the checkpoint, can be used;
@@ -27,19 +27,19 @@ use tunnel_shared::config::{TableConfig, TargetConfig};
 use tunnel_shared::event::Detection;
 use tunnel_shared::pg::{self, qualified, PgError, Session};
 use tunnel_shared::reconcile::{self, DiffOptions, Differences, Side};
+use tunnel_shared::versions::{self, Versions, Written};
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
 use crate::error::SourceError;
 use crate::lag::{self, ApplyWatch, Verdict};
 use crate::source::Activity;
-use crate::versions::{self, Versions, Written};
 
 /// A listed row: its key in text form and its hash.
 type Listed = (Vec<String>, i64);
 
 /// Most rows written since the last pass that are looked up one by one in the target; beyond,
 /// the whole table is compared.
-const VERSIONS_CAP: usize = 200_000;
+const VERSIONS_CAP: usize = versions::LISTING_CAP;
 
 /// What a pass would change of the scan's memory, until it is shipped.
 #[derive(Default)]
@@ -166,7 +166,10 @@ impl ContentScan {
             _ => return Ok(None),
         };
         let table = ctx.source.table().clone();
-        match versions::changed_since(ctx.source.client_mut(), &table, since, VERSIONS_CAP).await? {
+        let name = qualified(&table.schema, &table.name);
+        match versions::changed_since(ctx.source.client_mut(), &table, &name, since, VERSIONS_CAP)
+            .await?
+        {
             Versions::Changed { rows, horizon } => Ok(Some((rows, horizon))),
             Versions::Unusable(why) => {
                 info!(reason = %why, "reconciliation compares the whole table");

@@ -20,7 +20,6 @@ mod shipped;
 mod snapshot;
 mod source;
 mod stream;
-mod versions;
 mod worker;
 
 /// Both binaries allocate a few small buffers per row; mimalloc makes that markedly cheaper than

@@ -28,3 +28,9 @@ pub fn columns_table(bookkeeping_schema: &str) -> String {
 pub fn versions_table(bookkeeping_schema: &str) -> String {
     qualified(bookkeeping_schema, "schema_versions")
 }
+
+/// Per replica table: the transaction horizons, on the source and on the target, of the last
+/// `verify` that found it identical (where `verify --incremental` starts).
+pub fn verified_table(bookkeeping_schema: &str) -> String {
+    qualified(bookkeeping_schema, "verified")
+}

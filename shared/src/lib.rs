@@ -28,6 +28,7 @@ pub mod schema;
 pub mod shutdown;
 pub mod startup;
 mod type_name;
+pub mod versions;
 pub mod wire;
 
 #[cfg(feature = "testkit")]

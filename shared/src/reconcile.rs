@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use crate::catalog::{ColumnKind, TableInfo};
 use crate::pg::{quote_ident, PgError};
 
-/// How far to cut.
+/// How far to cut, and what is compared.
 #[derive(Debug, Clone, Copy)]
 pub struct DiffOptions {
     /// Buckets per level of an integer key's range.
@@ -23,6 +23,13 @@ pub struct DiffOptions {
     /// A range of at most this many key values (integer keys) or rows (other keys) is listed
     /// row by row.
     pub leaf_rows: i64,
+    /// An integer key's span is first cut into this many ranges, compared one after another:
+    /// 1 (one aggregate over the whole table at the top) unless progress is to be reported
+    /// along the way.
+    pub top_ranges: i64,
+    /// Compare the keys alone (a hash of the key instead of the row's): finds the keys only
+    /// on one side, never a differing row, without reading or hashing the other columns.
+    pub keys_only: bool,
 }
 
 impl Default for DiffOptions {
@@ -30,9 +37,23 @@ impl Default for DiffOptions {
         Self {
             fanout: 64,
             leaf_rows: 2_000,
+            top_ranges: 1,
+            keys_only: false,
         }
     }
 }
+
+/// How far a comparison has got, reported after each range compared.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tick {
+    /// The share of an integer key's span settled (0 to 1); `None` for other keys.
+    pub settled: Option<f64>,
+    /// Rows the two sides' queries went over so far, together.
+    pub rows_compared: u64,
+}
+
+/// What is told each [`Tick`].
+pub type OnTick<'a> = &'a mut (dyn FnMut(Tick) + Send);
 
 /// Keys (in PostgreSQL's text form) that differ between the two tables.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -66,10 +87,7 @@ pub struct Side<'a> {
 /// function (as text where there is none), seeded with a hash of the row's key and the column's
 /// position, and the columns XORed. A value moved to another row or column changes the hash.
 pub fn row_hash_expr(t: &TableInfo) -> String {
-    let seed = match t.integer_key() {
-        Some(k) => format!("hashint8extended({}::int8, 0)", quote_ident(&k.name)),
-        None => format!("hashtextextended(ROW({})::text, 0)", t.key_order()),
-    };
+    let seed = key_hash_expr(t);
     let cells: Vec<String> = t
         .columns
         .iter()
@@ -101,13 +119,24 @@ pub fn row_hash_expr(t: &TableInfo) -> String {
     format!("({})", cells.join(" # "))
 }
 
-struct Run<'a> {
+/// The SQL expression of the hash (`bigint`) of a row's key alone.
+pub fn key_hash_expr(t: &TableInfo) -> String {
+    match t.integer_key() {
+        Some(k) => format!("hashint8extended({}::int8, 0)", quote_ident(&k.name)),
+        None => format!("hashtextextended(ROW({})::text, 0)", t.key_order()),
+    }
+}
+
+struct Run<'a, 'p> {
     t: &'a TableInfo,
     hash: String,
     source: Side<'a>,
     target: Side<'a>,
     opts: DiffOptions,
     out: Differences,
+    on_tick: Option<OnTick<'p>>,
+    /// Of an integer key's span: its width, and how much of it is settled.
+    span: (f64, f64),
 }
 
 /// Compares `source` with `target`, both holding table `t`'s columns.
@@ -117,16 +146,37 @@ pub async fn diff(
     target: Side<'_>,
     opts: DiffOptions,
 ) -> Result<Differences, PgError> {
+    diff_reporting(t, source, target, opts, None).await
+}
+
+/// [`diff`], telling `on_tick` how far it has got after each range compared.
+pub async fn diff_reporting<'a>(
+    t: &'a TableInfo,
+    source: Side<'a>,
+    target: Side<'a>,
+    opts: DiffOptions,
+    on_tick: Option<OnTick<'_>>,
+) -> Result<Differences, PgError> {
     let started = Instant::now();
     let mut run = Run {
         t,
-        hash: row_hash_expr(t),
+        hash: if opts.keys_only {
+            key_hash_expr(t)
+        } else {
+            row_hash_expr(t)
+        },
         source,
         target,
         opts,
         out: Differences::default(),
+        on_tick,
+        span: (0.0, 0.0),
     };
+    // keys alone usually match: one aggregate over each whole table (no grouping, which can
+    // run in parallel) settles that before any range is cut
+    let settled = opts.keys_only && run.whole_tables_match().await?;
     match t.integer_key().map(|c| quote_ident(&c.name)) {
+        _ if settled => run.tick(Some(1.0)),
         Some(k) => run.by_value(&k).await?,
         None => run.by_rows().await?,
     }
@@ -139,6 +189,22 @@ pub async fn diff(
 }
 
 type Buckets = HashMap<i64, (i64, i64)>;
+
+/// `lo..=hi` cut into `n` (at least 1) ranges of about equal width, in order.
+fn top_ranges(lo: i64, hi: i64, n: i64) -> Vec<(i64, i64)> {
+    let span = i128::from(hi) - i128::from(lo) + 1;
+    let n = i128::from(n.max(1)).min(span);
+    let width = (span + n - 1) / n;
+    let mut out = Vec::new();
+    let mut from = i128::from(lo);
+    while from <= i128::from(hi) {
+        let to = (from + width - 1).min(i128::from(hi));
+        // both within lo..=hi, so within i64
+        out.push((from as i64, to as i64));
+        from = to + 1;
+    }
+    out
+}
 
 /// Buckets wider than this many key values are cut further even when most of them differ.
 const DENSE_LIST_MAX: i64 = 500_000;
@@ -163,7 +229,7 @@ async fn query_both(
     .map_err(PgError::query(what))
 }
 
-impl Run<'_> {
+impl Run<'_, '_> {
     async fn by_value(&mut self, k: &str) -> Result<(), PgError> {
         let span = format!("SELECT min({k})::int8, max({k})::int8 FROM {{}}");
         let mut lo = i64::MAX;
@@ -182,7 +248,10 @@ impl Run<'_> {
         if lo > hi {
             return Ok(()); // both empty
         }
-        let mut stack = vec![(lo, hi)];
+        self.span = ((i128::from(hi) - i128::from(lo) + 1) as f64, 0.0);
+        // the top ranges in reverse: the first is popped first
+        let mut stack = top_ranges(lo, hi, self.opts.top_ranges);
+        stack.reverse();
         while let Some((lo, hi)) = stack.pop() {
             // keys may span more than i64 holds (random 63-bit ids of both signs): widths are
             // worked out in i128, and the bucket of a key in numeric when `k - lo` could overflow
@@ -190,6 +259,7 @@ impl Run<'_> {
             let range = format!("{k} BETWEEN '{lo}'::int8 AND '{hi}'::int8");
             if span <= i128::from(self.opts.leaf_rows) {
                 self.compare_rows(&range, &[]).await?;
+                self.settle(span);
                 continue;
             }
             let fanout = i128::from(self.opts.fanout);
@@ -218,16 +288,46 @@ impl Run<'_> {
             // differences everywhere: cutting further would read the same rows again at every
             // level, so the buckets are listed now (when they are not too large to hold)
             let dense = differing.len() * 2 > self.opts.fanout as usize && width <= DENSE_LIST_MAX;
+            let cut: i128 = differing
+                .iter()
+                .map(|(a, b)| i128::from(*b) - i128::from(*a) + 1)
+                .sum();
+            self.settle(span - cut);
             for (from, to) in differing {
                 if dense {
                     self.compare_rows(&format!("{k} BETWEEN '{from}'::int8 AND '{to}'::int8"), &[])
                         .await?;
+                    self.settle(i128::from(to) - i128::from(from) + 1);
                 } else {
                     stack.push((from, to));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether count and hash XOR of the whole tables are the same on both sides.
+    async fn whole_tables_match(&mut self) -> Result<bool, PgError> {
+        let sql = format!("SELECT count(*)::int8, bit_xor({}) FROM {{}}", self.hash);
+        let (a, b) = self.aggregate(&sql, &[]).await?;
+        Ok(a == b)
+    }
+
+    /// `width` more key values of an integer key's span are settled.
+    fn settle(&mut self, width: i128) {
+        self.span.1 += width as f64;
+        let settled = Some((self.span.1 / self.span.0.max(1.0)).clamp(0.0, 1.0));
+        self.tick(settled);
+    }
+
+    fn tick(&mut self, settled: Option<f64>) {
+        let rows_compared = self.out.rows_compared;
+        if let Some(f) = self.on_tick.as_mut() {
+            f(Tick {
+                settled,
+                rows_compared,
+            });
+        }
     }
 
     /// Per bucket (count, xor) on both sides, queried at the same time.
@@ -301,6 +401,7 @@ impl Run<'_> {
             if a != b {
                 self.compare_rows(&cond, &params).await?;
             }
+            self.tick(None);
             match upto {
                 Some(u) => after = Some(u),
                 None => return Ok(()),
@@ -490,5 +591,20 @@ mod tests {
             "{h}"
         );
         assert_eq!(h.matches("COALESCE(").count(), 3);
+        assert_eq!(key_hash_expr(&t), "hashint8extended(\"id\"::int8, 0)");
+    }
+
+    #[test]
+    fn top_ranges_cover_the_span_once_in_order() {
+        assert_eq!(top_ranges(1, 10, 1), vec![(1, 10)]);
+        assert_eq!(top_ranges(1, 10, 3), vec![(1, 4), (5, 8), (9, 10)]);
+        assert_eq!(top_ranges(5, 6, 10), vec![(5, 5), (6, 6)]);
+        let r = top_ranges(i64::MIN, i64::MAX, 7);
+        assert_eq!(r.len(), 7);
+        assert_eq!(r[0].0, i64::MIN);
+        assert_eq!(r[6].1, i64::MAX);
+        for w in r.windows(2) {
+            assert_eq!(w[0].1 + 1, w[1].0);
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tunnel_shared::catalog;
 use tunnel_shared::pg::{self, qualified, Session};
-use tunnel_shared::reconcile::{self, DiffOptions, Side};
+use tunnel_shared::reconcile::{self, DiffOptions, Side, Tick};
 use tunnel_shared::testkit::Databases;
 
 fn session() -> Session {
@@ -25,6 +25,15 @@ async fn both(dbs: &Databases, sql: &str) {
 }
 
 async fn run_diff(dbs: &Databases, table: &str, opts: DiffOptions) -> reconcile::Differences {
+    run_diff_reporting(dbs, table, opts).await.0
+}
+
+/// [`run_diff`], with the progress it reported.
+async fn run_diff_reporting(
+    dbs: &Databases,
+    table: &str,
+    opts: DiffOptions,
+) -> (reconcile::Differences, Vec<Tick>) {
     let src = pg::connect(
         &dbs.source_reader_url,
         &Session {
@@ -39,7 +48,9 @@ async fn run_diff(dbs: &Databases, table: &str, opts: DiffOptions) -> reconcile:
         .await
         .unwrap();
     let name = qualified("public", table);
-    reconcile::diff(
+    let mut ticks = Vec::new();
+    let mut on_tick = |t: Tick| ticks.push(t);
+    let d = reconcile::diff_reporting(
         &info,
         Side {
             client: &src,
@@ -50,9 +61,11 @@ async fn run_diff(dbs: &Databases, table: &str, opts: DiffOptions) -> reconcile:
             table: name,
         },
         opts,
+        Some(&mut on_tick),
     )
     .await
-    .unwrap()
+    .unwrap();
+    (d, ticks)
 }
 
 fn keys(v: &[Vec<String>]) -> Vec<String> {
@@ -72,6 +85,8 @@ async fn integer_keys_every_kind_of_difference_is_found() {
     let small = DiffOptions {
         fanout: 16,
         leaf_rows: 100,
+
+        ..DiffOptions::default()
     };
     let clean = run_diff(&dbs, "media", small).await;
     assert!(clean.is_empty(), "{clean:?}");
@@ -104,6 +119,54 @@ async fn integer_keys_every_kind_of_difference_is_found() {
         "bisection read too much: {}",
         d.rows_compared
     );
+    // cut into top ranges first: the same differences, and progress up to the whole span
+    let (cut, ticks) = run_diff_reporting(
+        &dbs,
+        "media",
+        DiffOptions {
+            top_ranges: 7,
+            ..small
+        },
+    )
+    .await;
+    assert_eq!((&cut.missing, &cut.extra), (&d.missing, &d.extra));
+    assert_eq!(cut.differing, d.differing);
+    let settled: Vec<f64> = ticks.iter().filter_map(|t| t.settled).collect();
+    assert!(settled.len() >= 7, "{ticks:?}");
+    assert!(settled.windows(2).all(|w| w[0] <= w[1]), "{settled:?}");
+    assert_eq!(settled.last().copied(), Some(1.0), "{settled:?}");
+    // keys only: the keys on one side alone, never a differing row
+    let k = run_diff(
+        &dbs,
+        "media",
+        DiffOptions {
+            keys_only: true,
+            ..small
+        },
+    )
+    .await;
+    assert_eq!((&k.missing, &k.extra), (&d.missing, &d.extra));
+    assert!(k.differing.is_empty(), "{k:?}");
+    // the same keys on both sides: one aggregate per side settles it
+    dbs.target()
+        .await
+        .batch_execute(
+            "DELETE FROM media WHERE id IN (17, 15000);
+             INSERT INTO media VALUES (20001, '/other', NULL, NULL, NULL, NULL);",
+        )
+        .await
+        .unwrap();
+    let k = run_diff(
+        &dbs,
+        "media",
+        DiffOptions {
+            keys_only: true,
+            ..small
+        },
+    )
+    .await;
+    assert!(k.is_empty(), "{k:?}");
+    assert_eq!(k.queries, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,6 +181,8 @@ async fn composite_text_keys_are_compared_by_row_ranges() {
     let opts = DiffOptions {
         fanout: 16,
         leaf_rows: 500,
+
+        ..DiffOptions::default()
     };
     assert!(run_diff(&dbs, "kv", opts).await.is_empty());
     dbs.source()
@@ -146,6 +211,8 @@ async fn keys_spanning_the_whole_bigint_range_are_compared() {
     let opts = DiffOptions {
         fanout: 16,
         leaf_rows: 100,
+
+        ..DiffOptions::default()
     };
     assert!(run_diff(&dbs, "ids", opts).await.is_empty());
     dbs.source()

@@ -14,7 +14,7 @@ pub trait SourceReader: Send {
     fn probe(&self) -> impl Future<Output = Result<Probe, SourceError>> + Send;
     /// The highest key visible now.
     fn max_key(&self) -> impl Future<Output = Result<Option<Vec<String>>, SourceError>> + Send;
-    /// The transaction horizon of a snapshot taken now ([`crate::versions::horizon`]).
+    /// The transaction horizon of a snapshot taken now ([`tunnel_shared::versions::horizon`]).
     fn transaction_horizon(&self) -> impl Future<Output = Result<i64, SourceError>> + Send;
     /// The planner's estimate of the table's rows.
     fn estimated_rows(&self) -> impl Future<Output = Result<i64, SourceError>> + Send;
@@ -41,7 +41,7 @@ impl SourceReader for Source {
         Source::max_key(self).await
     }
     async fn transaction_horizon(&self) -> Result<i64, SourceError> {
-        Ok(crate::versions::horizon(self.client()).await?)
+        Ok(tunnel_shared::versions::horizon(self.client()).await?)
     }
     async fn estimated_rows(&self) -> Result<i64, SourceError> {
         Source::estimated_rows(self).await
