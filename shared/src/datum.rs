@@ -381,12 +381,14 @@ mod reader_tests {
 
     #[test]
     fn fields_borrow_their_bytes_and_dates_beyond_the_text_form_are_errors() {
-        let spec = |ty| FieldSpec {
-            ty,
-            nullable: true,
-        };
+        let spec = |ty| FieldSpec { ty, nullable: true };
         let mut b = Vec::new();
-        write_field(&mut b, spec(FieldType::String), Some(&Value::String("hé".into()))).unwrap();
+        write_field(
+            &mut b,
+            spec(FieldType::String),
+            Some(&Value::String("hé".into())),
+        )
+        .unwrap();
         write_field(&mut b, spec(FieldType::Date), None).unwrap();
         write_field(&mut b, spec(FieldType::Date), Some(&Value::Date(i32::MAX))).unwrap();
         write_field(
@@ -396,11 +398,17 @@ mod reader_tests {
         )
         .unwrap();
         let mut r = Reader::new(&b);
-        assert_eq!(r.read_field(spec(FieldType::String)), Ok(Some(Field::Str("hé"))));
+        assert_eq!(
+            r.read_field(spec(FieldType::String)),
+            Ok(Some(Field::Str("hé")))
+        );
         assert_eq!(r.read_field(spec(FieldType::Date)), Ok(None));
         let inf = r.read_field(spec(FieldType::Date)).unwrap().unwrap();
         assert_eq!(inf.text(None), "infinity");
-        let minus_inf = r.read_field(spec(FieldType::TimestampMicros)).unwrap().unwrap();
+        let minus_inf = r
+            .read_field(spec(FieldType::TimestampMicros))
+            .unwrap()
+            .unwrap();
         assert_eq!(minus_inf, Field::Timestamp(i64::MIN));
         assert_eq!(minus_inf.text(None), "-infinity");
         assert_eq!(r.remaining(), 0);
@@ -414,7 +422,9 @@ mod reader_tests {
             nullable: false,
         };
         assert!(r.read_field(not_null(FieldType::Date)).is_err());
-        assert!(r.read_field(not_null(FieldType::LocalTimestampMicros)).is_err());
+        assert!(r
+            .read_field(not_null(FieldType::LocalTimestampMicros))
+            .is_err());
     }
 
     #[test]
