@@ -7,14 +7,14 @@ use std::sync::Arc;
 use apache_avro::types::Value;
 use rustc_hash::FxHashMap;
 use tunnel_shared::datum;
-use tunnel_shared::event::{self, EnvelopeLayout, RecordLayout, TextEvent};
+use tunnel_shared::event::{self, EnvelopeLayout, RecordLayout};
 use tunnel_shared::pgbinary::to_pg_text;
 use tunnel_shared::registry::Registry;
 use tunnel_shared::schema;
 use tunnel_shared::wire;
 
 use crate::error::DecodeError;
-use crate::model::WriterSchema;
+use crate::model::{Event, Row, WriterSchema};
 
 pub(crate) struct Decoder {
     registry: Arc<Registry>,
@@ -123,24 +123,35 @@ impl Decoder {
         Ok((key, w))
     }
 
-    /// An event with its row in text form, with its writer schema.
+    /// An event with its writer schema: its row kept as the datum it is in `bytes` (the
+    /// pipeline's own layout, read and checked whole) or in text form (other layouts).
     pub(crate) async fn value(
         &mut self,
         bytes: &[u8],
-    ) -> Result<(TextEvent, Arc<WriterSchema>), DecodeError> {
+    ) -> Result<(Event, Arc<WriterSchema>), DecodeError> {
         let part = "value";
         let (id, body) = wire::parse(bytes).map_err(|source| DecodeError::Wire { part, source })?;
         let w = self.writer(id, part).await?;
         let event = match &w.envelope {
-            Some(layout) => layout.read(body).map_err(Self::avro(part, id))?,
+            Some(layout) => {
+                let scanned = layout.scan(body).map_err(Self::avro(part, id))?;
+                // the row's place in the whole message, where the entry keeps it
+                let header = bytes.len() - body.len();
+                Event {
+                    op: scanned.op,
+                    after: scanned
+                        .row
+                        .map(|r| Row::Datum(r.start + header..r.end + header)),
+                }
+            }
             None => {
                 let ev = event::decode_envelope(Self::generic(&w, body, part)?)
                     .map_err(|source| DecodeError::Event { part, source })?;
                 let after = match &ev.after {
-                    Some(row) => Some(Self::texts(&w, row, part)?),
+                    Some(row) => Some(Row::Text(Self::texts(&w, row, part)?)),
                     None => None,
                 };
-                TextEvent { op: ev.op, after }
+                Event { op: ev.op, after }
             }
         };
         Ok((event, w))

@@ -118,11 +118,20 @@ impl Intake {
         let Some(table_rules) = self.rules.get(&e.topic).filter(|r| !r.is_empty()) else {
             return Item::Event(e);
         };
-        let (Some((ev, _)), Some(vs)) = (&e.message.event, &e.value_schema) else {
+        let Some(vs) = &e.value_schema else {
             return Item::Event(e);
         };
-        let Some(row) = &ev.after else {
-            return Item::Event(e);
+        let row = match e.row_text() {
+            None => return Item::Event(e),
+            Some(Ok(row)) => row,
+            Some(Err(m)) => {
+                let reason = DecodeError::Avro {
+                    part: "value",
+                    schema_id: vs.id,
+                    message: m,
+                };
+                return Item::Rejected(e.rejected(reason.dlq_class(), reason.to_string()));
+            }
         };
         let slot = (e.topic.clone(), vs.id);
         if !self.compiled.contains_key(&slot) {
@@ -140,7 +149,7 @@ impl Intake {
             return Item::Event(e);
         };
         let (reason, rule) = match compiled {
-            Ok(c) => match rules::check(c, row) {
+            Ok(c) => match rules::check(c, &row) {
                 Ok(()) => return Item::Event(e),
                 Err(v) => (v.reason, Some(v.rule)),
             },

@@ -4,11 +4,14 @@
 //! uses (error classes, headers, topics). Nothing here does I/O, and nothing here imports the
 //! rest of the crate.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
 use apache_avro::Schema;
 use tunnel_shared::config::SchemaChangePolicy;
-use tunnel_shared::event::{EnvelopeLayout, RecordLayout, TextEvent};
+use tunnel_shared::datum;
+use tunnel_shared::event::{EnvelopeLayout, Op, RecordLayout};
 use tunnel_shared::key::KeyText;
 use tunnel_shared::schema::FieldShape;
 
@@ -27,7 +30,25 @@ pub(crate) struct DecodedMessage {
     /// The key in PostgreSQL's text form.
     pub(crate) key: KeyText,
     /// `None` for a tombstone.
-    pub(crate) event: Option<(TextEvent, u32)>,
+    pub(crate) event: Option<(Event, u32)>,
+}
+
+/// A change event as the consumer keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Event {
+    pub(crate) op: Op,
+    /// `None` for a delete.
+    pub(crate) after: Option<Row>,
+}
+
+/// The row of an event: in PostgreSQL's text form (events of other layouts, decoded through
+/// apache-avro), or where its Avro datum is in the message's value, read and checked whole
+/// already (the pipeline's own layout): rendered as text only when something needs the text,
+/// and written into binary `COPY` straight from the datum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Row {
+    Text(Vec<Option<String>>),
+    Datum(Range<usize>),
 }
 
 /// One consumed message, decoded, with the schemas it was written with and its original bytes
@@ -44,6 +65,31 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The row of a create, update or read event in PostgreSQL's text form; `None` for a
+    /// delete or a tombstone. A datum row was read whole when it was decoded, and reads again
+    /// the same; should it not, the error says why.
+    pub(crate) fn row_text(&self) -> Option<Result<Cow<'_, [Option<String>]>, String>> {
+        let (ev, _) = self.message.event.as_ref()?;
+        match ev.after.as_ref()? {
+            Row::Text(t) => Some(Ok(Cow::Borrowed(t))),
+            Row::Datum(_) => {
+                let (bytes, layout) = self.row_datum()?;
+                Some(layout.read(&mut datum::Reader::new(bytes)).map(Cow::Owned))
+            }
+        }
+    }
+
+    /// The Avro datum of the event's row with the layout to read it, when it was kept as one.
+    pub(crate) fn row_datum(&self) -> Option<(&[u8], &RecordLayout)> {
+        let (ev, _) = self.message.event.as_ref()?;
+        let Some(Row::Datum(range)) = &ev.after else {
+            return None;
+        };
+        let layout = self.value_schema.as_ref()?.envelope.as_ref()?.row();
+        let datum = self.value_bytes.as_deref()?.get(range.clone())?;
+        Some((datum, layout))
+    }
+
     /// This entry on its way to the DLQ.
     pub(crate) fn rejected(&self, class: &'static str, reason: String) -> Rejected {
         Rejected {
@@ -236,10 +282,10 @@ pub(crate) mod header {
 pub(crate) mod fixtures {
     use std::sync::Arc;
 
-    use tunnel_shared::event::{Op, TextEvent};
+    use tunnel_shared::event::Op;
     use tunnel_shared::key::KeyText;
 
-    use super::{class, DecodedMessage, Entry, Item, Rejected, WriterSchema};
+    use super::{class, DecodedMessage, Entry, Event, Item, Rejected, Row, WriterSchema};
 
     fn schema() -> Arc<WriterSchema> {
         Arc::new(WriterSchema {
@@ -258,14 +304,14 @@ pub(crate) mod fixtures {
 
     /// An event of key `k` (its row is the key alone; a delete has none).
     pub(crate) fn event(topic: &str, partition: i32, offset: i64, k: &str, op: Op) -> Item {
-        let after = (op != Op::Delete).then(|| key(k));
+        let after = (op != Op::Delete).then(|| Row::Text(key(k)));
         Item::Event(Entry {
             topic: Arc::from(topic),
             partition,
             offset,
             message: DecodedMessage {
                 key: key(k),
-                event: Some((TextEvent { op, after }, 1)),
+                event: Some((Event { op, after }, 1)),
             },
             key_schema: schema(),
             value_schema: Some(schema()),

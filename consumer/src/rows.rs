@@ -1,6 +1,10 @@
 //! Writing rows into a replica table: bulk deletes and upserts (`unnest` of text arrays cast
-//! to the column types), and `COPY` for batches of inserts. [`write`] fails as a whole;
-//! [`write_isolating`] sets the rows the target refuses apart, so that the others still commit.
+//! to the column types), and `COPY` for batches of inserts (see [`copy`]). [`write`] fails as
+//! a whole; [`write_isolating`] sets the rows the target refuses apart, so that the others
+//! still commit.
+
+mod binary;
+mod copy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,10 +43,11 @@ pub(crate) async fn write_isolating<'a>(
             .await
             .map_err(PgError::query("setting a savepoint"))?;
         match write(tx, target, &set).await {
-            Ok(()) => {
+            Ok(unrendered) => {
                 tx.batch_execute("RELEASE SAVEPOINT tunnel_rows")
                     .await
                     .map_err(PgError::query("releasing a savepoint"))?;
+                refused.extend(unrendered);
             }
             Err(e) if is_row_rejection(&e) => {
                 tx.batch_execute(
@@ -87,17 +92,19 @@ fn rejection_reason(e: &PgError) -> String {
     }
 }
 
-/// Deletes and upserts `rows` (the latest event of each key) in `target`.
-async fn write(
+/// Deletes and upserts `rows` (the latest event of each key) in `target`. Returns the rows left
+/// out because their datum did not render as text, with why (it rendered when the message was
+/// decoded: none, unless something is badly wrong).
+async fn write<'a>(
     tx: &tokio_postgres::Transaction<'_>,
     target: &TargetTable,
-    rows: &[(&KeyText, &Entry)],
-) -> Result<(), PgError> {
+    rows: &[(&'a KeyText, &'a Entry)],
+) -> Result<Vec<(&'a Entry, String)>, PgError> {
     let table = qualified(&target.schema, &target.name);
     // deletes (a `d` event or a tombstone), keyed by the key schema
     let mut deletes: HashMap<u32, (Arc<WriterSchema>, Vec<&KeyText>)> = HashMap::new();
     // upserts, grouped by the writer schema of their value
-    let mut upserts: HashMap<u32, UpsertGroup<'_>> = HashMap::new();
+    let mut upserts: HashMap<u32, UpsertGroup<'a>> = HashMap::new();
     for &(key, e) in rows {
         match (&e.message.event, &e.value_schema) {
             (Some((ev, _)), Some(vs)) if ev.op != Op::Delete => {
@@ -121,16 +128,17 @@ async fn write(
     for (key_schema, keys) in deletes.values() {
         delete(tx, target, &table, key_schema, keys).await?;
     }
+    let mut unrendered = Vec::new();
     for group in upserts.values() {
         let columns = Columns::of(target, &group.value_schema.fields);
         if group.entries.iter().all(|e| is_insert(e))
-            && copy_in(tx, &table, &columns, &group.entries).await?
+            && copy::copy_in(tx, &table, &columns, &group.entries).await?
         {
             continue;
         }
-        upsert(tx, target, &table, group, &columns).await?;
+        unrendered.extend(upsert(tx, target, &table, group, &columns).await?);
     }
-    Ok(())
+    Ok(unrendered)
 }
 
 /// The fields of a writer schema that the target table has a column for: their positions in
@@ -228,22 +236,27 @@ async fn delete(
 }
 
 /// Inserts the rows of `group` into `table`, updating those whose key exists (when they
-/// differ).
-async fn upsert(
+/// differ). Returns the rows left out because they did not render as text.
+async fn upsert<'a>(
     tx: &tokio_postgres::Transaction<'_>,
     target: &TargetTable,
     table: &str,
-    group: &UpsertGroup<'_>,
+    group: &UpsertGroup<'a>,
     shapes: &Columns,
-) -> Result<(), PgError> {
+) -> Result<Vec<(&'a Entry, String)>, PgError> {
     let mut columns: Vec<Vec<Option<String>>> =
         vec![Vec::with_capacity(group.entries.len()); shapes.shapes.len()];
-    for e in &group.entries {
-        let Some((ev, _)) = &e.message.event else {
-            continue;
+    let mut unrendered = Vec::new();
+    for &e in &group.entries {
+        let after = match e.row_text() {
+            None => continue,
+            Some(Ok(after)) => after,
+            Some(Err(m)) => {
+                unrendered.push((e, format!("the row does not render as text: {m}")));
+                continue;
+            }
         };
-        let Some(after) = &ev.after else { continue };
-        for (column, t) in columns.iter_mut().zip(shapes.values(after)) {
+        for (column, t) in columns.iter_mut().zip(shapes.values(&after)) {
             column.push(t.map(str::to_string));
         }
     }
@@ -253,7 +266,7 @@ async fn upsert(
         format!("upserting into {}.{}", target.schema, target.name)
     })
     .await?;
-    Ok(())
+    Ok(unrendered)
 }
 
 /// `INSERT ... ON CONFLICT` of rows of `shapes` keyed by `key`: a row that exists is updated
@@ -309,114 +322,6 @@ fn is_insert(e: &Entry) -> bool {
     matches!(&e.message.event, Some((ev, _)) if matches!(ev.op, Op::Read | Op::Create))
 }
 
-/// Snapshot reads and inserts first try a plain `COPY` into the table, several times cheaper
-/// for the server than an upsert. A key that exists already (a replay, a row re-read) makes the
-/// `COPY` fail as a whole: it is rolled back to its savepoint and the caller upserts instead.
-/// Returns whether the rows were copied.
-async fn copy_in(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &str,
-    columns: &Columns,
-    entries: &[&Entry],
-) -> Result<bool, PgError> {
-    use futures::SinkExt;
-    let mut buf = Vec::with_capacity(entries.len() * 64);
-    // in key order: the primary-key index then grows at its right edge, as in a bulk load,
-    // instead of splitting pages all over the range the batch's partitions interleave
-    let mut ordered: Vec<&&Entry> = entries.iter().collect();
-    if ordered.iter().all(|e| e.message.key.len() == 1) {
-        // one column: no vector per key
-        ordered.sort_by_cached_key(|e| key_part(e.message.key[0].as_deref()));
-    } else {
-        ordered.sort_by_cached_key(|e| key_order(&e.message.key));
-    }
-    for e in ordered {
-        let Some((ev, _)) = &e.message.event else {
-            continue;
-        };
-        let Some(after) = &ev.after else { continue };
-        for (i, v) in columns.values(after).enumerate() {
-            if i > 0 {
-                buf.push(b'\t');
-            }
-            copy_text(&mut buf, v);
-        }
-        buf.push(b'\n');
-    }
-    let cols: Vec<String> = columns
-        .shapes
-        .iter()
-        .map(|s| quote_ident(&s.column))
-        .collect();
-    tx.batch_execute("SAVEPOINT tunnel_copy")
-        .await
-        .map_err(PgError::query("setting a savepoint"))?;
-    let copied = async {
-        let sink = tx
-            .copy_in(&format!("COPY {table} ({}) FROM STDIN", cols.join(", ")))
-            .await?;
-        futures::pin_mut!(sink);
-        sink.send(bytes::Bytes::from(buf)).await?;
-        sink.finish().await
-    }
-    .await;
-    let (sql, ok) = match copied {
-        Ok(_) => ("RELEASE SAVEPOINT tunnel_copy", true),
-        Err(e) => {
-            tracing::debug!(error = %e, "copy failed, upserting instead");
-            ("ROLLBACK TO SAVEPOINT tunnel_copy", false)
-        }
-    };
-    tx.batch_execute(sql)
-        .await
-        .map_err(PgError::query("ending a savepoint"))?;
-    Ok(ok)
-}
-
-/// A sort key for a key in text form: integers by value, other text as it compares in Rust
-/// (an approximation of the target's collation, for locality only).
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-enum KeyPart<'a> {
-    Null,
-    Int(i64),
-    Text(&'a str),
-}
-
-fn key_order(key: &[Option<String>]) -> Vec<KeyPart<'_>> {
-    key.iter().map(|k| key_part(k.as_deref())).collect()
-}
-
-fn key_part(k: Option<&str>) -> KeyPart<'_> {
-    match k {
-        None => KeyPart::Null,
-        Some(t) => t.parse().map(KeyPart::Int).unwrap_or(KeyPart::Text(t)),
-    }
-}
-
-/// One value in `COPY`'s text format.
-fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
-    let Some(s) = v else {
-        out.extend_from_slice(b"\\N");
-        return;
-    };
-    if !s
-        .bytes()
-        .any(|b| matches!(b, b'\\' | b'\n' | b'\r' | b'\t'))
-    {
-        out.extend_from_slice(s.as_bytes());
-        return;
-    }
-    for b in s.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => out.push(b),
-        }
-    }
-}
-
 /// `SELECT u.c0::<type>, ... FROM unnest($1::text[], ...) AS u(c0, ...)`: the rows of the
 /// text-array parameters, cast to the fields' types.
 fn unnest_select(shapes: &[FieldShape]) -> String {
@@ -452,30 +357,6 @@ fn alias_list(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_sort_integers_by_value_and_text_after_them() {
-        let keys: Vec<Vec<Option<String>>> = vec![
-            vec![Some("10".into())],
-            vec![Some("b".into())],
-            vec![Some("9".into())],
-            vec![Some("-3".into())],
-            vec![None],
-        ];
-        let mut sorted: Vec<&Vec<Option<String>>> = keys.iter().collect();
-        sorted.sort_by_cached_key(|k| key_order(k));
-        let got: Vec<Option<&str>> = sorted.iter().map(|k| k[0].as_deref()).collect();
-        assert_eq!(got, [None, Some("-3"), Some("9"), Some("10"), Some("b")]);
-    }
-
-    #[test]
-    fn copy_text_escapes_what_copy_would_misread() {
-        let mut out = Vec::new();
-        copy_text(&mut out, Some("a\tb\\c\nd\re"));
-        out.push(b'|');
-        copy_text(&mut out, None);
-        assert_eq!(String::from_utf8(out).unwrap(), "a\\tb\\\\c\\nd\\re|\\N");
-    }
 
     #[test]
     fn an_upsert_updates_only_rows_that_differ_and_a_key_only_table_does_nothing() {

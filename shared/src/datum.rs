@@ -247,31 +247,99 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Reads one field (`None` for null). Dates and timestamps are checked to be within what
+    /// their text form can render (or `i32`/`i64` MIN/MAX, PostgreSQL's infinities), so that a
+    /// field read once renders, as text or binary, without failing.
+    pub fn read_field(&mut self, spec: FieldSpec) -> Result<Option<Field<'a>>, String> {
+        if spec.nullable && !self.read_present()? {
+            return Ok(None);
+        }
+        Ok(Some(match spec.ty {
+            FieldType::Int => Field::Int(self.read_int()?),
+            FieldType::Long => Field::Long(self.read_long()?),
+            FieldType::Float => Field::Float(f32::from_le_bytes(
+                self.take(4)?.try_into().map_err(|_| "float")?,
+            )),
+            FieldType::Double => Field::Double(f64::from_le_bytes(
+                self.take(8)?.try_into().map_err(|_| "double")?,
+            )),
+            FieldType::Boolean => Field::Bool(self.read_bool()?),
+            FieldType::String | FieldType::Uuid => Field::Str(self.read_str()?),
+            FieldType::Bytes => Field::Bytes(self.read_bytes()?),
+            FieldType::Decimal => Field::Decimal(self.read_bytes()?),
+            FieldType::Date => {
+                let d = self.read_int()?;
+                if d != i32::MAX
+                    && d != i32::MIN
+                    && chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0).is_none()
+                {
+                    return Err(format!("date {d} days is out of range"));
+                }
+                Field::Date(d)
+            }
+            FieldType::TimeMicros => Field::Time(self.read_long()?),
+            FieldType::TimestampMicros | FieldType::LocalTimestampMicros => {
+                let us = self.read_long()?;
+                if us != i64::MAX
+                    && us != i64::MIN
+                    && chrono::DateTime::from_timestamp_micros(us).is_none()
+                {
+                    return Err(format!("timestamp {us} µs is out of range"));
+                }
+                if spec.ty == FieldType::TimestampMicros {
+                    Field::Timestamp(us)
+                } else {
+                    Field::LocalTimestamp(us)
+                }
+            }
+        }))
+    }
+
     /// Reads one field and renders it in PostgreSQL's text input form (`None` for null).
     pub fn read_field_text(
         &mut self,
         spec: FieldSpec,
         scale: Option<u32>,
     ) -> Result<Option<String>, String> {
+        Ok(self.read_field(spec)?.map(|f| f.text(scale)))
+    }
+}
+
+/// One non-null field as read from a datum, borrowing strings and bytes from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field<'a> {
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    Bool(bool),
+    /// A string, or a uuid in its text form.
+    Str(&'a str),
+    Bytes(&'a [u8]),
+    /// The unscaled value, a big-endian two's-complement integer.
+    Decimal(&'a [u8]),
+    /// Days since 1970-01-01; `i32::MAX`/`i32::MIN` are `infinity`/`-infinity`.
+    Date(i32),
+    /// Microseconds since midnight.
+    Time(i64),
+    /// Microseconds since 1970-01-01 UTC; `i64::MAX`/`i64::MIN` are the infinities.
+    Timestamp(i64),
+    /// The same, without a time zone.
+    LocalTimestamp(i64),
+}
+
+impl Field<'_> {
+    /// PostgreSQL's text input form; `scale` is the decimal scale of the field.
+    pub fn text(&self, scale: Option<u32>) -> String {
         use crate::pgbinary::{date_text, decimal_text, float_text, time_text, timestamp_text};
-        if spec.nullable && !self.read_present()? {
-            return Ok(None);
-        }
-        Ok(Some(match spec.ty {
-            FieldType::Int => self.read_int()?.to_string(),
-            FieldType::Long => self.read_long()?.to_string(),
-            FieldType::Float => {
-                let f = f32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "float")?);
-                float_text(f64::from(f), f.to_string())
-            }
-            FieldType::Double => {
-                let f = f64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "double")?);
-                float_text(f, f.to_string())
-            }
-            FieldType::Boolean => (if self.read_bool()? { "t" } else { "f" }).to_string(),
-            FieldType::String | FieldType::Uuid => self.read_str()?.to_string(),
-            FieldType::Bytes => {
-                let b = self.read_bytes()?;
+        match *self {
+            Field::Int(n) => n.to_string(),
+            Field::Long(n) => n.to_string(),
+            Field::Float(f) => float_text(f64::from(f), f.to_string()),
+            Field::Double(f) => float_text(f, f.to_string()),
+            Field::Bool(b) => (if b { "t" } else { "f" }).to_string(),
+            Field::Str(s) => s.to_string(),
+            Field::Bytes(b) => {
                 let mut s = String::with_capacity(2 + 2 * b.len());
                 s.push_str("\\x");
                 for byte in b {
@@ -279,18 +347,16 @@ impl<'a> Reader<'a> {
                 }
                 s
             }
-            FieldType::Decimal => {
-                let b = self.read_bytes()?;
-                decimal_text(
-                    &num_bigint::BigInt::from_signed_bytes_be(b),
-                    scale.unwrap_or(0),
-                )
-            }
-            FieldType::Date => date_text(self.read_int()?)?,
-            FieldType::TimeMicros => time_text(self.read_long()?),
-            FieldType::TimestampMicros => timestamp_text(self.read_long()?, "+00")?,
-            FieldType::LocalTimestampMicros => timestamp_text(self.read_long()?, "")?,
-        }))
+            Field::Decimal(b) => decimal_text(
+                &num_bigint::BigInt::from_signed_bytes_be(b),
+                scale.unwrap_or(0),
+            ),
+            // [`Reader::read_field`] checked the range: the number never stands in for a date
+            Field::Date(d) => date_text(d).unwrap_or_else(|_| d.to_string()),
+            Field::Time(us) => time_text(us),
+            Field::Timestamp(us) => timestamp_text(us, "+00").unwrap_or_else(|_| us.to_string()),
+            Field::LocalTimestamp(us) => timestamp_text(us, "").unwrap_or_else(|_| us.to_string()),
+        }
     }
 }
 
@@ -311,6 +377,54 @@ mod reader_tests {
         }
         assert_eq!(r.read_str().unwrap(), "hi");
         assert_eq!(r.remaining(), 0);
+    }
+
+    #[test]
+    fn fields_borrow_their_bytes_and_dates_beyond_the_text_form_are_errors() {
+        let spec = |ty| FieldSpec { ty, nullable: true };
+        let mut b = Vec::new();
+        write_field(
+            &mut b,
+            spec(FieldType::String),
+            Some(&Value::String("hé".into())),
+        )
+        .unwrap();
+        write_field(&mut b, spec(FieldType::Date), None).unwrap();
+        write_field(&mut b, spec(FieldType::Date), Some(&Value::Date(i32::MAX))).unwrap();
+        write_field(
+            &mut b,
+            spec(FieldType::TimestampMicros),
+            Some(&Value::TimestampMicros(i64::MIN)),
+        )
+        .unwrap();
+        let mut r = Reader::new(&b);
+        assert_eq!(
+            r.read_field(spec(FieldType::String)),
+            Ok(Some(Field::Str("hé")))
+        );
+        assert_eq!(r.read_field(spec(FieldType::Date)), Ok(None));
+        let inf = r.read_field(spec(FieldType::Date)).unwrap().unwrap();
+        assert_eq!(inf.text(None), "infinity");
+        let minus_inf = r
+            .read_field(spec(FieldType::TimestampMicros))
+            .unwrap()
+            .unwrap();
+        assert_eq!(minus_inf, Field::Timestamp(i64::MIN));
+        assert_eq!(minus_inf.text(None), "-infinity");
+        assert_eq!(r.remaining(), 0);
+        // out of the text form's range: refused when read, as when rendered
+        let mut b = Vec::new();
+        write_long(&mut b, i64::from(i32::MAX - 1));
+        write_long(&mut b, i64::MAX - 1);
+        let mut r = Reader::new(&b);
+        let not_null = |ty| FieldSpec {
+            ty,
+            nullable: false,
+        };
+        assert!(r.read_field(not_null(FieldType::Date)).is_err());
+        assert!(r
+            .read_field(not_null(FieldType::LocalTimestampMicros))
+            .is_err());
     }
 
     #[test]

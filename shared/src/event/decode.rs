@@ -46,6 +46,19 @@ impl RecordLayout {
             .map(|(spec, scale)| r.read_field_text(*spec, *scale))
             .collect()
     }
+
+    /// Reads past the record, checking every field as [`RecordLayout::read`] would.
+    pub fn skip(&self, r: &mut datum::Reader<'_>) -> Result<(), String> {
+        for (spec, _) in &self.fields {
+            r.read_field(*spec)?;
+        }
+        Ok(())
+    }
+
+    /// Each field's spec and decimal scale.
+    pub fn fields(&self) -> &[(FieldSpec, Option<u32>)] {
+        &self.fields
+    }
 }
 
 /// An event with its row in PostgreSQL's text form, as the consumer applies it.
@@ -122,12 +135,35 @@ impl EnvelopeLayout {
         Some(Self { row })
     }
 
+    /// The layout of the envelope's row.
+    pub fn row(&self) -> &RecordLayout {
+        &self.row
+    }
+
+    /// Reads an event with its row in text form.
     pub fn read(&self, body: &[u8]) -> Result<TextEvent, String> {
+        let scanned = self.scan(body)?;
+        let after = match scanned.row {
+            Some(range) => Some(self.row.read(&mut datum::Reader::new(&body[range]))?),
+            None => None,
+        };
+        Ok(TextEvent {
+            op: scanned.op,
+            after,
+        })
+    }
+
+    /// Reads and checks a whole event, leaving its row as the datum it is: where the row is in
+    /// `body`. Every field is checked as [`EnvelopeLayout::read`] checks it, so a scanned row
+    /// always renders.
+    pub fn scan(&self, body: &[u8]) -> Result<ScannedEvent, String> {
         let mut r = datum::Reader::new(body);
         let code = r.read_str()?;
         let op = Op::parse(code).ok_or_else(|| format!("unknown op '{code}'"))?;
         let after = if r.read_present()? {
-            Some(self.row.read(&mut r)?)
+            let start = body.len() - r.remaining();
+            self.row.skip(&mut r)?;
+            Some(start..body.len() - r.remaining())
         } else {
             None
         };
@@ -147,8 +183,16 @@ impl EnvelopeLayout {
         if op != Op::Delete && after.is_none() {
             return Err(format!("'{}' event without 'after'", op.code()));
         }
-        Ok(TextEvent { op, after })
+        Ok(ScannedEvent { op, row: after })
     }
+}
+
+/// An event read by [`EnvelopeLayout::scan`]: its operation and where its row's datum is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedEvent {
+    pub op: Op,
+    /// `None` for a delete.
+    pub row: Option<std::ops::Range<usize>>,
 }
 
 /// An event as the consumer sees it: its operation and, unless it is a delete, the row's

@@ -373,6 +373,16 @@ mod tests {
                     after: rendered
                 }
             );
+            // a scan leaves the row where it is: the same text from its range
+            let scanned = layout.scan(&expected).unwrap();
+            assert_eq!(scanned.op, op);
+            let from_range = scanned.row.map(|range| {
+                layout
+                    .row()
+                    .read(&mut datum::Reader::new(&expected[range]))
+                    .unwrap()
+            });
+            assert_eq!(from_range, direct.after);
             let key_layout = RecordLayout::of_key(&schemas.key).unwrap();
             let mut r = datum::Reader::new(&key);
             assert_eq!(

@@ -6,7 +6,8 @@ mod decode;
 mod encode;
 
 pub use decode::{
-    decode_envelope, decode_key, DecodedEvent, EnvelopeLayout, RecordLayout, TextEvent,
+    decode_envelope, decode_key, DecodedEvent, EnvelopeLayout, RecordLayout, ScannedEvent,
+    TextEvent,
 };
 pub use encode::EventEncoder;
 
