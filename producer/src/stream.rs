@@ -9,6 +9,7 @@ use tunnel_shared::retry::Backoff;
 
 use crate::capture::{CaptureState, ChangeDetector, PassContext};
 use crate::error::{SourceError, WorkerError};
+use crate::keysnapshot::KeySetSaver;
 use crate::setup::Link;
 use crate::source::Activity;
 
@@ -46,6 +47,8 @@ pub struct Stream {
     heartbeat_at: Option<Instant>,
     /// Whether the first watermark pass is to be logged (after a snapshot of this process).
     announce_first_watermark: bool,
+    /// Saves the shipped key set between passes.
+    key_saver: KeySetSaver,
 }
 
 impl Stream {
@@ -56,7 +59,14 @@ impl Stream {
             state,
             heartbeat_at: None,
             announce_first_watermark: false,
+            key_saver: KeySetSaver::disabled(),
         }
+    }
+
+    /// Saves the shipped key set with `saver` (see [`crate::keysnapshot`]).
+    pub fn saving_key_sets(mut self, saver: KeySetSaver) -> Self {
+        self.key_saver = saver;
+        self
     }
 
     /// Logs the first watermark pass ("first watermark pass after the snapshot done") when
@@ -89,6 +99,11 @@ impl Stream {
                 Ok(false) => {
                     backoff.reset();
                     self.heartbeat_if_due().await?;
+                    let (keys, events) =
+                        (self.state.shipped_keys(), self.state.checkpoint().events);
+                    self.key_saver
+                        .save_if_due(self.link.publisher(), keys, events)
+                        .await?;
                 }
                 Err(e) if shape_may_have_changed(&e) && self.link.shape_changed_now().await => {
                     info!(error = %e, "a read failed after a DDL: setting the table up again");
@@ -102,6 +117,10 @@ impl Stream {
                 Err(e) => return Err(e),
             }
         }
+        let (keys, events) = (self.state.shipped_keys(), self.state.checkpoint().events);
+        self.key_saver
+            .save(self.link.publisher(), keys, events, "stop")
+            .await?;
         info!("stopped");
         Ok(Ended::Stopped)
     }

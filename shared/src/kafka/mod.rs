@@ -337,19 +337,94 @@ pub fn read_partitions(
     topic: &str,
     ends: &[(i32, i64)],
     idle_timeout: Duration,
+    each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> std::ops::ControlFlow<()>,
+) -> Result<(), KafkaError> {
+    let spans: Vec<Span> = ends
+        .iter()
+        .map(|&(partition, end)| Span {
+            partition,
+            from: rdkafka::Offset::Beginning,
+            end,
+        })
+        .collect();
+    read_spans(kafka, topic, &spans, idle_timeout, each)
+}
+
+/// Each partition of `topic` with its first offset and its end (the offset its next message
+/// will get), empty ones too, in id order. A topic that does not exist has none.
+pub fn partition_watermarks(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    use rdkafka::consumer::Consumer;
+
+    let consumer = reader(kafka, &format!("{topic}.reader"))?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut marks = Vec::new();
+    for p in metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+    {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        marks.push((p, low, high));
+    }
+    marks.sort_unstable();
+    Ok(marks)
+}
+
+/// Reads partitions of `topic` one after the other, each from offset `from` (included) up to
+/// `end` (excluded), as [`read_partitions`] does. A span with `from >= end` is not read.
+pub fn read_ranges(
+    kafka: &KafkaConfig,
+    topic: &str,
+    ranges: &[(i32, i64, i64)],
+    idle_timeout: Duration,
+    each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> std::ops::ControlFlow<()>,
+) -> Result<(), KafkaError> {
+    let spans: Vec<Span> = ranges
+        .iter()
+        .filter(|&&(_, from, end)| from < end)
+        .map(|&(partition, from, end)| Span {
+            partition,
+            from: rdkafka::Offset::Offset(from),
+            end,
+        })
+        .collect();
+    read_spans(kafka, topic, &spans, idle_timeout, each)
+}
+
+/// A partition read from `from` up to `end` (excluded).
+struct Span {
+    partition: i32,
+    from: rdkafka::Offset,
+    end: i64,
+}
+
+fn read_spans(
+    kafka: &KafkaConfig,
+    topic: &str,
+    spans: &[Span],
+    idle_timeout: Duration,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> std::ops::ControlFlow<()>,
 ) -> Result<(), KafkaError> {
     use rdkafka::consumer::Consumer;
     use rdkafka::message::Message;
-    use rdkafka::{Offset, TopicPartitionList};
+    use rdkafka::TopicPartitionList;
 
-    if ends.is_empty() {
+    if spans.is_empty() {
         return Ok(());
     }
     let consumer = reader(kafka, &format!("{topic}.reader"))?;
-    for &(partition, end) in ends {
+    for &Span {
+        partition,
+        from,
+        end,
+    } in spans
+    {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+        tpl.add_partition_offset(topic, partition, from)?;
         consumer.assign(&tpl)?;
         let mut deadline = std::time::Instant::now() + idle_timeout;
         loop {
