@@ -1,8 +1,9 @@
 //! What the producer knows of the keys it has shipped, for every table: whether a key's latest
 //! event is not a delete. It is what tells an insert (`c`: a key never shipped, or deleted
-//! since) from an update (`u`), whichever detector found the row. It is rebuilt at start from
-//! the compacted topic (a key whose latest message is not a tombstone is shipped), and kept
-//! current as events are shipped, by the snapshot's chunks and by the passes alike.
+//! since) from an update (`u`), whichever detector found the row. At start it is read back from
+//! its saved copy and the topic's messages after it ([`crate::keysnapshot`]), or rebuilt from
+//! the whole compacted topic (a key whose latest message is not a tombstone is shipped), and
+//! kept current as events are shipped, by the snapshot's chunks and by the passes alike.
 //!
 //! A table with a single integer key keeps the exact [`KeySet`] (which delete scans also read);
 //! any other key (text, uuid, composite) is kept as [`KeyHashes`].
