@@ -18,7 +18,8 @@
 #      for a) and b), BENCH_RECONCILE_MS (default 2000) for c); producer logging at debug, so
 #      that passes that ship nothing are logged too):
 #      a) the producer restarted: its first delete pass, over unchanged keys (elapsed, index
-#         entries read), and the time it took to rebuild its key set from the topic;
+#         entries read), the time it took to load its key set (from its saved copy and the
+#         messages after it, or rebuilt from the whole topic), and from its start to streaming;
 #      b) 0.1% of the rows deleted, scattered (id % 1000 = 0): the delete passes that ship them,
 #         commit -> gone from the target, and the target's count dropping by exactly that much;
 #      c) reconciliation: the first passes after the restarts (no change), then, restarted with
@@ -48,7 +49,9 @@
 #
 # Knobs (environment): BENCH_ROWS, BENCH_SMALL_ROWS (0 skips the small table), BENCH_RATE,
 # BENCH_LATENCY_SECONDS, BENCH_POLL_MS (target polling of the latency probes, default 25),
-# BENCH_PARTITIONS (default 6), BENCH_SNAPSHOT_CHUNK (default 10000), BENCH_BATCH (consumer
+# BENCH_PARTITIONS (default 6), BENCH_SNAPSHOT_CHUNK (default 10000), BENCH_KEY_SNAPSHOT_S
+# (producer key_snapshot_interval_s, default 300; 0: a restart rebuilds the key set from the
+# whole topic, as before key sets were saved), BENCH_BATCH (consumer
 # batch_max_events, default 10000), BENCH_SYNC_TIMEOUT (seconds, default 3600), BENCH_KEEP=1
 # (leave the bench databases and topics in place), BENCH_DIR (logs, default .stack/bench),
 # BENCH_BUILD=0 (no cargo build: bench the binaries already in target/release),
@@ -71,6 +74,7 @@ B2B_SECONDS=${BENCH_B2B_SECONDS:-30}
 POLL_MS=${BENCH_POLL_MS:-25}
 PARTITIONS=${BENCH_PARTITIONS:-6}
 SNAPSHOT_CHUNK=${BENCH_SNAPSHOT_CHUNK:-10000}
+KEY_SNAPSHOT_S=${BENCH_KEY_SNAPSHOT_S:-300}
 BATCH=${BENCH_BATCH:-10000}
 SYNC_TIMEOUT=${BENCH_SYNC_TIMEOUT:-3600}
 SECTIONS=" ${BENCH_SECTIONS:-1 4 5} "
@@ -247,6 +251,7 @@ partitions = $PARTITIONS
 url = "$TUNNEL_REGISTRY_URL"
 [producer]
 snapshot_chunk_rows = $SNAPSHOT_CHUNK
+key_snapshot_interval_s = $KEY_SNAPSHOT_S
 $extra
 [consumer]
 batch_max_events = $BATCH
@@ -514,6 +519,10 @@ start_producer() { # config log: tunnel-producer at debug; sets PRODUCER_PID
   note "producer pid $PRODUCER_PID (log ${2##*/})"
 }
 
+log_ts() { # line: the time (epoch seconds) a log line was written
+  date -d "$(awk '{ print $1 }' <<<"$1")" +%s.%N
+}
+
 rec_lines() { # log from: the "reconciliation pass" lines after line <from>
   tail -n +"$(($2 + 1))" "$1" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep 'reconciliation pass' || true
 }
@@ -716,6 +725,13 @@ repair_interval_ms = 3600000"
     note "key set rebuilt: keys=$(kv "$line" keys) messages=$(kv "$line" messages) bytes=$(kv "$line" bytes) in $(kv "$line" elapsed_ms) ms"
     figure "$S" "a) restart: key set rebuilt from the topic" "$(kv "$line" elapsed_ms) ms ($(kv "$line" keys) keys, $(kv "$line" messages) messages, $(kv "$line" bytes) bytes)" ""
   fi
+  line=$(grep -m 1 'loaded the shipped key set' "$rlog" | sed 's/\x1b\[[0-9;]*m//g' || true)
+  if [[ -n $line ]]; then
+    note "key set loaded from its saved copy: keys=$(kv "$line" keys) tail_messages=$(kv "$line" tail_messages) saved_bytes=$(kv "$line" saved_bytes) in $(kv "$line" elapsed_ms) ms"
+    figure "$S" "a) restart: key set loaded from its saved copy" "$(kv "$line" elapsed_ms) ms ($(kv "$line" keys) keys, $(kv "$line" chunks) chunks, $(kv "$line" saved_bytes) bytes, $(kv "$line" tail_messages) messages after it)" ""
+  fi
+  line=$(grep -m 1 'streaming changes' "$rlog" | sed 's/\x1b\[[0-9;]*m//g' || true)
+  [[ -n $line ]] && figure "$S" "a) restart -> streaming changes" "$(calc "printf \"%.2f\", $(log_ts "$line") - $t0") s" "< 10 s"
   if [[ -n $PASS_LINE ]]; then
     note "first delete pass (unchanged keys): $(pass_desc "$PASS_LINE")"
     figure "$S" "a) delete pass over unchanged keys" "$(pass_desc "$PASS_LINE")" "< 10 s (10M rows)"

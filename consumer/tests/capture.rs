@@ -14,6 +14,10 @@ use tunnel_shared::testkit::{self as tk, Databases, Proc};
 #[path = "capture/ops.rs"]
 mod ops;
 
+/// A restarted producer reads its saved key set back, or the topic when it cannot.
+#[path = "capture/restart.rs"]
+mod restart;
+
 const MEDIA: &str = "CREATE TABLE media (
     id serial PRIMARY KEY, s3_path varchar(1024), format varchar(5), type smallint,
     updated_at timestamp DEFAULT now())";

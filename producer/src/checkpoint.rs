@@ -82,22 +82,47 @@ impl Checkpoint {
     }
 }
 
-/// Reads the checkpoint topic to its end and returns the newest checkpoint of `table`.
+/// What the checkpoint topic holds for a table.
+pub struct Loaded {
+    /// Its newest checkpoint.
+    pub checkpoint: Option<Checkpoint>,
+    /// The header of its newest saved key set, as written (see [`crate::keysnapshot`]).
+    pub key_set_header: Option<Vec<u8>>,
+}
+
+/// Reads the checkpoint topic to its end and returns the newest checkpoint of `table` and the
+/// header of its newest saved key set (the message keyed `header_key`).
 pub fn load(
     kafka_cfg: &KafkaConfig,
     topic: &str,
     table: &str,
-) -> Result<Option<Checkpoint>, CheckpointError> {
+    header_key: &str,
+) -> Result<Loaded, CheckpointError> {
     let mut latest: Option<Vec<u8>> = None;
+    let mut header: Option<Vec<u8>> = None;
     kafka::read_to_end(kafka_cfg, topic, Duration::from_secs(60), |m| {
         if m.key() == Some(table.as_bytes()) {
             latest = m.payload().map(<[u8]>::to_vec);
+        } else if m.key() == Some(header_key.as_bytes()) {
+            header = m.payload().map(<[u8]>::to_vec);
         }
     })
     .map_err(|source| CheckpointError::Read {
         topic: topic.to_string(),
         source,
     })?;
+    Ok(Loaded {
+        checkpoint: parse(latest, topic, table)?,
+        key_set_header: header,
+    })
+}
+
+/// The checkpoint in `latest`, checked.
+fn parse(
+    latest: Option<Vec<u8>>,
+    topic: &str,
+    table: &str,
+) -> Result<Option<Checkpoint>, CheckpointError> {
     match latest {
         None => Ok(None),
         Some(bytes) => {

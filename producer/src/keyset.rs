@@ -97,6 +97,25 @@ impl KeySet {
     pub(crate) fn serialized_bytes(&self) -> u64 {
         self.keys.serialized_size() as u64
     }
+
+    /// The set in the portable roaring format (what [`KeySet::from_bytes`] reads).
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.keys.serialized_size());
+        // writing to a Vec cannot fail
+        let _ = self.keys.serialize_into(&mut out);
+        out
+    }
+
+    /// A set written by [`KeySet::to_bytes`]; the format is checked (never a panic), and bytes
+    /// left over refuse it.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let mut reader = bytes;
+        let keys = RoaringTreemap::deserialize_from(&mut reader).map_err(|e| e.to_string())?;
+        if !reader.is_empty() {
+            return Err(format!("{} bytes after the key set", reader.len()));
+        }
+        Ok(Self { keys })
+    }
 }
 
 /// A single integer key's value.
@@ -139,6 +158,29 @@ mod tests {
             updated_at: None,
             ts_ms: 0,
         }
+    }
+
+    #[test]
+    fn the_set_round_trips_through_bytes_and_refuses_damaged_ones() {
+        let mut s = KeySet::default();
+        for k in (0..200_000).chain([i64::MIN, -1, i64::MAX]) {
+            s.insert(k);
+        }
+        let bytes = s.to_bytes();
+        let back = KeySet::from_bytes(&bytes).unwrap();
+        assert_eq!(back.len(), s.len());
+        assert_eq!(back.keys(i64::MIN..=i64::MAX), s.keys(i64::MIN..=i64::MAX));
+        assert!(KeySet::from_bytes(&bytes[..bytes.len() - 3]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(KeySet::from_bytes(&longer).is_err());
+        assert!(KeySet::from_bytes(&[0xff; 16]).is_err());
+        assert_eq!(
+            KeySet::from_bytes(&KeySet::default().to_bytes())
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod detectors;
 mod error;
 mod horizon;
 mod keyset;
+mod keysnapshot;
 mod lag;
 mod observe;
 mod publish;

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
@@ -69,6 +70,16 @@ impl Shipper for Publisher {
     }
 }
 
+/// The topics a publisher writes to.
+pub struct PublisherTopics {
+    /// The table's events.
+    pub table: String,
+    /// The checkpoints (and the headers of saved key sets).
+    pub checkpoints: String,
+    /// The chunks of saved key sets.
+    pub keysets: String,
+}
+
 pub struct Publisher {
     /// The transactional producer in use; replaced by a new instance after a fatal error.
     producer: Mutex<Arc<KafkaProducer>>,
@@ -76,8 +87,22 @@ pub struct Publisher {
     config: ClientConfig,
     topic: String,
     checkpoint_topic: String,
+    keysets_topic: String,
     table_key: String,
     encoder: EventEncoder,
+    /// Set when a commit failed in a way that may have committed anyway (a commit that timed
+    /// out, say): the shipped key set may then miss keys of the topic, and is no longer saved
+    /// ([`crate::keysnapshot`]).
+    doubtful: AtomicBool,
+}
+
+/// A saved key set to ship: its chunks (key, value; no value: a tombstone) to partition 0 of
+/// the key sets' topic, then its header, made from the offset there from which the chunks are
+/// (other producers' messages may be among them), to the checkpoint topic.
+pub struct KeySetRecords<F> {
+    pub chunks: Vec<(String, Option<Vec<u8>>)>,
+    pub header_key: String,
+    pub header: F,
 }
 
 fn kafka_err(context: &str) -> impl FnOnce(KafkaError) -> PublishError + '_ {
@@ -116,8 +141,7 @@ impl Publisher {
     pub async fn new(
         kafka_cfg: &KafkaConfig,
         transactional_id: &str,
-        topic: String,
-        checkpoint_topic: String,
+        topics: PublisherTopics,
         table_key: String,
         encoder: EventEncoder,
     ) -> Result<Self, PublishError> {
@@ -126,11 +150,88 @@ impl Publisher {
         Ok(Self {
             producer: Mutex::new(producer),
             config,
-            topic,
-            checkpoint_topic,
+            topic: topics.table,
+            checkpoint_topic: topics.checkpoints,
+            keysets_topic: topics.keysets,
             table_key,
             encoder,
+            doubtful: AtomicBool::new(false),
         })
+    }
+
+    /// Whether a commit may have gone through although it failed (see `doubtful`).
+    pub fn doubtful(&self) -> bool {
+        self.doubtful.load(Ordering::Relaxed)
+    }
+
+    /// The end of each partition of the table's topic (the offset its next message will get),
+    /// in partition order.
+    pub async fn topic_ends(&self) -> Result<Vec<(i32, i64)>, PublishError> {
+        let producer = self.usable().await?;
+        let topic = self.topic.clone();
+        blocking(&producer, move |p| {
+            let md = p.client().fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+            let mut ends = Vec::new();
+            for part in md.topics().iter().flat_map(|t| t.partitions()) {
+                let (_, high) = p
+                    .client()
+                    .fetch_watermarks(&topic, part.id(), METADATA_TIMEOUT)?;
+                ends.push((part.id(), high));
+            }
+            ends.sort_unstable();
+            Ok(ends)
+        })
+        .await
+        .map_err(kafka_err("reading the ends of the table's topic"))
+    }
+
+    /// The end of partition 0 of the key sets' topic, as a `read_committed` reader sees it.
+    async fn keysets_end(&self, producer: &Arc<KafkaProducer>) -> Result<i64, PublishError> {
+        let topic = self.keysets_topic.clone();
+        blocking(producer, move |p| {
+            p.client()
+                .fetch_watermarks(&topic, 0, METADATA_TIMEOUT)
+                .map(|(_, high)| high)
+        })
+        .await
+        .map_err(kafka_err("reading the end of the key sets' topic"))
+    }
+
+    /// Ships a saved key set in one transaction: its chunks, then the header that names the
+    /// offset of partition 0 from which they are: its end as a `read_committed` reader saw it
+    /// before (the first chunk cannot go lower). (Offsets of delivered messages would be
+    /// exact, but the producer asks for reports of failures only.)
+    pub async fn ship_key_set<F: FnOnce(i64) -> Vec<u8>>(
+        &self,
+        records: KeySetRecords<F>,
+    ) -> Result<(), PublishError> {
+        let producer = self.usable().await?;
+        if let Ok(mut failed) = producer.context().failed.lock() {
+            *failed = None;
+        }
+        let low = self.keysets_end(&producer).await?;
+        producer
+            .begin_transaction()
+            .map_err(kafka_err("beginning a transaction"))?;
+        let sent = async {
+            for (key, value) in &records.chunks {
+                let mut record = BaseRecord::to(&self.keysets_topic)
+                    .key(key.as_bytes())
+                    .partition(0);
+                if let Some(v) = value {
+                    record = record.payload(v.as_slice());
+                }
+                send(&producer, record).await?;
+            }
+            let header = (records.header)(low);
+            let record = BaseRecord::to(&self.checkpoint_topic)
+                .key(records.header_key.as_bytes())
+                .payload(header.as_slice());
+            send(&producer, record).await?;
+            delivered(&producer).await
+        }
+        .await;
+        self.finish(&producer, sent).await
     }
 
     /// How this publisher encodes the table's events (and keys).
@@ -219,10 +320,26 @@ impl Publisher {
             Ok(()) => delivered(&producer).await,
             Err(e) => Err(e),
         };
+        self.finish(&producer, sent).await
+    }
+
+    /// Commits the transaction whose messages were `sent`, or aborts it.
+    async fn finish(
+        &self,
+        producer: &Arc<KafkaProducer>,
+        sent: Result<(), PublishError>,
+    ) -> Result<(), PublishError> {
         let committed = match sent {
-            Ok(()) => blocking(&producer, |p| p.commit_transaction(TXN_TIMEOUT))
-                .await
-                .map_err(kafka_err("committing a transaction")),
+            Ok(()) => {
+                let c = blocking(producer, |p| p.commit_transaction(TXN_TIMEOUT))
+                    .await
+                    .map_err(kafka_err("committing a transaction"));
+                if c.is_err() {
+                    // the broker may have committed it all the same
+                    self.doubtful.store(true, Ordering::Relaxed);
+                }
+                c
+            }
             Err(e) => Err(e),
         };
         let failed = producer
@@ -234,12 +351,15 @@ impl Publisher {
         match (committed, failed) {
             (Ok(()), None) => Ok(()),
             // cannot happen with transactions (a failed delivery fails the commit): say so
-            (Ok(()), Some(e)) => Err(PublishError::Kafka {
-                context: "delivering an event of a committed transaction".into(),
-                source: e,
-            }),
+            (Ok(()), Some(e)) => {
+                self.doubtful.store(true, Ordering::Relaxed);
+                Err(PublishError::Kafka {
+                    context: "delivering an event of a committed transaction".into(),
+                    source: e,
+                })
+            }
             (Err(e), _) => {
-                abort(&producer).await;
+                abort(producer).await;
                 Err(e)
             }
         }

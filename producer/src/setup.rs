@@ -18,9 +18,10 @@ use tunnel_shared::schema;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{CheckpointError, PublishError, WorkerError, SETUP_ATTEMPTS};
+use crate::keysnapshot::{self, KeySetSaver};
 use crate::observe::TableObserver;
-use crate::publish::Publisher;
-use crate::shipped::{self, ShippedKeys};
+use crate::publish::{Publisher, PublisherTopics};
+use crate::shipped::ShippedKeys;
 use crate::source::Source;
 
 /// What a table's worker starts with.
@@ -29,6 +30,8 @@ pub struct Prepared {
     pub checkpoint: Checkpoint,
     /// The keys shipped so far.
     pub shipped: ShippedKeys,
+    /// What saves them.
+    pub key_saver: KeySetSaver,
 }
 
 /// A table's ends: the source it reads and the publisher it ships with, what reconnecting to
@@ -143,15 +146,21 @@ pub async fn prepare_with(
         "read the source catalog"
     );
     check_rules(&table, &info)?;
-    let (publisher, checkpoint) =
+    let (publisher, checkpoint, key_set_header) =
         publisher_and_checkpoint(&config, &table, &info, registration).await?;
     // nothing was ever shipped for a table without a checkpoint: no topic to read back
     let none_yet = ShippedKeys::empty(&info, publisher.encoder());
     // (a table snapshotted again after a DDL or a resync has shipped events before)
-    let shipped = match (checkpoint.snapshot.started_at_micros, checkpoint.events) {
-        (0, 0) => none_yet,
-        _ => shipped::rebuild(&config, &config.topic(&table), none_yet).await?,
-    };
+    let shipped_before = (checkpoint.snapshot.started_at_micros, checkpoint.events) != (0, 0);
+    let loaded = keysnapshot::load_or_rebuild(
+        &config,
+        &table,
+        key_set_header,
+        none_yet,
+        shipped_before,
+        checkpoint.events,
+    )
+    .await?;
     let observer = TableObserver::new(&table.qualified(), config.health.ready_within_s);
     observer.source(true);
     // the schemas were registered (or found) just now
@@ -168,7 +177,8 @@ pub async fn prepare_with(
     Ok(Prepared {
         link,
         checkpoint,
-        shipped,
+        shipped: loaded.keys,
+        key_saver: loaded.saver,
     })
 }
 
@@ -199,20 +209,23 @@ fn check_rules(table: &TableConfig, info: &TableInfo) -> Result<(), WorkerError>
     Ok(())
 }
 
-/// Schemas and topics, then the transactional publisher; the checkpoint is read meanwhile.
+/// Schemas and topics, then the transactional publisher; the checkpoint (and the header of the
+/// saved key set) is read meanwhile.
 async fn publisher_and_checkpoint(
     config: &Config,
     table: &TableConfig,
     info: &TableInfo,
     registration: Registration,
-) -> Result<(Publisher, Checkpoint), WorkerError> {
+) -> Result<(Publisher, Checkpoint, Option<Vec<u8>>), WorkerError> {
     let topic = config.topic(table);
     let cp_topic = config.checkpoint_topic();
     let encoder = schemas_and_topics(config, info, &topic, &cp_topic, registration).await?;
     // the checkpoint is read while the transactional producer fences older ones
     let kcfg = config.kafka.clone();
     let (t2, key2) = (cp_topic.clone(), table.qualified());
-    let loading = tokio::task::spawn_blocking(move || checkpoint::load(&kcfg, &t2, &key2));
+    let header_key = keysnapshot::header_key(&key2);
+    let loading =
+        tokio::task::spawn_blocking(move || checkpoint::load(&kcfg, &t2, &key2, &header_key));
     let table_key = table.qualified();
     let txn_id = format!("{}.producer.{}", config.kafka.topic_prefix, table_key);
     let publisher = retry(
@@ -222,8 +235,11 @@ async fn publisher_and_checkpoint(
             Publisher::new(
                 &config.kafka,
                 &txn_id,
-                topic.clone(),
-                cp_topic.clone(),
+                PublisherTopics {
+                    table: topic.clone(),
+                    checkpoints: cp_topic.clone(),
+                    keysets: config.keysets_topic(),
+                },
                 table_key.clone(),
                 encoder.clone(),
             )
@@ -241,14 +257,15 @@ async fn publisher_and_checkpoint(
             })
         }
     };
-    let checkpoint = match loaded? {
+    let loaded = loaded?;
+    let checkpoint = match loaded.checkpoint {
         Some(cp) => {
             info!(phase = ?cp.snapshot.phase, events = cp.events, "resuming from checkpoint");
             cp
         }
         None => Checkpoint::new(&table_key),
     };
-    Ok((publisher, checkpoint))
+    Ok((publisher, checkpoint, loaded.key_set_header))
 }
 
 /// Registers the table's schemas and creates its topics (at once: they do not depend on each
@@ -264,6 +281,7 @@ async fn schemas_and_topics(
     let registry = Registry::from_config(&config.registry)?;
     let admin = kafka::admin(&config.kafka)?;
     let repair_topic = config.repair_topic();
+    let keysets_topic = config.keysets_topic();
     let ((key_id, value_id), ()) = tokio::try_join!(
         register_schemas(
             &registry,
@@ -273,7 +291,11 @@ async fn schemas_and_topics(
             &config.registry.compatibility,
             registration
         ),
-        ensure_topics(&admin, &config.kafka, topic, cp_topic, &repair_topic),
+        ensure_topics(
+            &admin,
+            &config.kafka,
+            [topic, cp_topic, &repair_topic, &keysets_topic]
+        ),
     )?;
     Ok(EventEncoder::new(schemas, key_id, value_id, info).map_err(PublishError::from)?)
 }
@@ -372,18 +394,16 @@ async fn incompatible(
     }
 }
 
-/// Creates the table's topic, the checkpoint topic and the repair topic where missing (all at
-/// once).
+/// Creates the table's topic, the checkpoint topic, the repair topic and the key sets' topic
+/// where missing (all at once).
 async fn ensure_topics(
     admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
     k: &KafkaConfig,
-    topic: &str,
-    cp_topic: &str,
-    repair_topic: &str,
+    [topic, cp_topic, repair_topic, keysets_topic]: [&str; 4],
 ) -> Result<(), WorkerError> {
     // (what, name, partitions, configs)
     type TopicSpec<'a> = (&'a str, &'a str, i32, &'a [(&'a str, &'a str)]);
-    let topics: [TopicSpec<'_>; 3] = [
+    let topics: [TopicSpec<'_>; 4] = [
         (
             "creating the table's topic",
             topic,
@@ -401,6 +421,16 @@ async fn ensure_topics(
             repair_topic,
             1,
             &[("retention.ms", "604800000")],
+        ),
+        (
+            "creating the key sets' topic",
+            keysets_topic,
+            1,
+            &[
+                ("cleanup.policy", "compact"),
+                // so that the generations replaced are compacted away soon
+                ("segment.bytes", "67108864"),
+            ],
         ),
     ];
     futures::future::try_join_all(topics.iter().map(|&(what, name, partitions, configs)| {

@@ -1,8 +1,9 @@
 //! What the producer knows of the keys it has shipped, for every table: whether a key's latest
 //! event is not a delete. It is what tells an insert (`c`: a key never shipped, or deleted
-//! since) from an update (`u`), whichever detector found the row. It is rebuilt at start from
-//! the compacted topic (a key whose latest message is not a tombstone is shipped), and kept
-//! current as events are shipped, by the snapshot's chunks and by the passes alike.
+//! since) from an update (`u`), whichever detector found the row. At start it is read back from
+//! its saved copy and the topic's messages after it ([`crate::keysnapshot`]), or rebuilt from
+//! the whole compacted topic (a key whose latest message is not a tombstone is shipped), and
+//! kept current as events are shipped, by the snapshot's chunks and by the passes alike.
 //!
 //! A table with a single integer key keeps the exact [`KeySet`] (which delete scans also read);
 //! any other key (text, uuid, composite) is kept as [`KeyHashes`].
@@ -65,9 +66,69 @@ impl ShippedKeys {
         }
     }
 
+    /// What the set holds, as saved with it: a saved set is read back only into its own kind
+    /// (and hashes only made by the same function).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Integer(_) => "integer",
+            Self::Hashed(_) => "siphash13",
+        }
+    }
+
+    /// The size of [`ShippedKeys::to_bytes`], without writing it.
+    pub(crate) fn saved_len(&self) -> u64 {
+        match self {
+            Self::Integer(keys) => keys.serialized_bytes(),
+            Self::Hashed(keys) => keys.len() * 8,
+        }
+    }
+
+    /// The set as bytes: the roaring format for integer keys, the hashes (8 bytes each, little
+    /// endian, in no order) for the others.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Integer(keys) => keys.to_bytes(),
+            Self::Hashed(keys) => {
+                let mut out = Vec::with_capacity(keys.hashes.len() * 8);
+                for h in &keys.hashes {
+                    out.extend_from_slice(&h.to_le_bytes());
+                }
+                out
+            }
+        }
+    }
+
+    /// Takes in a set saved by [`ShippedKeys::to_bytes`] from a set of the same kind, in place
+    /// of what this one holds. Damaged bytes are refused, never a panic.
+    pub(crate) fn load_bytes(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            Self::Integer(keys) => *keys = KeySet::from_bytes(bytes)?,
+            Self::Hashed(keys) => {
+                if !bytes.len().is_multiple_of(8) {
+                    return Err(format!(
+                        "{} bytes of hashes, not a multiple of 8",
+                        bytes.len()
+                    ));
+                }
+                let mut hashes = FxHashSet::default();
+                hashes.reserve(bytes.len() / 8);
+                for h in bytes.chunks_exact(8) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(h);
+                    hashes.insert(u64::from_le_bytes(b));
+                }
+                if hashes.len() != bytes.len() / 8 {
+                    return Err("the same hash saved twice".into());
+                }
+                keys.hashes = hashes;
+            }
+        }
+        Ok(())
+    }
+
     /// Takes in one message of the topic, in offset order: `body` is its key after the wire
     /// format's header, `present` whether it has a value (a tombstone has none).
-    fn read_message(&mut self, body: &[u8], present: bool) {
+    pub(crate) fn read_message(&mut self, body: &[u8], present: bool) {
         match self {
             Self::Integer(keys) => {
                 if let Ok(k) = tunnel_shared::datum::Reader::new(body).read_long() {
@@ -82,7 +143,7 @@ impl ShippedKeys {
         }
     }
 
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         match self {
             Self::Integer(keys) => keys.len(),
             Self::Hashed(keys) => keys.len(),
@@ -90,7 +151,7 @@ impl ShippedKeys {
     }
 
     /// About how much memory the set takes, for logs.
-    fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         match self {
             Self::Integer(keys) => keys.serialized_bytes(),
             Self::Hashed(keys) => keys.bytes(),
@@ -164,10 +225,12 @@ impl KeyHashes {
     }
 }
 
-/// A key's hash: SipHash-1-3 with fixed keys over its bytes, the same throughout a process (it
-/// is never stored: the set is rebuilt from the topic at every start).
-fn hash_body(body: &[u8]) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
+/// A key's hash: SipHash-1-3 with the keys (0, 0) over its bytes. The hashes are saved with the
+/// key set ([`crate::keysnapshot`]): the function must stay the same from one build to the next,
+/// hence the `siphasher` crate and not the standard library's hasher (the same function today,
+/// with no such promise).
+pub(crate) fn hash_body(body: &[u8]) -> u64 {
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0, 0);
     h.write(body);
     h.finish()
 }
@@ -339,6 +402,43 @@ pub(crate) mod tests {
         }
         assert!(rebuilt.contains(&[Value::Int(-3)]) && rebuilt.contains(&[Value::Long(-3)]));
         assert!(!rebuilt.contains(&[Value::Int(5)]));
+    }
+
+    /// The hash is fixed: a saved set of hashes is only worth anything if the next build hashes
+    /// keys the same way.
+    #[test]
+    fn the_hash_of_a_key_never_changes() {
+        let mut std = std::hash::DefaultHasher::new();
+        std.write(b"tenant-42");
+        assert_eq!(hash_body(b"tenant-42"), std.finish());
+        assert_eq!(hash_body(b""), 0xd1fb_a762_150c_532c);
+    }
+
+    #[test]
+    fn a_set_round_trips_through_bytes() {
+        let mut s = hashed();
+        s.apply(&[event(Op::Read, key("a", 1)), event(Op::Read, key("b", 2))]);
+        let bytes = s.to_bytes();
+        assert_eq!(bytes.len() as u64, s.saved_len());
+        let mut back = hashed();
+        back.load_bytes(&bytes).unwrap();
+        assert!(back.contains(&key("a", 1)) && back.contains(&key("b", 2)));
+        assert_eq!(back.len(), 2);
+        assert!(hashed().load_bytes(&bytes[..9]).is_err());
+        let mut twice = bytes[..8].to_vec();
+        twice.extend_from_slice(&bytes[..8]);
+        assert!(hashed().load_bytes(&twice).is_err());
+
+        let mut int = composite_table();
+        int.key = vec![1];
+        let mut s = ShippedKeys::empty(&int, &encoder(&int));
+        s.apply(&[event(Op::Read, vec![Value::Int(7)])]);
+        let bytes = s.to_bytes();
+        assert_eq!(bytes.len() as u64, s.saved_len());
+        let mut back = ShippedKeys::empty(&int, &encoder(&int));
+        back.load_bytes(&bytes).unwrap();
+        assert!(back.contains(&[Value::Int(7)]) && back.len() == 1);
+        assert_ne!(back.kind(), hashed().kind());
     }
 
     /// The memory of the hashed set at a million keys (printed with `--nocapture`).

@@ -120,6 +120,7 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
         mut link,
         checkpoint,
         shipped,
+        mut key_saver,
     } = prepared;
     let started = Instant::now();
     let detectors: Vec<Box<dyn ChangeDetector>> =
@@ -155,6 +156,12 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
         shipped,
         remembered,
     } = snapshot.finish();
+    if snapshotted_here {
+        // a restart from now on reads the keys saved here, not the whole topic
+        key_saver
+            .save(link.publisher(), &shipped, checkpoint.events, "snapshot")
+            .await?;
+    }
     let state = CaptureState::new(
         &detectors::specs(&detectors),
         margins,
@@ -167,6 +174,7 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
     .with_budget(link.config().source.max_cpu_share);
     Stream::new(link, detectors, state)
         .announcing_the_first_watermark_pass(snapshotted_here)
+        .saving_key_sets(key_saver)
         .run()
         .await
 }

@@ -14,6 +14,7 @@ use tunnel_shared::retry::Backoff;
 
 use crate::capture::{CaptureState, ChangeDetector, Found, PassContext, Plan};
 use crate::error::{SourceError, WorkerError};
+use crate::keysnapshot::KeySetSaver;
 use crate::setup::Link;
 use crate::source::Activity;
 use background::{Done, Lane, Start};
@@ -67,6 +68,8 @@ pub struct Stream {
     heartbeat_at: Option<Instant>,
     /// Whether the first watermark pass is to be logged (after a snapshot of this process).
     announce_first_watermark: bool,
+    /// Saves the shipped key set between passes.
+    key_saver: KeySetSaver,
 }
 
 /// What woke the stream.
@@ -92,7 +95,14 @@ impl Stream {
             lane_backoff: Backoff::default(),
             heartbeat_at: None,
             announce_first_watermark: false,
+            key_saver: KeySetSaver::disabled(),
         }
+    }
+
+    /// Saves the shipped key set with `saver` (see [`crate::keysnapshot`]).
+    pub fn saving_key_sets(mut self, saver: KeySetSaver) -> Self {
+        self.key_saver = saver;
+        self
     }
 
     /// Logs the first watermark pass ("first watermark pass after the snapshot done") when
@@ -139,6 +149,11 @@ impl Stream {
                 Ok(false) => {
                     backoff.reset();
                     self.heartbeat_if_due().await?;
+                    let (keys, events) =
+                        (self.state.shipped_keys(), self.state.checkpoint().events);
+                    self.key_saver
+                        .save_if_due(self.link.publisher(), keys, events)
+                        .await?;
                 }
                 Err(e) if shape_may_have_changed(&e) && self.link.shape_changed_now().await => {
                     info!(error = %e, "a read failed after a DDL: setting the table up again");
@@ -152,6 +167,10 @@ impl Stream {
                 Err(e) => return Err(e),
             }
         }
+        let (keys, events) = (self.state.shipped_keys(), self.state.checkpoint().events);
+        self.key_saver
+            .save(self.link.publisher(), keys, events, "stop")
+            .await?;
         info!("stopped");
         Ok(Ended::Stopped)
     }

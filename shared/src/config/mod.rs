@@ -188,6 +188,14 @@ pub struct ProducerConfig {
     /// How often, while streaming, a heartbeat goes to every partition of the table's topic,
     /// so that the consumer's lag stays honest when the source is idle; 0 = never.
     pub heartbeat_interval_ms: u64,
+    /// How often, while streaming, the set of keys shipped is saved to `<prefix>._keysets` (when
+    /// it changed), so that a restart reads it back instead of the whole table topic; also
+    /// saved when the snapshot is done and at a clean stop. 0 = never (a restart reads the
+    /// whole topic).
+    pub key_snapshot_interval_s: u64,
+    /// Largest key set saved (serialized, MB); a larger one is not saved and a restart reads
+    /// the whole topic.
+    pub key_snapshot_max_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,6 +345,8 @@ impl Default for ProducerConfig {
             reconcile_full_interval_ms: 86_400_000,
             repair_interval_ms: 1_000,
             heartbeat_interval_ms: 10_000,
+            key_snapshot_interval_s: 300,
+            key_snapshot_max_mb: 256,
         }
     }
 }
@@ -514,6 +524,11 @@ impl Config {
     /// The compacted topic that holds the producer's checkpoints.
     pub fn checkpoint_topic(&self) -> String {
         format!("{}._checkpoints", self.kafka.topic_prefix)
+    }
+
+    /// The compacted topic that holds the chunks of the producer's saved key sets.
+    pub fn keysets_topic(&self) -> String {
+        format!("{}._keysets", self.kafka.topic_prefix)
     }
 }
 

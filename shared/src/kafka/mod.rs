@@ -337,19 +337,142 @@ pub fn read_partitions(
     topic: &str,
     ends: &[(i32, i64)],
     idle_timeout: Duration,
+    each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> std::ops::ControlFlow<()>,
+) -> Result<(), KafkaError> {
+    let spans: Vec<Span> = ends
+        .iter()
+        .map(|&(partition, end)| Span {
+            partition,
+            from: rdkafka::Offset::Beginning,
+            end,
+        })
+        .collect();
+    read_spans(kafka, topic, &spans, idle_timeout, each)
+}
+
+/// Each partition of `topic` with its first offset and its end (the offset its next message
+/// will get), empty ones too, in id order. A topic that does not exist has none.
+pub fn partition_watermarks(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    use rdkafka::consumer::Consumer;
+
+    let consumer = reader(kafka, &format!("{topic}.reader"))?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut marks = Vec::new();
+    for p in metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+    {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        marks.push((p, low, high));
+    }
+    marks.sort_unstable();
+    Ok(marks)
+}
+
+/// Reads partitions of `topic`, each from offset `from` (included) up to `end` (excluded), all
+/// at once: messages come in offset order within a partition, interleaved across them (the
+/// ends of the partitions are waited for together). A range with `from >= end` is not read.
+/// `each` returns [`ControlFlow::Break`](std::ops::ControlFlow::Break) to stop the reading;
+/// `idle_timeout` bounds each wait for the broker.
+pub fn read_ranges(
+    kafka: &KafkaConfig,
+    topic: &str,
+    ranges: &[(i32, i64, i64)],
+    idle_timeout: Duration,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> std::ops::ControlFlow<()>,
 ) -> Result<(), KafkaError> {
     use rdkafka::consumer::Consumer;
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
 
-    if ends.is_empty() {
+    // partition -> end, while it is being read
+    let mut open: std::collections::HashMap<i32, i64> = ranges
+        .iter()
+        .filter(|&&(_, from, end)| from < end)
+        .map(|&(p, _, end)| (p, end))
+        .collect();
+    if open.is_empty() {
         return Ok(());
     }
     let consumer = reader(kafka, &format!("{topic}.reader"))?;
-    for &(partition, end) in ends {
+    let mut tpl = TopicPartitionList::new();
+    for &(partition, from, end) in ranges {
+        if from < end {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut deadline = std::time::Instant::now() + idle_timeout;
+    while !open.is_empty() {
+        if std::time::Instant::now() > deadline {
+            return Err(KafkaError::Global(RDKafkaErrorCode::OperationTimedOut));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                let (partition, offset) = (m.partition(), m.offset());
+                let Some(&end) = open.get(&partition) else {
+                    continue;
+                };
+                if offset >= end {
+                    open.remove(&partition);
+                    continue;
+                }
+                if each(&m).is_break() {
+                    return Ok(());
+                }
+                if offset + 1 >= end {
+                    open.remove(&partition);
+                }
+                deadline = std::time::Instant::now() + idle_timeout;
+            }
+            // the end, when the last messages before it are not data (transaction markers)
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(KafkaError::Global(RDKafkaErrorCode::PartitionEOF))) => {}
+            Some(Err(e)) if is_transient(&e) => {}
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A partition read from `from` up to `end` (excluded).
+struct Span {
+    partition: i32,
+    from: rdkafka::Offset,
+    end: i64,
+}
+
+fn read_spans(
+    kafka: &KafkaConfig,
+    topic: &str,
+    spans: &[Span],
+    idle_timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> std::ops::ControlFlow<()>,
+) -> Result<(), KafkaError> {
+    use rdkafka::consumer::Consumer;
+    use rdkafka::message::Message;
+    use rdkafka::TopicPartitionList;
+
+    if spans.is_empty() {
+        return Ok(());
+    }
+    let consumer = reader(kafka, &format!("{topic}.reader"))?;
+    for &Span {
+        partition,
+        from,
+        end,
+    } in spans
+    {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Beginning)?;
+        tpl.add_partition_offset(topic, partition, from)?;
         consumer.assign(&tpl)?;
         let mut deadline = std::time::Instant::now() + idle_timeout;
         loop {
