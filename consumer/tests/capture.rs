@@ -566,3 +566,56 @@ async fn deletes_made_while_the_target_catches_up_reach_it_on_a_quiet_table() {
     )
     .await;
 }
+
+/// A session that writes less than a second after its statistics were last reported has its
+/// counts in `pg_stat_user_tables` ten seconds later (PostgreSQL's idle report interval); a
+/// delete and a silent update made so, on an otherwise quiet table, still reach the target in
+/// seconds: the passes look at the WAL position too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_delete_and_silent_update_arrive_before_the_statistics_report_them() {
+    let (s, src) = setup_media(1000, FAST).await;
+    src.batch_execute("CREATE TABLE prime (x int)")
+        .await
+        .unwrap();
+    let producer = Proc::start("producer", &s.config);
+    let consumer = Proc::start("consumer", &s.config);
+    tk::wait_identical(
+        &s.dbs,
+        "media",
+        Duration::from_secs(60),
+        &[&producer, &consumer],
+    )
+    .await;
+    // a write elsewhere reports this session's statistics now; the next ones wait
+    src.batch_execute("INSERT INTO prime VALUES (1)")
+        .await
+        .unwrap();
+    src.batch_execute(
+        "BEGIN; DELETE FROM media WHERE id = 7; UPDATE media SET s3_path = 'silent' WHERE id = 9; COMMIT",
+    )
+    .await
+    .unwrap();
+    let written = std::time::Instant::now();
+    let target = s.dbs.target().await;
+    tk::wait_for(
+        "the delete and the silent update in the target",
+        Duration::from_secs(60),
+        || async {
+            let gone = count(&target, "SELECT count(*) FROM media WHERE id = 7").await == 0;
+            let silent = count(
+                &target,
+                "SELECT count(*) FROM media WHERE id = 9 AND s3_path = 'silent'",
+            )
+            .await
+                == 1;
+            (gone && silent).then_some(())
+        },
+    )
+    .await;
+    let took = written.elapsed();
+    // the statistics would have said so after ten seconds
+    assert!(
+        took < Duration::from_secs(7),
+        "the delete and the silent update took {took:?} to reach the target"
+    );
+}

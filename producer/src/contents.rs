@@ -197,6 +197,9 @@ impl ChangeDetector for ContentScan {
             || before.inserted != now.inserted
             || before.updated != now.updated
             || before.deleted != now.deleted
+            // a session's statistics may reach `pg_stat_user_tables` ten seconds after its
+            // commit; the WAL moves at once
+            || before.wal != now.wal
     }
     fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
         // what an earlier pass staged was not shipped: this pass starts from the same memory

@@ -32,7 +32,9 @@ impl ChangeDetector for DeleteScan {
         self.interval
     }
     fn wants(&self, before: &Activity, now: &Activity) -> bool {
-        before.deleted != now.deleted
+        // the statistics of a session that wrote less than a second after its last report
+        // reach `pg_stat_user_tables` up to ten seconds later; the WAL moves at the commit
+        before.deleted != now.deleted || before.wal != now.wal
     }
     fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
         Box::pin(async move {
