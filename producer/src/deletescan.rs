@@ -1,9 +1,15 @@
 //! Hard deletes, found without any log: the set of keys shipped is compared with the source's
-//! keys by bisection over key-value ranges. One level is one index-only `GROUP BY` query over
-//! a range, with a count, sum and XOR of the keys per bucket; only buckets that differ from the
-//! shipped keys are cut further, down to ranges listed key by key. Keys that were shipped and
-//! are gone from the source become deletes. Tables with a single integer key only; others get
-//! their deletes from reconciliation.
+//! keys by bisection over key-value ranges. One level is one index-only query over a range that
+//! counts the keys of each bucket; only buckets whose count differs from the shipped keys' are
+//! cut further, down to ranges listed key by key. Keys that were shipped and are gone from the
+//! source become deletes. Tables with a single integer key only; others get their deletes from
+//! reconciliation.
+//!
+//! A count is enough: a bucket holds the same keys as were shipped unless some were deleted
+//! or some are new and not shipped yet, and other detectors ship every new key. A deleted key
+//! therefore shows as a smaller count once the rows inserted beside it are shipped: at the
+//! latest one pass later, when an unshipped insert in its bucket hid it. (A sum and an XOR of
+//! the keys would catch that case at once, for a third more time on every pass.)
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -13,7 +19,6 @@ use tunnel_shared::event::Detection;
 
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
 use crate::error::SourceError;
-use crate::keyset::KeyAggregate;
 use crate::source::Activity;
 
 pub struct DeleteScan {
@@ -67,7 +72,7 @@ impl ChangeDetector for DeleteScan {
                 // at most 2^64 / 2 for a fanout of 2 or more: fits
                 let width = i64::try_from((span + fanout - 1) / fanout).unwrap_or(i64::MAX);
                 let buckets = ctx.source.key_buckets(lo, hi, width).await?;
-                found.scanned += buckets.iter().map(|b| b.1 as u64).sum::<u64>();
+                found.scanned += buckets.iter().map(|b| b.1.max(0) as u64).sum::<u64>();
                 for i in 0..self.fanout {
                     // bucket i holds lo + i * width ..= lo + (i + 1) * width - 1, as in SQL
                     let from = i128::from(lo) + i128::from(i) * i128::from(width);
@@ -79,19 +84,11 @@ impl ChangeDetector for DeleteScan {
                     let (Ok(from), Ok(to)) = (i64::try_from(from), i64::try_from(to)) else {
                         break;
                     };
-                    let ours = shipped.aggregate(from..=to);
-                    if ours.count == 0 {
+                    let ours = shipped.count(from..=to);
+                    if ours == 0 {
                         continue; // nothing shipped here, so nothing to delete
                     }
-                    let theirs = buckets
-                        .iter()
-                        .find(|b| b.0 == i)
-                        .map(|b| KeyAggregate {
-                            count: b.1,
-                            sum: b.2,
-                            xor: b.3,
-                        })
-                        .unwrap_or_default();
+                    let theirs = buckets.iter().find(|b| b.0 == i).map_or(0, |b| b.1);
                     if theirs != ours {
                         stack.push((from, to));
                     }
