@@ -35,8 +35,8 @@ pub fn for_table(
     if single_integer_key {
         detectors.push(Box::new(DeleteScan {
             interval: ms(p.delete_interval_ms),
-            fanout: 64,
-            leaf_span: 4096,
+            leaf_keys: 4096,
+            max_fanout: 65_536,
         }));
     }
     if p.reconcile_interval_ms > 0 {

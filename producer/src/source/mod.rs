@@ -21,4 +21,5 @@ mod throttle;
 pub use activity::Activity;
 pub use connection::Source;
 pub use decode::SourceRow;
+pub(crate) use keys::bucket_bounds;
 pub use reader::SourceReader;
