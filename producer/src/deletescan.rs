@@ -90,9 +90,12 @@ impl ChangeDetector for DeleteScan {
                 }
                 let buckets: Vec<(i64, i64)> = wide
                     .iter()
-                    .flat_map(|&(lo, hi, _)| {
-                        // half a leaf on average: a bucket a little fuller still is one
-                        let fanout = (shipped.count(lo..=hi) / (self.leaf_keys / 2).max(1) + 1)
+                    .flat_map(|&(lo, hi, theirs)| {
+                        // half a leaf on average, on the fuller side (a mass insert not
+                        // shipped yet is cut as finely as the keys shipped): a bucket a little
+                        // fuller still is one
+                        let keys = shipped.count(lo..=hi).max(theirs.unwrap_or(0));
+                        let fanout = (keys / (self.leaf_keys / 2).max(1) + 1)
                             .clamp(2, self.max_fanout.max(2));
                         buckets(lo, hi, fanout)
                     })
