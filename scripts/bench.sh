@@ -57,7 +57,8 @@
 # BENCH_BUILD=0 (no cargo build: bench the binaries already in target/release),
 # BENCH_SECTIONS (default "1 4 5": 1 runs sections 1-3, 4 section 4, 5 section 5), BENCH_DELETE_SIZES,
 # BENCH_RECONCILE_MS, BENCH_DELETE_LATENCY_ROWS, BENCH_DELETE_PROBES, BENCH_PASS_TIMEOUT (longest
-# wait for one pass or change of section 4, seconds, default 600).
+# wait for one pass or change of section 4, seconds, default 600), BENCH_CPU_SHARE (the
+# producer's [source] max_cpu_share in sections 1-3 and 6; unset: its default, 0.05).
 #
 # Each run creates databases bench_<id>_* on the source and the target and topics with the
 # prefix bench_<id>_*, and removes them on exit. Logs and raw latencies stay in BENCH_DIR.
@@ -83,6 +84,9 @@ RECONCILE_MS=${BENCH_RECONCILE_MS:-2000}
 DELETE_LATENCY_ROWS=${BENCH_DELETE_LATENCY_ROWS:-1000000}
 DELETE_PROBES=${BENCH_DELETE_PROBES:-20}
 PASS_TIMEOUT=${BENCH_PASS_TIMEOUT:-600}
+CPU_SHARE=${BENCH_CPU_SHARE:-}
+# the producer's [source] max_cpu_share in sections 1-3 and 6 (the default when unset)
+SHARE_LINE=${CPU_SHARE:+max_cpu_share = $CPU_SHARE}
 BENCH_DIR=${BENCH_DIR:-$ROOT/.stack/bench}
 VENV=$ROOT/.stack/bench-venv
 T_SCRIPT=$(date +%s.%N)
@@ -132,7 +136,7 @@ ln -sfn "$RUN_ID" "$BENCH_DIR/latest"
 SUMMARY=$LOG_DIR/summary.txt
 : >"$LOG_DIR/figures.psv"
 note "run $RUN_ID, logs in ${LOG_DIR#"$ROOT"/}"
-note "rows=$ROWS small_rows=$SMALL_ROWS rate=${RATE}/s latency=${LAT_SECONDS}s poll=${POLL_MS}ms partitions=$PARTITIONS snapshot_chunk_rows=$SNAPSHOT_CHUNK batch_max_events=$BATCH"
+note "rows=$ROWS small_rows=$SMALL_ROWS rate=${RATE}/s latency=${LAT_SECONDS}s poll=${POLL_MS}ms partitions=$PARTITIONS snapshot_chunk_rows=$SNAPSHOT_CHUNK batch_max_events=$BATCH max_cpu_share=${CPU_SHARE:-default}"
 note "sections:${SECTIONS% } delete_sizes=\"$DELETE_SIZES\" reconcile_interval_ms=$RECONCILE_MS delete_latency_rows=$DELETE_LATENCY_ROWS delete_probes=$DELETE_PROBES"
 
 figure() { # section | metric | value | target
@@ -439,7 +443,7 @@ if [[ $SECTIONS == *" 1 "* ]]; then
   "${PSQL[@]}" "$TUNNEL_TARGET_URL" -c "CHECKPOINT" 2>/dev/null || true
 
   note "pipeline: starting tunnel-producer and tunnel-consumer"
-  start_pipeline "$BIG" big
+  start_pipeline "$BIG" big "$SHARE_LINE"
   wait_sync "$BIG" "$ROWS" big
   S1="1. initial sync ($ROWS rows)"
   figure "$S1" "direct COPY pipe" "$COPY_SECONDS s, $COPY_RATE rows/s" ""
@@ -493,7 +497,7 @@ if [[ $SECTIONS == *" 1 "* ]]; then
     say "2. latency on the $SMALL_ROWS-row table"
     create_source "$SMALL" "$SMALL_ROWS"
     create_target "$SMALL"
-    start_pipeline "$SMALL" small
+    start_pipeline "$SMALL" small "$SHARE_LINE"
     wait_sync "$SMALL" "$SMALL_ROWS" small
     if [[ -n $SYNC_SECONDS ]]; then
       note "initial sync of $SMALL_ROWS rows: $SYNC_SECONDS s"
@@ -1131,7 +1135,7 @@ if [[ $SECTIONS == *" 6 "* ]]; then
   TARGET_DBS=("${keep[@]}")
   "${PSQL[@]}" "$TUNNEL_TARGET_URL" -c "CHECKPOINT" 2>/dev/null || true
 
-  start_pipeline "$HUGE" huge
+  start_pipeline "$HUGE" huge "$SHARE_LINE"
   wait_sync "$HUGE" "$HUGE_ROWS" huge
   if [[ -n $SYNC_SECONDS ]]; then
     figure "$S6" "initial sync (producer start -> target count = N)" "$SYNC_SECONDS s" ""
@@ -1151,7 +1155,7 @@ if [[ $SECTIONS == *" 6 "* ]]; then
     stop_pipeline huge "$S6"
     # restart to streaming: the key set comes back, the first passes follow
     say "6. restart to streaming"
-    start_pipeline "$HUGE" huge-restart
+    start_pipeline "$HUGE" huge-restart "$SHARE_LINE"
     wait_logged "$LOG_DIR/huge-restart-producer.log" "streaming changes" 3600
     figure "$S6" "producer restart -> 'streaming changes'" "$(since "$T_START") s" "< 10 s"
     say "6. tunnel-consumer verify"
