@@ -218,6 +218,21 @@ async fn deletes_silent_updates_and_a_table_without_updated_at_end_verified() {
 }
 
 /// A count, or -1 while the table does not exist yet.
+/// The deletes the producer's log says its delete scan shipped.
+fn delete_scan_deletes(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("detector=\"delete_scan\""))
+        .filter_map(|l| {
+            l.split("deletes=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
 async fn count(c: &Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.map(|r| r.get(0)).unwrap_or(-1)
 }
@@ -300,19 +315,7 @@ async fn delete_scan_reads_the_index_only_and_finds_exactly_the_deleted_keys() {
         0
     );
     let log = producer.log_text();
-    let deletes: usize = log
-        .lines()
-        .filter(|l| l.contains("detector=\"delete_scan\""))
-        .filter_map(|l| {
-            l.split("deletes=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .sum();
-    assert_eq!(deletes, 10, "{log}");
+    assert_eq!(delete_scan_deletes(&log), 10, "{log}");
     drop(consumer);
 }
 
@@ -669,18 +672,6 @@ async fn delete_scan_finds_deletes_among_sparse_and_skewed_keys() {
         &[&producer, &consumer],
     )
     .await;
-    let shipped: usize = producer
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("detector=\"delete_scan\""))
-        .filter_map(|l| {
-            l.split("deletes=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .sum();
-    assert_eq!(shipped, deleted, "{}", producer.log_text());
+    let log = producer.log_text();
+    assert_eq!(delete_scan_deletes(&log), deleted, "{log}");
 }

@@ -59,17 +59,17 @@ impl ChangeDetector for DeleteScan {
             // one level of the bisection at a time, each level's ranges in a few statements;
             // the whole span is cut at once into buckets of about half `leaf_keys` keys, so that
             // however many buckets differ, the keys are read about once more at most
-            let mut level = vec![(lo, hi, None)];
+            // each range with the keys shipped in it, and the source's count (none at the top)
+            let mut level = vec![(lo, hi, shipped.count(lo..=hi), None)];
             while !level.is_empty() {
                 let (leaves, wide): (Vec<_>, Vec<_>) =
-                    level.into_iter().partition(|&(lo, hi, theirs)| {
-                        let ours = shipped.count(lo..=hi);
+                    level.into_iter().partition(|&(lo, hi, ours, theirs)| {
                         span(lo, hi) <= i128::from(self.leaf_keys)
                             || (ours <= self.leaf_keys
                                 && theirs.is_some_and(|t: i64| t <= self.leaf_keys))
                     });
                 let leaves: Vec<(i64, i64)> =
-                    leaves.into_iter().map(|(lo, hi, _)| (lo, hi)).collect();
+                    leaves.into_iter().map(|(lo, hi, ..)| (lo, hi)).collect();
                 for batch in leaves.chunks(LEAVES_PER_STATEMENT) {
                     let present: HashSet<i64> = ctx
                         .source
@@ -90,11 +90,11 @@ impl ChangeDetector for DeleteScan {
                 }
                 let buckets: Vec<(i64, i64)> = wide
                     .iter()
-                    .flat_map(|&(lo, hi, theirs)| {
+                    .flat_map(|&(lo, hi, ours, theirs)| {
                         // half a leaf on average, on the fuller side (a mass insert not
                         // shipped yet is cut as finely as the keys shipped): a bucket a little
                         // fuller still is one
-                        let keys = shipped.count(lo..=hi).max(theirs.unwrap_or(0));
+                        let keys = ours.max(theirs.unwrap_or(0));
                         let fanout = (keys / (self.leaf_keys / 2).max(1) + 1)
                             .clamp(2, self.max_fanout.max(2));
                         buckets(lo, hi, fanout)
@@ -103,12 +103,15 @@ impl ChangeDetector for DeleteScan {
                 let mut next = Vec::new();
                 for batch in buckets.chunks(BUCKETS_PER_STATEMENT) {
                     let counts = ctx.source.count_ranges(batch).await?;
-                    found.scanned += counts.iter().map(|n| n.max(&0).unsigned_abs()).sum::<u64>();
+                    found.scanned += counts
+                        .iter()
+                        .map(|&n| u64::try_from(n).unwrap_or(0))
+                        .sum::<u64>();
                     for (&(from, to), &theirs) in batch.iter().zip(&counts) {
                         let ours = shipped.count(from..=to);
                         // nothing shipped here, so nothing to delete
                         if ours != 0 && theirs != ours {
-                            next.push((from, to, Some(theirs)));
+                            next.push((from, to, ours, Some(theirs)));
                         }
                     }
                 }
