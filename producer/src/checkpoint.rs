@@ -63,6 +63,22 @@ pub struct Checkpoint {
     /// reconciliation looks at the rows written since (see [`crate::versions`]).
     #[serde(default)]
     pub reconciled_xmin: Option<i64>,
+    /// How far trigger capture has read the change table (tables in trigger capture).
+    #[serde(default)]
+    pub trigger: Option<TriggerPosition>,
+}
+
+/// How far trigger capture has read a change table (see [`crate::trigger`]). Snapshots are
+/// in `pg_snapshot`'s text form (`xmin:xmax:xip,...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerPosition {
+    /// The changes of every transaction this snapshot sees as finished were shipped; `None`:
+    /// nothing was, the whole change table is to be read.
+    pub consumed: Option<String>,
+    /// A batch read over several passes: the snapshot that bounds it ...
+    pub batch: Option<String>,
+    /// ... and the sequence number of the last change of it shipped.
+    pub after_seq: i64,
 }
 
 impl Checkpoint {

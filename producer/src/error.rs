@@ -26,6 +26,9 @@ pub enum SourceError {
     Catalog(#[from] CatalogError),
     #[error("table {table}: {source}")]
     Value { table: String, source: ValueError },
+    /// Trigger capture is configured but not installed (or no longer).
+    #[error("table {table}: trigger capture is not installed: {problem}")]
+    NotInstalled { table: String, problem: String },
     #[error("table {table}: column {column} was read as {read}, not as the {catalog} of the catalog: its type changed")]
     ReadAsOtherType {
         table: String,
@@ -83,7 +86,10 @@ pub enum WorkerError {
 impl WorkerError {
     /// Whether the error stops only its table: the producer's other tables go on.
     pub fn stops_only_the_table(&self) -> bool {
-        matches!(self, WorkerError::Shape { .. })
+        matches!(
+            self,
+            WorkerError::Shape { .. } | WorkerError::Source(SourceError::NotInstalled { .. })
+        )
     }
 }
 
@@ -110,6 +116,7 @@ impl Classify for SourceError {
             SourceError::Pg(e) => e.class(),
             SourceError::Catalog(e) => e.class(),
             SourceError::Value { source, .. } => source.class(),
+            SourceError::NotInstalled { .. } => ErrorClass::Fatal,
             // the catalog read again sets the table up anew; read again if it did not change
             SourceError::ReadAsOtherType { .. } => ErrorClass::Transient,
         }

@@ -21,6 +21,7 @@ mod shipped;
 mod snapshot;
 mod source;
 mod stream;
+mod trigger;
 mod worker;
 
 /// Both binaries allocate a few small buffers per row; mimalloc makes that markedly cheaper than
@@ -69,6 +70,48 @@ enum Command {
         #[arg(long)]
         table: String,
     },
+    /// Creates what trigger capture needs on the source (a schema, a change table per table,
+    /// row and TRUNCATE triggers) for every table with capture = "trigger", or for --table.
+    /// Run it as a role that owns the tables; idempotent.
+    Install(CaptureObjects),
+    /// Removes what install created for --table (in the config or not), or for every table
+    /// that has a change table; the schema too when nothing else is left in it.
+    Uninstall(CaptureObjects),
+}
+
+/// The arguments of `install` and `uninstall`.
+#[derive(clap::Args)]
+struct CaptureObjects {
+    /// The TOML config file (see config/example.toml).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// One table (`schema.name`, or `name` for the public schema).
+    #[arg(long)]
+    table: Option<String>,
+    /// Connect with this URL instead of source.url (a role that owns the tables).
+    #[arg(long, env = "TUNNEL_INSTALL_URL", hide_env_values = true)]
+    url: Option<String>,
+    /// Print the SQL instead of running it.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+impl CaptureObjects {
+    async fn run(self, install: bool) -> anyhow::Result<()> {
+        let config = tunnel_shared::config::Config::load(&self.config)?;
+        let request = trigger::install::Request {
+            config: &config,
+            table: self.table.as_deref(),
+            url: self.url.as_deref(),
+            dry_run: self.dry_run,
+        };
+        if install {
+            trigger::install::install(request).await?;
+        } else {
+            trigger::install::uninstall(request).await?;
+        }
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {
@@ -86,6 +129,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Arc::new(tunnel_shared::startup::load_reaching_kafka(&config).await?);
             return worker::resync(config, &table).await;
         }
+        Command::Install(args) => return args.run(true).await,
+        Command::Uninstall(args) => return args.run(false).await,
     };
     let config = Arc::new(tunnel_shared::startup::load_reaching_kafka(&config).await?);
     if let Some(addr) = metrics_addr {

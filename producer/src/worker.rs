@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
 use tunnel_shared::catalog::{CatalogError, TableInfo};
-use tunnel_shared::config::{Config, TableConfig};
+use tunnel_shared::config::{Capture, Config, TableConfig};
 use tunnel_shared::fault::Classify;
 use tunnel_shared::retry::Backoff;
 
@@ -114,6 +114,24 @@ fn after_shape_change(
     Ok(())
 }
 
+/// A table that was in poll capture and is now in trigger capture has its next reconciliation
+/// compare the whole table: what changed between the poll capture's last passes and the
+/// triggers' installation is found there, without a snapshot. A table back in poll capture
+/// forgets the change table's position, for its next switch.
+fn switched_capture(checkpoint: &mut Checkpoint, table: &TableConfig, snapshotted_here: bool) {
+    match table.capture {
+        Capture::Trigger if checkpoint.trigger.is_none() && !snapshotted_here => {
+            info!("switched to trigger capture: the next reconciliation compares the whole table");
+            checkpoint.reconciled_xmin = None;
+        }
+        Capture::Poll if checkpoint.trigger.is_some() => {
+            info!("switched to poll capture: the scans go on from where they were before trigger capture");
+            checkpoint.trigger = None;
+        }
+        _ => {}
+    }
+}
+
 /// Snapshot (if not done), then stream until shutdown or a change of the table's shape.
 async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, WorkerError> {
     let Prepared {
@@ -152,10 +170,11 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
     }
     // streaming starts from the bounds the snapshot recorded
     let Snapshotted {
-        checkpoint,
+        mut checkpoint,
         shipped,
         remembered,
     } = snapshot.finish();
+    switched_capture(&mut checkpoint, table, snapshotted_here);
     if snapshotted_here {
         // a restart from now on reads the keys saved here, not the whole topic
         key_saver

@@ -156,7 +156,7 @@ pub fn derive(table: &TableInfo, prefix: &str) -> Result<TableSchemas, SchemaErr
                     {"name": "table", "type": "string"},
                     {"name": "snapshot", "type": "boolean"},
                     {"name": "detected_by", "type": "string",
-                     "doc": "snapshot, key_scan, watermark, delete_scan, reconcile or repair"},
+                     "doc": "snapshot, key_scan, watermark, delete_scan, reconcile, repair or trigger"},
                     {"name": "updated_at", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}],
                      "default": null,
                      "doc": "the row's watermark column, microseconds since 1970 (wall clock for timestamp without time zone)"}

@@ -11,7 +11,7 @@ use tunnel_shared::catalog::TableInfo;
 use tunnel_shared::event::Detection;
 use tunnel_shared::pgbinary;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, TriggerPosition};
 use crate::error::SourceError;
 use crate::horizon::Bounds;
 use crate::keyset::KeySet;
@@ -66,6 +66,8 @@ pub struct Found {
     pub repairs_upto: Option<i64>,
     /// The transaction horizon the next reconciliation pass starts from (that pass only).
     pub reconciled_xmin: Option<i64>,
+    /// How far the change table has been read (trigger capture only).
+    pub trigger_upto: Option<TriggerPosition>,
 }
 
 impl Found {

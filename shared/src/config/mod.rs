@@ -98,6 +98,10 @@ pub struct SourceConfig {
     /// source"); 0 = no budget, passes run on their intervals alone.
     #[serde(default = "default_max_cpu_share")]
     pub max_cpu_share: f64,
+    /// The schema `tunnel-producer install` creates on the source for the change tables and
+    /// trigger functions of tables with `capture = "trigger"`.
+    #[serde(default = "default_capture_schema")]
+    pub capture_schema: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +233,21 @@ pub struct TableConfig {
     /// What the target does when the source's columns change.
     #[serde(default)]
     pub on_schema_change: SchemaChangePolicy,
+    /// How changes are found: `poll` (read-only queries) or `trigger` (a change table filled
+    /// by triggers that `tunnel-producer install` creates).
+    #[serde(default)]
+    pub capture: Capture,
+}
+
+/// How the producer finds a table's changes (see docs/design.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capture {
+    /// Key scans, watermark scans, delete scans and reconciliation: SELECT only.
+    #[default]
+    Poll,
+    /// A change table on the source, written by row and TRUNCATE triggers.
+    Trigger,
 }
 
 /// What the consumer does to the replica when the source's columns change (see
@@ -320,6 +339,11 @@ impl TableConfig {
     pub fn target_name(&self) -> &str {
         self.target_name.as_deref().unwrap_or(&self.name)
     }
+    /// The name of the table's change table in `source.capture_schema` (trigger capture):
+    /// `<schema>_<name>_cdc`.
+    pub fn change_table_name(&self) -> String {
+        format!("{}_{}_cdc", self.schema, self.name)
+    }
     /// The table's validation rules, parsed.
     pub fn parsed_rules(&self) -> Result<Vec<Rule>, RuleError> {
         self.rules
@@ -371,6 +395,9 @@ fn default_lock_timeout_ms() -> u64 {
 }
 fn default_max_cpu_share() -> f64 {
     0.05
+}
+fn default_capture_schema() -> String {
+    "data_tunnel".into()
 }
 fn default_bookkeeping_schema() -> String {
     "tunnel".into()

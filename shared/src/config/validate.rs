@@ -28,6 +28,9 @@ const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("group.id", "the group is kafka.consumer_group"),
 ];
 
+/// The longest identifier PostgreSQL keeps whole (`NAMEDATALEN - 1`).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
 impl Config {
     pub(super) fn validate(&self) -> Result<(), String> {
         self.validate_tables()?;
@@ -41,6 +44,12 @@ impl Config {
         if self.tables.is_empty() {
             return Err("no [[tables]] entry: name at least one table to replicate".into());
         }
+        let schema = &self.source.capture_schema;
+        if schema.is_empty() || schema.len() > MAX_IDENTIFIER_BYTES {
+            return Err(format!(
+                "source.capture_schema must be a schema name of 1 to {MAX_IDENTIFIER_BYTES} bytes, got '{schema}'"
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for t in &self.tables {
             if t.name.is_empty() || t.schema.is_empty() {
@@ -48,6 +57,15 @@ impl Config {
             }
             if !seen.insert(t.qualified()) {
                 return Err(format!("table {} is listed twice", t.qualified()));
+            }
+            if t.capture == super::Capture::Trigger
+                && t.change_table_name().len() > MAX_IDENTIFIER_BYTES
+            {
+                return Err(format!(
+                    "table {}: its change table's name {} is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES} bytes: use capture = \"poll\" or a shorter table name",
+                    t.qualified(),
+                    t.change_table_name()
+                ));
             }
             let rules = t
                 .parsed_rules()

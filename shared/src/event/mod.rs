@@ -61,6 +61,8 @@ pub enum Detection {
     Reconcile,
     /// asked for by `tunnel-consumer verify --repair`
     Repair,
+    /// named by the change table of trigger capture
+    Trigger,
 }
 
 impl Detection {
@@ -72,6 +74,7 @@ impl Detection {
             Detection::DeleteScan => "delete_scan",
             Detection::Reconcile => "reconcile",
             Detection::Repair => "repair",
+            Detection::Trigger => "trigger",
         }
     }
 }

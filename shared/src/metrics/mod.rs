@@ -170,6 +170,7 @@ pub struct Metrics {
     checkpoint: Ages<TableLabels>,
     pub snapshot_rows: Family<TableLabels, Gauge>,
     pub snapshot_rows_estimated: Family<TableLabels, Gauge>,
+    pub change_table_rows: Family<TableLabels, Gauge>,
     pub heartbeats: Family<TableLabels, Counter>,
     pub table_stopped: Family<TableLabels, Gauge>,
     pub events_applied: Family<TableLabels, Counter>,
@@ -235,6 +236,7 @@ impl Metrics {
             checkpoint: Ages::new(),
             snapshot_rows: Family::default(),
             snapshot_rows_estimated: Family::default(),
+            change_table_rows: Family::default(),
             heartbeats: Family::default(),
             table_stopped: Family::default(),
             events_applied: Family::default(),
@@ -278,6 +280,7 @@ impl Metrics {
                         &SNAPSHOT_ROWS_ESTIMATED,
                         Box::new(self.snapshot_rows_estimated.clone()),
                     );
+                    add(&CHANGE_TABLE_ROWS, Box::new(self.change_table_rows.clone()));
                     add(&HEARTBEATS, Box::new(self.heartbeats.clone()));
                     add(&TABLE_STOPPED, Box::new(self.table_stopped.clone()));
                 }

@@ -48,6 +48,8 @@ names! {
         "Rows the table's current snapshot has shipped.";
     SNAPSHOT_ROWS_ESTIMATED = "tunnel_producer_snapshot_rows_estimated",
         "Rows the table's current snapshot expects (the planner's estimate).";
+    CHANGE_TABLE_ROWS = "tunnel_producer_change_table_rows",
+        "Rows in the table's change table (trigger capture), after the last pass trimmed it.";
     HEARTBEATS = "tunnel_producer_heartbeats_total",
         "Heartbeat transactions shipped to the table's topic (one record per partition).";
     TABLE_STOPPED = "tunnel_producer_table_stopped",

@@ -392,6 +392,9 @@ impl CaptureState {
         if let Some(h) = found.reconciled_xmin {
             next.reconciled_xmin = Some(h);
         }
+        if let Some(t) = &found.trigger_upto {
+            next.trigger = Some(t.clone());
+        }
         if detection == Detection::KeyScan && found.max_key.is_some() {
             next.max_key = found.max_key.clone();
         }
@@ -432,9 +435,12 @@ impl CaptureState {
                 .find(|(_, s)| s.detection == d)
                 .map(|(j, s)| if j == slot { bounds } else { &s.bounds })
         };
+        // a table without the scan (trigger capture) keeps what the scan had reached, for a
+        // switch back to poll capture
+        let before = &self.checkpoint.bounds;
         Bounds {
-            key: used(Detection::KeyScan).and_then(|b| b.key.clone()),
-            ts: used(Detection::Watermark).and_then(|b| b.ts),
+            key: used(Detection::KeyScan).map_or(before.key.clone(), |b| b.key.clone()),
+            ts: used(Detection::Watermark).map_or(before.ts, |b| b.ts),
         }
     }
 
