@@ -46,6 +46,9 @@
 #      their latencies, the source's CPU share and rows read per second (pg_stat_statements);
 #      peak RSS of both processes; producer restart to streaming; `verify` of the whole table;
 #      the disk used by the table's topic. Needs about 40 GB free at 100M rows.
+#   7. (BENCH_SECTIONS=7, not by default) trigger capture: latency in poll capture, then in
+#      trigger capture, of the same BENCH_TRIGGER_ROWS-row table (default 1,000,000), and
+#      pgbench TPS on the source with and without the triggers (see scripts/bench/trigger.sh).
 #
 # Knobs (environment): BENCH_ROWS, BENCH_SMALL_ROWS (0 skips the small table), BENCH_RATE,
 # BENCH_LATENCY_SECONDS, BENCH_POLL_MS (target polling of the latency probes, default 25),
@@ -261,6 +264,7 @@ $extra
 batch_max_events = $BATCH
 [[tables]]
 name = "media"
+${TABLE_EXTRA:-}
 TOML
   [[ " ${TOPIC_PREFIXES[*]:-} " == *" $db "* ]] || TOPIC_PREFIXES+=("$db")
 }
@@ -1174,6 +1178,13 @@ if [[ $SECTIONS == *" 6 "* ]]; then
   fi
   used=$(du -sb "$KAFKA_DATA"/"$HUGE".* 2>/dev/null | awk '{ s += $1 } END { printf "%.0f", s / 1048576 }')
   figure "$S6" "disk used by the table's topic (all partitions)" "${used:-?} MiB" ""
+fi
+
+# ---------------------------------------------------------------- 7. trigger capture
+
+if [[ $SECTIONS == *" 7 "* ]]; then
+  # shellcheck source=scripts/bench/trigger.sh
+  source "$ROOT/scripts/bench/trigger.sh"
 fi
 
 # ---------------------------------------------------------------- summary
