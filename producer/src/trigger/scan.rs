@@ -36,6 +36,10 @@ pub struct TriggerScan {
     trim_more: bool,
     /// Whether the last pass left part of its batch for the next.
     batch_open: bool,
+    /// Whether the last pass read changes, and, once it was shipped, that they are to be
+    /// trimmed: the next pass runs for that even when nothing else was written.
+    read_changes: bool,
+    trim_pending: bool,
 }
 
 impl TriggerScan {
@@ -48,6 +52,8 @@ impl TriggerScan {
             trimmed: None,
             trim_more: false,
             batch_open: false,
+            read_changes: false,
+            trim_pending: false,
         }
     }
 
@@ -216,7 +222,10 @@ impl ChangeDetector for TriggerScan {
     }
     fn wants(&self, before: &Activity, now: &Activity) -> bool {
         // a commit moves the WAL position before anything else
-        self.batch_open || self.trim_more || before.wal != now.wal
+        self.batch_open || self.trim_more || self.trim_pending || before.wal != now.wal
+    }
+    fn shipped(&mut self) {
+        self.trim_pending |= std::mem::take(&mut self.read_changes);
     }
     fn pass<'a>(&'a mut self, ctx: PassContext<'a>) -> BoxFuture<'a, Result<Found, SourceError>> {
         Box::pin(async move {
@@ -232,6 +241,7 @@ impl ChangeDetector for TriggerScan {
             if let Some(consumed) = &position.consumed {
                 trimmed = self.trim(source, consumed).await?;
             }
+            self.trim_pending = false;
             let table = source.table().clone();
             let batch = match &position.batch {
                 Some(b) => b.clone(),
@@ -258,6 +268,7 @@ impl ChangeDetector for TriggerScan {
                 .await
                 .map_err(PgError::query("reading the change table"))?;
             let changes = collect(&rows, table.key.len());
+            self.read_changes = changes.rows > 0;
             let complete = changes.rows < self.batch_rows;
             self.batch_open = !complete;
             let mut found = Found {
