@@ -2,7 +2,9 @@
 # The 3-hour window (../shared/three-hour-window.md, seed 000) end to end: brings the stack up,
 # builds the pipeline, seeds the source with hour 1, starts the producer and the consumer, then
 # plays hours 2 and 3 as the source's application would, and after each hour prints source and
-# target side by side with the rows that differ; it ends with `tunnel-consumer verify`.
+# target side by side with the rows that differ. Beside it, the seeds' `employees` table in
+# trigger capture (a change table filled by triggers, the seeds' emp_cdc made safe). It ends
+# with `tunnel-consumer verify`.
 #
 #   scripts/demo.sh     (DEMO_KEEP=1 leaves the producer and consumer running; the stack stays up
 #                        either way: scripts/stack.sh down stops it)
@@ -55,6 +57,10 @@ reconcile_interval_ms = 2000
 heartbeat_interval_ms = 1000
 [[tables]]
 name = "media"
+# the seeds' employees table: trigger capture (tunnel-producer install, step 4)
+[[tables]]
+name = "employees"
+capture = "trigger"
 TOML
 
 say "4. hour 1: the application creates and fills media (type: image = 1, video = 2)"
@@ -73,6 +79,18 @@ INSERT INTO media (id, s3_path, format, type, updated_at) VALUES
     (3, '/c.jpg', 'jpg', 1, '2021-01-01 00:30');
 SELECT setval('media_id_seq', 3);
 SQL
+echo "  and the seeds' employees table, for trigger capture:"
+src <<'SQL'
+CREATE TABLE employees (
+    emp_id serial PRIMARY KEY, first_name varchar(100), last_name varchar(100), dob date,
+    city varchar(100), salary int);
+INSERT INTO employees (first_name, last_name, dob, city, salary) VALUES
+    ('Ada', 'Lovelace', '2008-12-10', 'London', 12000),
+    ('Alan', 'Turing', '2009-06-23', 'Wilmslow', 11000),
+    ('Grace', 'Hopper', '2010-12-09', 'Arlington', 15000);
+SQL
+echo "  tunnel-producer install (as the table's owner): change table data_tunnel.public_employees_cdc and its triggers"
+target/debug/tunnel-producer install --config "$DEMO_DIR/config.toml" --url "$SRC_ADMIN" | sed 's/^/  /'
 
 say "5. starting tunnel-producer and tunnel-consumer (logs in .stack/demo/)"
 # the addresses the stack's Prometheus scrapes (deploy/prometheus/prometheus.yml)
@@ -182,6 +200,26 @@ cat <<'NOTE'
   Trap 3, row 1 (/xx.jpg -> /x.jpg without updated_at moving): found by reconciliation (count
           and hash of rows by key range, source against target), shipped as an update.
 NOTE
+
+say "7b. trigger capture of employees: an insert, an update, a delete and a key change"
+EMP_QUERY="SELECT emp_id, first_name, city, salary FROM employees ORDER BY emp_id"
+t0=$(date +%s%N)
+src <<'SQL'
+INSERT INTO employees (first_name, last_name, dob, city, salary) VALUES ('Edsger', 'Dijkstra', '2011-05-11', 'Nuenen', 13000);
+UPDATE employees SET salary = salary + 500 WHERE emp_id = 1;
+DELETE FROM employees WHERE emp_id = 2;
+UPDATE employees SET emp_id = 30 WHERE emp_id = 3;
+SQL
+echo "  the change table right after the writes (key, action, writing transaction):"
+psql -X -At -F ' | ' "$SRC_ADMIN" -c "SELECT seq, action, key, old_key, xid FROM data_tunnel.public_employees_cdc ORDER BY seq" | sed 's/^/    /'
+until [[ $(psql -X -At "$SRC_ADMIN" -c "$EMP_QUERY") == "$(psql -X -At "$TGT" -c "$EMP_QUERY" 2>/dev/null)" ]]; do
+  if (( ($(date +%s%N) - t0) / 1000000000 > 30 )); then echo "  not identical after 30 s"; break; fi
+  sleep 0.05
+done
+echo "  source and target identical $(( ($(date +%s%N) - t0) / 1000000 )) ms after the writes:"
+psql -X -At -F ' | ' "$TGT" -c "$EMP_QUERY" | sed 's/^/    /'
+sleep 1
+echo "  rows left in the change table (trimmed once shipped): $(psql -X -At "$SRC_ADMIN" -c "SELECT count(*) FROM data_tunnel.public_employees_cdc")"
 
 say "8. tunnel-consumer verify: the source against the target, by the same range bisection"
 if target/debug/tunnel-consumer verify --config "$DEMO_DIR/config.toml"; then
