@@ -2,6 +2,7 @@
 //! database, exactly once per event.
 
 mod apply;
+mod catchup;
 mod collect;
 mod ddl;
 mod decode;
@@ -55,6 +56,10 @@ enum Command {
         /// 127.0.0.1:9642); off when not given.
         #[arg(long, env = "TUNNEL_METRICS_ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// A batch run: apply what the topics hold now (up to their ends at start), then exit
+        /// (0 done, 1 failed, 2 bad config).
+        #[arg(long)]
+        until_caught_up: bool,
     },
     /// Compare each source table with its replica; exit 0 when identical, 1 when not, 2 on error.
     Verify {
@@ -161,7 +166,17 @@ async fn command(command: Command) -> ExitCode {
         Command::Run {
             config,
             metrics_addr,
-        } => exit_code(run(config, metrics_addr).await, 1),
+            until_caught_up,
+        } => {
+            let result = run(config, metrics_addr, until_caught_up).await;
+            let failure = tunnel_shared::startup::failure_code(
+                result
+                    .as_ref()
+                    .err()
+                    .map(|e| -> &(dyn std::error::Error + 'static) { e.as_ref() }),
+            );
+            exit_code(result, failure)
+        }
         Command::Verify {
             config,
             table,
@@ -228,7 +243,11 @@ async fn dlq_command(command: DlqCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(config: PathBuf, metrics_addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+async fn run(
+    config: PathBuf,
+    metrics_addr: Option<std::net::SocketAddr>,
+    until_caught_up: bool,
+) -> anyhow::Result<()> {
     let config = Arc::new(tunnel_shared::startup::load_reaching_kafka(&config).await?);
     if let Some(addr) = metrics_addr {
         tunnel_shared::metrics::serve(addr, tunnel_shared::metrics::Role::Consumer).await?;
@@ -236,6 +255,42 @@ async fn run(config: PathBuf, metrics_addr: Option<std::net::SocketAddr>) -> any
     let _alerts =
         tunnel_shared::alerts::start(&config.alerts, tunnel_shared::metrics::Role::Consumer);
     let stop_rx = tunnel_shared::shutdown::on_signal();
-    run::run(config, stop_rx).await?;
-    Ok(())
+    if !until_caught_up {
+        run::run(config, stop_rx).await?;
+        return Ok(());
+    }
+    // a signal or the goal reached stops the run after its current batch
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let on_signal = {
+        let (mut signal, tx) = (stop_rx, stop_tx.clone());
+        tokio::spawn(async move {
+            if signal.wait_for(|s| *s).await.is_ok() {
+                let _ = tx.send(true);
+            }
+        })
+    };
+    let session = tunnel_shared::pg::Session {
+        application_name: format!("{}-catch-up", config.source.application_name),
+        statement_timeout: std::time::Duration::from_millis(config.target.statement_timeout_ms),
+        lock_timeout: std::time::Duration::ZERO,
+        read_only: true,
+        canonical_text: false,
+    };
+    let target = tunnel_shared::pg::connect(&config.target.url, &session).await?;
+    let goal = catchup::Goal::at_start(&config, &target).await?;
+    let watcher = tokio::spawn(catchup::watch_until_caught_up(
+        config.clone(),
+        target,
+        goal,
+        stop_tx,
+    ));
+    let ran = run::run(config, stop).await;
+    on_signal.abort();
+    ran?;
+    // the watcher stopped the run (caught up, or failed), or a signal did
+    match tokio::time::timeout(std::time::Duration::from_secs(5), watcher).await {
+        Ok(finished) => Ok(finished??),
+        Err(_) => anyhow::bail!("stopped by a signal before catching up"),
+    }
 }

@@ -66,6 +66,11 @@ pub struct Checkpoint {
     /// How far trigger capture has read the change table (tables in trigger capture).
     #[serde(default)]
     pub trigger: Option<TriggerPosition>,
+    /// Rows a batch run (`run --once`) shipped or saw, as (key, content hash): the next run's
+    /// first passes read the newest rows again (the capture horizon's overlap), and skip those
+    /// unchanged instead of shipping them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<(Vec<String>, u64)>,
 }
 
 /// How far trigger capture has read a change table (see [`crate::trigger`]). Snapshots are

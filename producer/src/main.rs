@@ -58,6 +58,10 @@ enum Command {
         /// 127.0.0.1:9641); off when not given.
         #[arg(long, env = "TUNNEL_METRICS_ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// A batch run: every detector of every table once (the snapshot first if it is not
+        /// done), shipped with its checkpoint, then exit (0 done, 1 failed, 2 bad config).
+        #[arg(long)]
+        once: bool,
     },
     /// Has the next run snapshot a table again into the same target table, under the table's
     /// current schema even when the registry would refuse it (after a column changed type).
@@ -116,15 +120,25 @@ impl CaptureObjects {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tunnel_shared::startup::run(async move { tunnel_shared::startup::exit_code(run(cli).await, 1) })
+    tunnel_shared::startup::run(async move {
+        let result = run(cli).await;
+        let failure = tunnel_shared::startup::failure_code(
+            result
+                .as_ref()
+                .err()
+                .map(|e| -> &(dyn std::error::Error + 'static) { e.as_ref() }),
+        );
+        tunnel_shared::startup::exit_code(result, failure)
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let (config, metrics_addr) = match cli.command {
+    let (config, metrics_addr, once) = match cli.command {
         Command::Run {
             config,
             metrics_addr,
-        } => (config, metrics_addr),
+            once,
+        } => (config, metrics_addr, once),
         Command::Resync { config, table } => {
             let config = Arc::new(tunnel_shared::startup::load_reaching_kafka(&config).await?);
             return worker::resync(config, &table).await;
@@ -147,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             async move {
                 let name = table.qualified();
                 let result = match worker::Worker::start(config, table, stop).await {
-                    Ok(worker) => worker.run().await,
+                    Ok(worker) => worker.run(once).await,
                     Err(e) => Err(e),
                 };
                 (name, result)

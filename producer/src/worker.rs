@@ -49,9 +49,9 @@ impl Worker {
         })
     }
 
-    /// Snapshot (if not done), then stream until shutdown; set up again after each change of
-    /// the table's shape.
-    pub async fn run(self) -> Result<(), WorkerError> {
+    /// Snapshot (if not done), then stream until shutdown, or run every detector once
+    /// (`once`); set up again after each change of the table's shape.
+    pub async fn run(self, once: bool) -> Result<(), WorkerError> {
         let Worker {
             config,
             table,
@@ -60,7 +60,7 @@ impl Worker {
         } = self;
         loop {
             let before = prepared.link.source().table().clone();
-            if run_prepared(prepared, &table).await? == Ended::Stopped {
+            if run_prepared(prepared, &table, once).await? == Ended::Stopped {
                 return Ok(());
             }
             prepared = setup::prepare(config.clone(), table.clone(), shutdown.clone())
@@ -133,7 +133,11 @@ fn switched_capture(checkpoint: &mut Checkpoint, table: &TableConfig, snapshotte
 }
 
 /// Snapshot (if not done), then stream until shutdown or a change of the table's shape.
-async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, WorkerError> {
+async fn run_prepared(
+    prepared: Prepared,
+    table: &TableConfig,
+    once: bool,
+) -> Result<Ended, WorkerError> {
     let Prepared {
         mut link,
         checkpoint,
@@ -146,6 +150,7 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
     let p = &link.config().producer;
     let (margins, chunk_rows) = (Margins::from_config(p), p.snapshot_chunk_rows);
     let checkpoint_interval = Duration::from_millis(p.checkpoint_interval_ms);
+    let events_before = checkpoint.events;
     let mut snapshot =
         Snapshot::new(chunk_rows, margins, checkpoint, shipped).observed_by(link.observe().clone());
     let mut backoff = Backoff::default();
@@ -172,8 +177,10 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
     let Snapshotted {
         mut checkpoint,
         shipped,
-        remembered,
+        mut remembered,
     } = snapshot.finish();
+    // what the last batch run shipped, for the first passes to skip (not kept further)
+    remembered.extend(std::mem::take(&mut checkpoint.recent));
     switched_capture(&mut checkpoint, table, snapshotted_here);
     if snapshotted_here {
         // a restart from now on reads the keys saved here, not the whole topic
@@ -191,11 +198,14 @@ async fn run_prepared(prepared: Prepared, table: &TableConfig) -> Result<Ended, 
         started,
     )
     .with_budget(link.config().source.max_cpu_share);
-    Stream::new(link, detectors, state)
+    let stream = Stream::new(link, detectors, state)
         .announcing_the_first_watermark_pass(snapshotted_here)
-        .saving_key_sets(key_saver)
-        .run()
-        .await
+        .saving_key_sets(key_saver);
+    if once {
+        stream.run_once(started, events_before).await
+    } else {
+        stream.run().await
+    }
 }
 
 /// `tunnel-producer resync`: registers the table's current schemas whatever the registry would

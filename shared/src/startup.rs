@@ -25,6 +25,21 @@ where
 
 /// The exit code of a command's result: 0, or `failure` after printing the error with its
 /// chain of causes.
+/// The exit code of a failed run: 2 when the config is at fault (a scheduler should not retry
+/// it), else 1.
+pub fn failure_code(e: Option<&(dyn std::error::Error + 'static)>) -> u8 {
+    let mut cause = e;
+    while let Some(c) = cause {
+        if c.is::<crate::config::ConfigError>()
+            || matches!(c.downcast_ref::<LoadError>(), Some(LoadError::Config(_)))
+        {
+            return 2;
+        }
+        cause = c.source();
+    }
+    1
+}
+
 pub fn exit_code<E>(result: Result<(), E>, failure: u8) -> ExitCode
 where
     E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync + 'static>,
@@ -86,6 +101,20 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("cannot connect: {0}")]
     struct Telling(#[source] std::io::Error);
+
+    #[test]
+    fn a_config_error_exits_2_whatever_wraps_it_and_anything_else_1() {
+        let code = |e: anyhow::Error| failure_code(Some(e.as_ref()));
+        let config = || crate::config::ConfigError::Invalid {
+            path: "p.toml".into(),
+            message: "bad".into(),
+        };
+        assert_eq!(code(anyhow::Error::from(config())), 2);
+        assert_eq!(code(anyhow::Error::from(LoadError::from(config()))), 2);
+        assert_eq!(code(anyhow::Error::from(config()).context("starting")), 2);
+        assert_eq!(code(anyhow::anyhow!("the source is down")), 1);
+        assert_eq!(failure_code(None), 1);
+    }
 
     #[test]
     fn a_cause_the_error_already_told_is_not_printed_again() {

@@ -148,6 +148,17 @@ impl ContentCache {
         });
     }
 
+    /// Every row kept (key, hash of its content as last shipped), if there are at most `cap`.
+    pub fn rows(&self, cap: usize) -> Vec<(Vec<String>, u64)> {
+        if self.entries.len() > cap {
+            return Vec::new();
+        }
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.clone(), e.hash))
+            .collect()
+    }
+
     #[cfg(test)]
     pub fn contains(&self, key: &[String]) -> bool {
         self.entries.contains_key(key)

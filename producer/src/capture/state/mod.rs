@@ -234,6 +234,11 @@ impl CaptureState {
         &self.shipped
     }
 
+    /// The rows the content cache keeps (key, hash), at most `cap` (none beyond).
+    pub fn cached_rows(&self, cap: usize) -> Vec<(Vec<String>, u64)> {
+        self.cache.rows(cap)
+    }
+
     /// When something is next to be done (at `now`): a foreground detector due, a background
     /// one due to be looked at, or one waiting for the budget (none while a background pass is
     /// under way).
