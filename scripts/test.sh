@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test against the real stack: brings the stack up (installing what is missing),
 # checks formatting, lints, the compose file and the monitoring files (deploy/), then builds and
-# runs the whole test suite.
+# runs the whole test suite, and the Airflow DAG with a real Airflow (scripts/test-airflow.sh).
 #
 #   scripts/test.sh                 stops the stack afterwards (unless it was already running)
 #   scripts/test.sh --keep-stack    leaves it running
@@ -66,6 +66,9 @@ cargo build --workspace --bins
 
 step "cargo test"
 cargo test --workspace "${cargo_args[@]}"
+
+step "the Airflow DAG with a real Airflow (TUNNEL_SKIP_AIRFLOW=1 skips it)"
+scripts/test-airflow.sh
 
 # each test works in databases of its own (t_ and 8 letters or digits); once every test has
 # passed they are dropped, so that repeated runs on a kept stack do not fill its disk
