@@ -3,6 +3,7 @@
 
 mod apply;
 mod catchup;
+mod check;
 mod collect;
 mod ddl;
 mod decode;
@@ -60,6 +61,17 @@ enum Command {
         /// (0 done, 1 failed, 2 bad config).
         #[arg(long)]
         until_caught_up: bool,
+    },
+    /// Checks everything `run` will need (the target and its rights, Kafka and the topics, the
+    /// registry, the validation rules) and prints each as ✓ / ! / ✗ with the fix; exit 0 only
+    /// when the run would start.
+    Check {
+        /// The TOML config file (see config/example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Compare each source table with its replica; exit 0 when identical, 1 when not, 2 on error.
     Verify {
@@ -177,6 +189,16 @@ async fn command(command: Command) -> ExitCode {
             );
             exit_code(result, failure)
         }
+        Command::Check { config, json } => {
+            let result = check_command(config, json).await;
+            let failure = tunnel_shared::startup::failure_code(
+                result
+                    .as_ref()
+                    .err()
+                    .map(|e| -> &(dyn std::error::Error + 'static) { e.as_ref() }),
+            );
+            exit_code(result, failure)
+        }
         Command::Verify {
             config,
             table,
@@ -239,6 +261,16 @@ async fn dlq_command(command: DlqCommand) -> anyhow::Result<()> {
             };
             dlq::replay(&config, &opts).await?;
         }
+    }
+    Ok(())
+}
+
+async fn check_command(config: PathBuf, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(&config)?;
+    let report = check::check(&config).await;
+    report.print(json);
+    if !report.passed() {
+        anyhow::bail!("some checks failed: the run would not start");
     }
     Ok(())
 }

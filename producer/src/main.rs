@@ -3,6 +3,7 @@
 
 mod budget;
 mod capture;
+mod check;
 mod checkpoint;
 mod contents;
 mod deletescan;
@@ -74,6 +75,17 @@ enum Command {
         #[arg(long)]
         table: String,
     },
+    /// Checks everything `run` will need (the source and its tables, Kafka, its topics and
+    /// transactions, the registry) and prints each as ✓ / ! / ✗ with the fix; exit 0 only when
+    /// the run would start.
+    Check {
+        /// The TOML config file (see config/example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Creates what trigger capture needs on the source (a schema, a change table per table,
     /// row and TRUNCATE triggers) for every table with capture = "trigger", or for --table.
     /// Run it as a role that owns the tables; idempotent.
@@ -142,6 +154,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resync { config, table } => {
             let config = Arc::new(tunnel_shared::startup::load_reaching_kafka(&config).await?);
             return worker::resync(config, &table).await;
+        }
+        Command::Check { config, json } => {
+            let config = tunnel_shared::config::Config::load(&config)?;
+            let report = check::check(&config).await;
+            report.print(json);
+            if !report.passed() {
+                anyhow::bail!("some checks failed: the run would not start");
+            }
+            return Ok(());
         }
         Command::Install(args) => return args.run(true).await,
         Command::Uninstall(args) => return args.run(false).await,

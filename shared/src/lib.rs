@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod bookkeeping;
 pub mod catalog;
+pub mod check;
 pub mod columns;
 pub mod config;
 pub mod datum;

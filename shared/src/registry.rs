@@ -223,6 +223,20 @@ impl Registry {
         Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
 
+    /// The registry's global compatibility level, if it says.
+    pub async fn global_compatibility(&self) -> Result<Option<String>, RegistryError> {
+        let url = format!("{}/config", self.base);
+        let body = self
+            .get_json(&url, || "the global compatibility".to_string())
+            .await?;
+        Ok(body.and_then(|b| {
+            b.get("compatibilityLevel")
+                .or_else(|| b.get("compatibility"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        }))
+    }
+
     /// The compatibility level set on a subject, if any.
     pub async fn compatibility(&self, subject: &str) -> Result<Option<String>, RegistryError> {
         let url = format!("{}/config/{}", self.base, subject);

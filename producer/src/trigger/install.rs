@@ -105,7 +105,7 @@ pub async fn uninstall(request: Request<'_>) -> Result<(), InstallError> {
             };
             vec![Objects::new(source, &cfg)]
         }
-        None => installed(&client, &source.capture_schema).await?,
+        None => change_tables(&client, &source.capture_schema).await?,
     };
     for o in &objects {
         let source_exists: bool = client
@@ -206,7 +206,7 @@ fn reader_role(url: &str) -> Option<String> {
 }
 
 /// The change tables install created in `schema`, by their comment.
-async fn installed(client: &Client, schema: &str) -> Result<Vec<Objects>, PgError> {
+async fn change_tables(client: &Client, schema: &str) -> Result<Vec<Objects>, PgError> {
     let rows = client
         .query(
             "SELECT c.relname::text, obj_description(c.oid, 'pg_class')
@@ -235,6 +235,43 @@ async fn installed(client: &Client, schema: &str) -> Result<Vec<Objects>, PgErro
         });
     }
     Ok(out)
+}
+
+/// What keeps trigger capture of a table from working, if anything: its change table missing
+/// (or not readable), or its triggers missing or not enabled ALWAYS (writes under
+/// `session_replication_role = replica` would not be recorded).
+pub async fn installed(
+    client: &Client,
+    o: &Objects,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL
+                    AND has_table_privilege(to_regclass($1), 'SELECT')
+                    AND has_table_privilege(to_regclass($1), 'DELETE'),
+                    (SELECT count(*) FROM pg_trigger
+                      WHERE tgrelid = to_regclass($2) AND tgname IN ($3, $4) AND tgenabled = 'A')",
+            &[
+                &o.change_table_sql(),
+                &o.source_sql(),
+                &ROW_TRIGGER,
+                &TRUNCATE_TRIGGER,
+            ],
+        )
+        .await?;
+    let (table_there, enabled): (Option<bool>, i64) = (row.get(0), row.get(1));
+    Ok(if table_there != Some(true) {
+        Some(format!(
+            "its change table {}.{} does not exist, or the role may not read and trim it",
+            o.schema, o.change_table
+        ))
+    } else if enabled != 2 {
+        Some(format!(
+            "its triggers {ROW_TRIGGER} and {TRUNCATE_TRIGGER} are missing or not enabled ALWAYS ({enabled} of 2 are)"
+        ))
+    } else {
+        None
+    })
 }
 
 /// Refuses, naming what is missing, when the connected role cannot create the objects.

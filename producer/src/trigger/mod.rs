@@ -23,5 +23,6 @@ pub mod install;
 mod names;
 mod scan;
 
+pub use install::installed;
 pub use names::Objects;
 pub use scan::TriggerScan;

@@ -13,7 +13,7 @@ use tunnel_shared::event::Detection;
 use tunnel_shared::metrics::TableLabels;
 use tunnel_shared::pg::PgError;
 
-use super::names::{Objects, ROW_TRIGGER, TRUNCATE_TRIGGER};
+use super::names::Objects;
 use crate::capture::{ChangeDetector, Found, GoneKey, PassContext};
 use crate::checkpoint::TriggerPosition;
 use crate::error::SourceError;
@@ -64,29 +64,9 @@ impl TriggerScan {
             return Ok(());
         }
         let o = &self.objects;
-        let row = source
-            .client()
-            .query_one(
-                "SELECT to_regclass($1) IS NOT NULL,
-                        (SELECT count(*) FROM pg_trigger
-                          WHERE tgrelid = to_regclass($2) AND tgname IN ($3, $4) AND tgenabled = 'A')",
-                &[&o.change_table_sql(), &o.source_sql(), &ROW_TRIGGER, &TRUNCATE_TRIGGER],
-            )
+        let problem = super::install::installed(source.client(), o)
             .await
             .map_err(PgError::query("checking the capture triggers"))?;
-        let (table_there, enabled): (bool, i64) = (row.get(0), row.get(1));
-        let problem = if !table_there {
-            Some(format!(
-                "its change table {}.{} does not exist or may not be read",
-                o.schema, o.change_table
-            ))
-        } else if enabled != 2 {
-            Some(format!(
-                "its triggers {ROW_TRIGGER} and {TRUNCATE_TRIGGER} are missing or not enabled ALWAYS ({enabled} of 2 are)"
-            ))
-        } else {
-            None
-        };
         if let Some(problem) = problem {
             return Err(SourceError::NotInstalled {
                 table: o.source_name(),
