@@ -179,25 +179,9 @@ async fn command(command: Command) -> ExitCode {
             config,
             metrics_addr,
             until_caught_up,
-        } => {
-            let result = run(config, metrics_addr, until_caught_up).await;
-            let failure = tunnel_shared::startup::failure_code(
-                result
-                    .as_ref()
-                    .err()
-                    .map(|e| -> &(dyn std::error::Error + 'static) { e.as_ref() }),
-            );
-            exit_code(result, failure)
-        }
+        } => tunnel_shared::startup::exit_code_of(run(config, metrics_addr, until_caught_up).await),
         Command::Check { config, json } => {
-            let result = check_command(config, json).await;
-            let failure = tunnel_shared::startup::failure_code(
-                result
-                    .as_ref()
-                    .err()
-                    .map(|e| -> &(dyn std::error::Error + 'static) { e.as_ref() }),
-            );
-            exit_code(result, failure)
+            tunnel_shared::startup::exit_code_of(check_command(config, json).await)
         }
         Command::Verify {
             config,

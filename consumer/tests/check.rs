@@ -14,23 +14,9 @@ const MEDIA: &str = "CREATE TABLE media (
 
 /// `tunnel-<what> check --config <config> [--json]` without the environment overrides.
 fn check(what: &str, config: &Path, json: bool) -> (i32, String) {
-    let mut cmd = std::process::Command::new(tk::bin(&format!("tunnel-{what}")));
-    cmd.args(["check", "--config", &config.display().to_string()]);
-    if json {
-        cmd.arg("--json");
-    }
-    for (var, _) in tunnel_shared::config::ENV_OVERRIDES {
-        cmd.env_remove(var);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let extra: &[&str] = if json { &["--json"] } else { &[] };
+    let (code, out, err) = tk::cli(&format!("tunnel-{what}"), &["check"], config, extra);
+    (code, format!("{out}{err}"))
 }
 
 fn edit(config: &Path, from: &str, to: &str) {

@@ -60,22 +60,8 @@ fn set_capture(config: &Path, tables: &[&str], capture: &str) {
 
 /// Runs `tunnel-producer <args> --config <config>`: exit code and output.
 fn producer_cli(args: &[&str], config: &Path) -> (i32, String) {
-    let mut cmd = std::process::Command::new(tk::bin("tunnel-producer"));
-    cmd.args(args)
-        .args(["--config", &config.display().to_string()]);
-    for (var, _) in tunnel_shared::config::ENV_OVERRIDES {
-        cmd.env_remove(var);
-    }
-    cmd.env_remove("TUNNEL_INSTALL_URL");
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, out, err) = tk::cli("tunnel-producer", args, config, &[]);
+    (code, format!("{out}{err}"))
 }
 
 fn install(s: &Setup, table: Option<&str>) {

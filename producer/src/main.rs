@@ -132,16 +132,7 @@ impl CaptureObjects {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tunnel_shared::startup::run(async move {
-        let result = run(cli).await;
-        let failure = tunnel_shared::startup::failure_code(
-            result
-                .as_ref()
-                .err()
-                .map(|e| -> &(dyn std::error::Error + 'static) { e.as_ref() }),
-        );
-        tunnel_shared::startup::exit_code(result, failure)
-    })
+    tunnel_shared::startup::run(async move { tunnel_shared::startup::exit_code_of(run(cli).await) })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

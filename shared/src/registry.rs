@@ -66,6 +66,15 @@ pub struct Registry {
     cache: RwLock<HashMap<u32, Arc<Schema>>>,
 }
 
+/// The level in a `/config` answer (`compatibilityLevel` in Confluent's API, `compatibility`
+/// in some others).
+fn level(body: &serde_json::Value) -> Option<String> {
+    body.get("compatibilityLevel")
+        .or_else(|| body.get("compatibility"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
 impl Registry {
     /// A registry without authentication.
     pub fn new(url: &str) -> Result<Self, RegistryError> {
@@ -229,12 +238,7 @@ impl Registry {
         let body = self
             .get_json(&url, || "the global compatibility".to_string())
             .await?;
-        Ok(body.and_then(|b| {
-            b.get("compatibilityLevel")
-                .or_else(|| b.get("compatibility"))
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        }))
+        Ok(body.as_ref().and_then(level))
     }
 
     /// The compatibility level set on a subject, if any.
@@ -243,12 +247,7 @@ impl Registry {
         let body = self
             .get_json(&url, || format!("the compatibility of {subject}"))
             .await?;
-        Ok(body.and_then(|b| {
-            b.get("compatibilityLevel")
-                .or_else(|| b.get("compatibility"))
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        }))
+        Ok(body.as_ref().and_then(level))
     }
 
     /// The id of the latest schema registered under `subject`, or `None` if it has none.

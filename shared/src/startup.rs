@@ -40,6 +40,20 @@ pub fn failure_code(e: Option<&(dyn std::error::Error + 'static)>) -> u8 {
     1
 }
 
+/// The exit code of `result`: 0, 2 for a config error, else 1 (printing the error).
+pub fn exit_code_of<E>(result: Result<(), E>) -> ExitCode
+where
+    E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync + 'static>,
+{
+    let failure = failure_code(
+        result
+            .as_ref()
+            .err()
+            .map(|e| -> &(dyn std::error::Error + 'static) { &**e }),
+    );
+    exit_code(result, failure)
+}
+
 pub fn exit_code<E>(result: Result<(), E>, failure: u8) -> ExitCode
 where
     E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync + 'static>,

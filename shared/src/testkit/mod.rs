@@ -359,16 +359,28 @@ pub fn consumer_cli(
     config: &std::path::Path,
     extra: &[&str],
 ) -> (i32, String, String) {
-    let mut cmd = std::process::Command::new(bin("tunnel-consumer"));
+    cli("tunnel-consumer", command, config, extra)
+}
+
+/// Runs `<binary> <command...> --config <config> <extra...>` without the environment overrides
+/// (and `TUNNEL_INSTALL_URL`); its exit code, standard output and standard error.
+pub fn cli(
+    binary: &str,
+    command: &[&str],
+    config: &std::path::Path,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(bin(binary));
     cmd.args(command)
         .args(["--config", &config.display().to_string()])
         .args(extra);
     for (var, _) in crate::config::ENV_OVERRIDES {
         cmd.env_remove(var);
     }
+    cmd.env_remove("TUNNEL_INSTALL_URL");
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("run tunnel-consumer {command:?}: {e}"));
+        .unwrap_or_else(|e| panic!("run {binary} {command:?}: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
