@@ -49,6 +49,9 @@
 #   7. (BENCH_SECTIONS=7, not by default) trigger capture: latency in poll capture, then in
 #      trigger capture, of the same BENCH_TRIGGER_ROWS-row table (default 1,000,000), and
 #      pgbench TPS on the source with and without the triggers (see scripts/bench/trigger.sh).
+#   8. (BENCH_SECTIONS=8, not by default) a BENCH_TINY_ROWS-row table (default 1,000): what a
+#      scheduled batch run costs the source, against the idle streaming deployment (see
+#      scripts/bench/small.sh).
 #
 # Knobs (environment): BENCH_ROWS, BENCH_SMALL_ROWS (0 skips the small table), BENCH_RATE,
 # BENCH_LATENCY_SECONDS, BENCH_POLL_MS (target polling of the latency probes, default 25),
@@ -1185,6 +1188,13 @@ fi
 if [[ $SECTIONS == *" 7 "* ]]; then
   # shellcheck source=scripts/bench/trigger.sh
   source "$ROOT/scripts/bench/trigger.sh"
+fi
+
+# ---------------------------------------------------------------- 8. a tiny table, batch runs
+
+if [[ $SECTIONS == *" 8 "* ]]; then
+  # shellcheck source=scripts/bench/small.sh
+  source "$ROOT/scripts/bench/small.sh"
 fi
 
 # ---------------------------------------------------------------- summary
