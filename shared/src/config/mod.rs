@@ -17,6 +17,22 @@ use serde::Deserialize;
 
 use crate::rules::{Rule, RuleError};
 
+/// A TOML error on one line: where (line and column, from 1) and what, without the drawing
+/// of the line that toml's own message has.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
 /// Environment variables that override a setting of the file, and the setting they override.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TUNNEL_SOURCE_URL", "source.url"),
@@ -428,7 +444,7 @@ impl Config {
     pub fn parse(text: &str, path: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_string(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: toml_error(text, &e),
         })?;
         for (var, value) in env {
             match var.as_str() {

@@ -196,3 +196,37 @@ fn a_password_from_a_file_or_the_environment_goes_into_the_url() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_toml_error_is_one_line_with_its_line_and_column() {
+    let text = "[source]\nurl = \"x\"\n[target]\nurl = \n";
+    let err = Config::parse(text, "t.toml", &[]).unwrap_err().to_string();
+    assert!(!err.contains('\n'), "{err}");
+    assert!(
+        err.starts_with("config file t.toml is not valid: line 4, column 7: "),
+        "{err}"
+    );
+    let text = format!("{MINIMAL}bogus = 1\n");
+    let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("line 12, column 1: unknown field `bogus`"),
+        "{err}"
+    );
+    assert!(!err.contains('|'), "{err}");
+}
+
+#[test]
+fn trigger_capture_is_read_per_table_and_its_change_table_name_checked() {
+    let text = format!("{MINIMAL}capture = \"trigger\"\n");
+    let c = Config::parse(&text, "t.toml", &[]).unwrap();
+    assert_eq!(c.tables[0].capture, Capture::Trigger);
+    assert_eq!(c.tables[0].change_table_name(), "public_media_cdc");
+    assert_eq!(c.source.capture_schema, "data_tunnel");
+    let long = "x".repeat(60);
+    let text = MINIMAL.replace(
+        "name = \"media\"",
+        &format!("name = \"{long}\"\ncapture = \"trigger\""),
+    );
+    let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+    assert!(err.contains("longer than PostgreSQL's 63 bytes"), "{err}");
+}
