@@ -12,7 +12,16 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+# each step a headline, and the time the step before it took
+STEP_AT=$SECONDS
+say() {
+  if [[ -n ${STEP:-} ]]; then printf '  (%d s)\n' $((SECONDS - STEP_AT)); fi
+  STEP=$1 STEP_AT=$SECONDS
+  if [[ -t 1 ]]; then printf '\n\033[1m%s\033[0m\n' "$*"; else printf '\n%s\n' "$*"; fi
+}
+# psql without its notices ("does not exist, skipping") and query results
+export PGOPTIONS='-c client_min_messages=warning'
+
 
 say "1. the stack (PostgreSQL source :5433 and target :5434, Kafka :9092, registry :8081)"
 scripts/stack.sh up
@@ -32,9 +41,9 @@ SRC_READER=${TUNNEL_SOURCE_URL%/*}/$DB
 TGT=${TUNNEL_TARGET_URL%/*}/$DB
 
 say "3. fresh databases '$DB' on the source and on the target"
-psql -X -q "$TUNNEL_SOURCE_ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-psql -X -q "$TUNNEL_TARGET_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-src() { psql -X -q -v ON_ERROR_STOP=1 "$SRC_ADMIN" "$@"; }
+psql -X -q -o /dev/null "$TUNNEL_SOURCE_ADMIN_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+psql -X -q -o /dev/null "$TUNNEL_TARGET_URL" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+src() { psql -X -q -v ON_ERROR_STOP=1 -o /dev/null "$SRC_ADMIN" "$@"; }
 
 cat >"$DEMO_DIR/config.toml" <<TOML
 [source]
@@ -92,7 +101,11 @@ SQL
 echo "  tunnel-producer install (as the table's owner): change table data_tunnel.public_employees_cdc and its triggers"
 target/debug/tunnel-producer install --config "$DEMO_DIR/config.toml" --url "$SRC_ADMIN" | sed 's/^/  /'
 
-say "5. starting tunnel-producer and tunnel-consumer (logs in .stack/demo/)"
+say "5. tunnel-producer check and tunnel-consumer check: what the run needs, before it starts"
+target/debug/tunnel-producer check --config "$DEMO_DIR/config.toml" | sed 's/^/  /'
+target/debug/tunnel-consumer check --config "$DEMO_DIR/config.toml" | sed 's/^/  /'
+
+say "6. starting tunnel-producer and tunnel-consumer (logs in .stack/demo/)"
 # the addresses the stack's Prometheus scrapes (deploy/prometheus/prometheus.yml)
 PRODUCER_METRICS=127.0.0.1:9641
 CONSUMER_METRICS=127.0.0.1:9642
@@ -170,7 +183,7 @@ wait_identical() { # title seconds
 
 wait_identical "after hour 1" 60
 
-say "6. hour 2: row 1 updated, rows 4 and 5 inserted"
+say "7. hour 2: row 1 updated, rows 4 and 5 inserted"
 src <<'SQL'
 UPDATE media SET s3_path = '/xx.jpg', updated_at = '2021-01-01 01:21' WHERE id = 1;
 INSERT INTO media (id, s3_path, format, type, updated_at) VALUES
@@ -181,7 +194,7 @@ SQL
 sleep 3
 wait_identical "after hour 2" 15
 
-say "7. hour 3: row 2 updated, row 3 hard-deleted, row 6 inserted with an updated_at no newer than hour 2's, row 1 changed WITHOUT moving updated_at"
+say "8. hour 3: row 2 updated, row 3 hard-deleted, row 6 inserted with an updated_at no newer than hour 2's, row 1 changed WITHOUT moving updated_at"
 src <<'SQL'
 UPDATE media SET s3_path = '/zz.gif', format = 'gif', updated_at = '2021-01-01 02:30' WHERE id = 2;
 DELETE FROM media WHERE id = 3;
@@ -201,7 +214,7 @@ cat <<'NOTE'
           and hash of rows by key range, source against target), shipped as an update.
 NOTE
 
-say "7b. trigger capture of employees: an insert, an update, a delete and a key change"
+say "9. trigger capture of employees: an insert, an update, a delete and a key change"
 EMP_QUERY="SELECT emp_id, first_name, city, salary FROM employees ORDER BY emp_id"
 t0=$(date +%s%N)
 src <<'SQL'
@@ -221,11 +234,17 @@ psql -X -At -F ' | ' "$TGT" -c "$EMP_QUERY" | sed 's/^/    /'
 sleep 1
 echo "  rows left in the change table (trimmed once shipped): $(psql -X -At "$SRC_ADMIN" -c "SELECT count(*) FROM data_tunnel.public_employees_cdc")"
 
-say "8. tunnel-consumer verify: the source against the target, by the same range bisection"
-if target/debug/tunnel-consumer verify --config "$DEMO_DIR/config.toml"; then
+say "10. tunnel-consumer verify: the source against the target, by the same range bisection"
+if target/debug/tunnel-consumer verify --config "$DEMO_DIR/config.toml" 2>&1 | sed 's/^/  /'; [[ ${PIPESTATUS[0]} == 0 ]]; then
   echo "  verify: clean"
 else
   echo "  verify: differences (exit $?)"
 fi
 
-say "done: logs in .stack/demo/producer.log and .stack/demo/consumer.log"
+say "done in $SECONDS s"
+cat <<DONE
+  replicated: public.media (poll capture: the three traps above) and public.employees (trigger
+  capture), source database '$DB' -> target database '$DB', through topics $RUN.public.*
+  logs: .stack/demo/producer.log, .stack/demo/consumer.log
+  metrics: http://$PRODUCER_METRICS/metrics, http://$CONSUMER_METRICS/metrics; Prometheus ${TUNNEL_PROMETHEUS_URL:-http://127.0.0.1:9090}
+DONE

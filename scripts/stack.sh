@@ -104,7 +104,7 @@ install_kafka() {
   log "fetching Kafka $KAFKA_VERSION through Maven"
   rm -rf "$KAFKA_HOME"
   mkdir -p "$KAFKA_HOME/libs"
-  (cd "$ROOT/scripts/maven" && mvn -B -q dependency:copy-dependencies \
+  (cd "$ROOT/scripts/maven" && mvn -B -q -Dstyle.color=never dependency:copy-dependencies \
       -Dkafka.version="$KAFKA_VERSION" -Dlog4j.version="$LOG4J_VERSION" \
       -DincludeScope=runtime -DoutputDirectory="$KAFKA_HOME/libs") \
     || die "mvn could not fetch Kafka $KAFKA_VERSION"
@@ -140,7 +140,7 @@ install_apicurio() {
   log "fetching Apicurio Registry $APICURIO_VERSION through Maven"
   rm -rf "$APICURIO_HOME"
   mkdir -p "$APICURIO_HOME"
-  mvn -B -q org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
+  mvn -B -q -Dstyle.color=never org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy \
       -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" \
       -DoutputDirectory="$APICURIO_HOME" \
     || die "mvn could not fetch Apicurio Registry $APICURIO_VERSION"
