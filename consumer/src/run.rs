@@ -66,6 +66,7 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
     let topics: Vec<Arc<str>> = tables.targets.keys().cloned().collect();
     let names: Vec<&str> = topics.iter().map(|t| t.as_ref()).collect();
     consumer.subscribe(&names)?;
+    tunnel_shared::retry::started();
     info!(group = %group, topics = ?names, "consuming");
 
     let lookup = connect(&config.target.url, &session).await?;

@@ -159,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Uninstall(args) => return args.run(false).await,
     };
     let config = Arc::new(tunnel_shared::startup::load_reaching_kafka(&config).await?);
+    tunnel_shared::retry::start_up_within(std::time::Duration::from_secs(config.startup_timeout_s));
     if let Some(addr) = metrics_addr {
         tunnel_shared::metrics::serve(addr, tunnel_shared::metrics::Role::Producer).await?;
     }

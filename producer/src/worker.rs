@@ -41,6 +41,7 @@ impl Worker {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, WorkerError> {
         let prepared = setup::prepare(config.clone(), table.clone(), shutdown.clone()).await?;
+        tunnel_shared::retry::started();
         Ok(Self {
             config,
             table,

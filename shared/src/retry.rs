@@ -1,7 +1,9 @@
 //! Retrying transient failures with exponential back-off.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::fault::Classify;
 
@@ -50,8 +52,35 @@ impl Default for Backoff {
     }
 }
 
+/// Until the process has started ([`started`]), retries give up at this time: a connection that
+/// has never succeeded (a mistyped port on a first run) ends the process with its error instead
+/// of being retried for minutes. Once started, a lost connection is retried as always.
+static START_UP_DEADLINE: OnceLock<Instant> = OnceLock::new();
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Gives the process `timeout` to start (`startup_timeout_s`; zero: no limit).
+pub fn start_up_within(timeout: Duration) {
+    if !timeout.is_zero() {
+        let _ = START_UP_DEADLINE.set(Instant::now() + timeout);
+    }
+}
+
+/// The process has started: its endpoints answered once; retries no longer give up early.
+pub fn started() {
+    STARTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether start-up has run out of time.
+fn start_up_over() -> bool {
+    !STARTED.load(Ordering::Relaxed)
+        && START_UP_DEADLINE
+            .get()
+            .is_some_and(|d| Instant::now() >= *d)
+}
+
 /// Runs `op` until it succeeds or fails with an error that is not transient, or until
-/// `attempts` tries have failed. Every retry is logged with `what`.
+/// `attempts` tries have failed (or, during start-up, its time is over). Every retry is logged
+/// with `what`.
 pub async fn retry<T, E, F, Fut>(what: &str, attempts: u32, mut op: F) -> Result<T, E>
 where
     E: Classify + std::fmt::Display,
@@ -63,6 +92,10 @@ where
     loop {
         match op().await {
             Ok(v) => return Ok(v),
+            Err(e) if start_up_over() => {
+                tracing::error!(what, error = %e, "start-up: gave up after startup_timeout_s without an answer");
+                return Err(e);
+            }
             Err(e) if e.is_transient() && tried + 1 < attempts => {
                 tried += 1;
                 backoff.wait_after(what, &e).await;

@@ -78,6 +78,11 @@ pub struct Config {
     /// The tables to replicate; at least one.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// At start-up, how long an endpoint (source, target, Kafka, registry) that has never
+    /// answered is retried before the process exits with its error (0: no limit). Once the
+    /// process has started, a lost connection is waited for as before.
+    #[serde(default = "default_startup_timeout_s")]
+    pub startup_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,6 +416,9 @@ fn default_lock_timeout_ms() -> u64 {
 }
 fn default_max_cpu_share() -> f64 {
     0.05
+}
+fn default_startup_timeout_s() -> u64 {
+    60
 }
 fn default_capture_schema() -> String {
     "data_tunnel".into()
