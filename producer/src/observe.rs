@@ -17,6 +17,11 @@ pub struct TableObserver {
 }
 
 impl TableObserver {
+    /// The table, `schema.name`.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     pub fn new(table: &str, ready_within_s: u64) -> Self {
         Self {
             table: table.to_string(),

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pg;
 pub mod pgbinary;
+pub mod progress;
 pub mod reconcile;
 pub mod registry;
 pub mod retry;

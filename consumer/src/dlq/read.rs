@@ -93,6 +93,12 @@ impl Snapshot {
         .unwrap_or(Err(KafkaError::Canceled))
     }
 
+    /// How many messages the DLQ held when the snapshot was taken (at most: its partitions'
+    /// ends).
+    pub(crate) fn messages(&self) -> u64 {
+        self.ends.iter().map(|&(_, end)| end.max(0) as u64).sum()
+    }
+
     /// The entries, in partition and offset order, read as they are taken.
     pub(crate) fn entries(&self, kafka_config: &KafkaConfig) -> Entries {
         self.read(kafka_config, true)

@@ -22,6 +22,8 @@ use super::writer::DlqWriter;
 use crate::decode::Decoder;
 use crate::error::DlqCliError;
 use crate::intake::{Intake, Raw};
+use tunnel_shared::progress::Bar;
+
 use crate::model::{class, Entry, Item, Rejected, TargetTable};
 use crate::{ddl, offsets, park, rows};
 
@@ -71,7 +73,12 @@ async fn replay_table(
     }
     let chosen = |e: &DlqEntry| pending(e) && choice.takes(e);
     let mut entries = snapshot.entries(&config.kafka);
-    let mut chunk = next_chunk(&mut entries, &chosen).await?;
+    let bar = Bar::new(
+        &format!("replay {}", t.dlq_topic),
+        snapshot.messages(),
+        "entries",
+    );
+    let mut chunk = next_chunk(&mut entries, &chosen, &bar).await?;
     if chunk.is_empty() {
         println!("{}: nothing to replay", t.dlq_topic);
         return Ok(());
@@ -81,20 +88,25 @@ async fn replay_table(
     while !chunk.is_empty() {
         replay.chunk(&chunk).await?;
         replayed += chunk.len();
-        chunk = next_chunk(&mut entries, &chosen).await?;
+        chunk = next_chunk(&mut entries, &chosen, &bar).await?;
     }
     replay.report(replayed);
     Ok(())
 }
 
-/// The next (up to) `CHUNK` entries that `chosen` keeps.
+/// The next (up to) `CHUNK` entries that `chosen` keeps; `bar` counts every entry read.
 async fn next_chunk(
     entries: &mut read::Entries,
     chosen: &impl Fn(&DlqEntry) -> bool,
+    bar: &Bar,
 ) -> Result<Vec<DlqEntry>, KafkaError> {
     let mut chunk = Vec::with_capacity(CHUNK);
     while chunk.len() < CHUNK {
-        match entries.next().await? {
+        let next = entries.next().await?;
+        if next.is_some() {
+            bar.inc(1);
+        }
+        match next {
             Some(e) if chosen(&e) => chunk.push(e),
             Some(_) => {}
             None => break,

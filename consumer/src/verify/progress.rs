@@ -1,5 +1,6 @@
-//! How far a whole-table comparison has got: a line redrawn on standard error when it is a
-//! terminal, else a log line every 10 s. Standard output is left to the report.
+//! How far a whole-table comparison has got: a bar on standard error when it is a terminal
+//! ([`tunnel_shared::progress`]), else a log line every 10 s. Standard output is left to the
+//! report.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tracing::info;
 use tunnel_shared::pg::PgError;
+use tunnel_shared::progress::Bar;
 use tunnel_shared::reconcile::Tick;
 
 /// Rows per top range of an integer key when a table is cut for progress: each is one
@@ -72,29 +74,29 @@ pub(super) struct Progress {
     start: Instant,
     last_log: Instant,
     tty: bool,
-    drawn: bool,
+    bar: Bar,
 }
 
 impl Progress {
     /// `what`: the table and the kind of comparison; `total_rows`: both sides' rows, estimated.
     pub(super) fn new(what: String, total_rows: u64) -> Self {
+        let bar = Bar::new(&format!("verify {what}"), total_rows, "rows");
         Self {
             what,
             total_rows,
             start: Instant::now(),
             last_log: Instant::now(),
             tty: std::io::stderr().is_terminal(),
-            drawn: false,
+            bar,
         }
     }
 
     pub(super) fn tick(&mut self, t: Tick) {
         let elapsed = self.start.elapsed();
-        let line = line(&self.what, self.total_rows, elapsed, t);
-        if self.tty {
-            eprint!("\r{line}\x1b[K");
-            self.drawn = true;
-        } else if self.last_log.elapsed() >= LOG_EVERY {
+        let (done, _) = share_and_eta(self.total_rows, elapsed, t);
+        self.bar
+            .set_position((done * self.total_rows as f64) as u64);
+        if !self.tty && self.last_log.elapsed() >= LOG_EVERY {
             self.last_log = Instant::now();
             let (done, eta) = share_and_eta(self.total_rows, elapsed, t);
             info!(
@@ -108,12 +110,8 @@ impl Progress {
         }
     }
 
-    /// Clears the line drawn, so the report starts on a clean line.
-    pub(super) fn finish(&self) {
-        if self.drawn {
-            eprint!("\r\x1b[K");
-        }
-    }
+    /// The comparison is over: the bar goes (the report follows).
+    pub(super) fn finish(self) {}
 }
 
 /// The share done (the key span settled, else rows over the estimate) and the time left.
@@ -125,20 +123,6 @@ fn share_and_eta(total_rows: u64, elapsed: Duration, t: Tick) -> (f64, Option<Du
     };
     let eta = (done > 0.0).then(|| elapsed.mul_f64((1.0 - done) / done));
     (done, eta)
-}
-
-/// `verify public.media: 42% (4200000 / ~10000000 rows compared, 1400000 rows/s, eta 4s)`
-fn line(what: &str, total_rows: u64, elapsed: Duration, t: Tick) -> String {
-    let (done, eta) = share_and_eta(total_rows, elapsed, t);
-    let rate = t.rows_compared as f64 / elapsed.as_secs_f64().max(0.001);
-    let eta = eta.map_or_else(|| "?".to_string(), |e| format!("{}s", e.as_secs()));
-    format!(
-        "verify {what}: {:.0}% ({} / ~{} rows compared, {:.0} rows/s, eta {eta})",
-        done * 100.0,
-        t.rows_compared,
-        total_rows,
-        rate
-    )
 }
 
 #[cfg(test)]
@@ -161,28 +145,24 @@ mod tests {
     }
 
     #[test]
-    fn the_line_tells_share_rate_and_eta() {
+    fn the_share_done_and_the_time_left() {
         let t = Tick {
             settled: Some(0.25),
             rows_compared: 5_000_000,
         };
-        assert_eq!(
-            line("public.media", 20_000_000, Duration::from_secs(5), t),
-            "verify public.media: 25% (5000000 / ~20000000 rows compared, 1000000 rows/s, eta 15s)"
-        );
+        let (done, eta) = share_and_eta(20_000_000, Duration::from_secs(5), t);
+        assert_eq!((done, eta), (0.25, Some(Duration::from_secs(15))));
         // other keys: the share is the rows over the estimate
         let t = Tick {
             settled: None,
             rows_compared: 500,
         };
-        assert_eq!(
-            line("public.k", 1_000, Duration::from_secs(1), t),
-            "verify public.k: 50% (500 / ~1000 rows compared, 500 rows/s, eta 1s)"
-        );
+        let (done, eta) = share_and_eta(1_000, Duration::from_secs(1), t);
+        assert_eq!((done, eta), (0.5, Some(Duration::from_secs(1))));
         let t = Tick {
             settled: None,
             rows_compared: 0,
         };
-        assert!(line("public.k", 0, Duration::from_secs(1), t).ends_with("eta ?)"));
+        assert_eq!(share_and_eta(0, Duration::from_secs(1), t), (0.0, None));
     }
 }

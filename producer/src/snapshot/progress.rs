@@ -1,19 +1,20 @@
-//! The snapshot's progress: rows, rows/s and ETA.
+//! The snapshot's progress: rows, rows/s and ETA, as a bar on a terminal and a log line every
+//! 5 s.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use tracing::info;
+use tunnel_shared::progress::Bar;
 
 use crate::observe::TableObserver;
 
-/// Rows, rows/s and ETA: a line redrawn on a terminal, and a log line every 5 s.
+/// Rows, rows/s and ETA: a bar on a terminal, and a log line every 5 s.
 pub(super) struct Progress {
     total: i64,
     done: u64,
     start: Instant,
     last_log: Instant,
-    tty: bool,
+    bar: Bar,
     observer: Option<TableObserver>,
 }
 
@@ -22,12 +23,18 @@ impl Progress {
         if let Some(o) = &observer {
             o.snapshot_started(total, already);
         }
+        let what = match &observer {
+            Some(o) => format!("snapshot {}", o.table()),
+            None => "snapshot".to_string(),
+        };
+        let bar = Bar::new(&what, total.max(0) as u64, "rows");
+        bar.set_position(already);
         Self {
             total,
             done: already,
             start: Instant::now(),
             last_log: Instant::now(),
-            tty: std::io::stderr().is_terminal(),
+            bar,
             observer,
         }
     }
@@ -44,11 +51,9 @@ impl Progress {
         } else {
             0.0
         };
-        if self.tty {
-            eprint!(
-                "\rsnapshot: {} / ~{} rows, {:.0} rows/s, eta {:.0}s   ",
-                self.done, self.total, rate, eta
-            );
+        self.bar.inc(rows);
+        if self.done > self.total.max(0) as u64 {
+            self.bar.set_length(self.done);
         }
         if self.last_log.elapsed() >= Duration::from_secs(5) {
             self.last_log = Instant::now();
@@ -62,9 +67,5 @@ impl Progress {
         }
     }
 
-    pub(super) fn finish(&self) {
-        if self.tty {
-            eprintln!();
-        }
-    }
+    pub(super) fn finish(&self) {}
 }
