@@ -16,7 +16,11 @@ pub enum PgError {
     BadUrl { url: String, message: String },
     #[error("cannot set up TLS for {url}: {message}")]
     Tls { url: String, message: String },
-    #[error("cannot connect to {url}: {}", with_causes(source))]
+    #[error(
+        "cannot connect to {url}: {}{}",
+        with_causes(source),
+        connect_hint(source)
+    )]
     Connect {
         url: String,
         source: tokio_postgres::Error,
@@ -26,6 +30,22 @@ pub enum PgError {
         context: String,
         source: tokio_postgres::Error,
     },
+}
+
+/// What to check after a failed connection, where the cause says.
+fn connect_hint(e: &tokio_postgres::Error) -> &'static str {
+    let text = with_causes(e);
+    if text.contains("Connection refused") {
+        " (is PostgreSQL running there, and is the port right?)"
+    } else if text.contains("password authentication failed") {
+        " (check the role's password: the URL, the password file or the TUNNEL_*_PASSWORD variable)"
+    } else if text.contains("does not exist") && text.contains("database") {
+        " (check the database name at the end of the URL)"
+    } else if text.contains("no pg_hba.conf entry") {
+        " (the server's pg_hba.conf does not let this role in from here, or requires TLS: see sslmode)"
+    } else {
+        ""
+    }
 }
 
 /// An error with the errors that caused it (tokio-postgres says "error performing TLS
