@@ -60,7 +60,7 @@ else
   stop_pipeline trg "$S7, trigger capture"
   # the triggers are installed now; runs in the order on off off on on off, so that a drift of
   # the server over the runs (caches, the table's growth) weighs on both sides alike
-  declare -a on off
+  on=() off=()
   installed=1
   for want in 1 0 0 1 1 0; do
     if ((want != installed)); then
