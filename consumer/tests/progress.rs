@@ -44,8 +44,12 @@ async fn log_lines_print_above_the_snapshot_bar_never_through_it() {
     .await
     .unwrap();
     let config = tk::write_config(&dbs, &tk::unique("bar"), &tk::unique("g"), &["media"], "");
-    // small chunks: the snapshot lasts long enough for progress log lines beside the bar
-    tk::add_producer_settings(&config, "snapshot_chunk_rows = 2000");
+    // small chunks, and a ceiling on the rows read per second: the snapshot lasts 13 s at
+    // least, so that its progress log line (every 5 s) is printed while the bar is drawn
+    tk::add_producer_settings(
+        &config,
+        "snapshot_chunk_rows = 2000\nmax_rows_per_second = 30000",
+    );
     let producer = tk::bin("tunnel-producer");
     let mut unset = String::new();
     for (var, _) in tunnel_shared::config::ENV_OVERRIDES {
