@@ -59,6 +59,10 @@ pub struct Snapshot {
     checkpoint: Checkpoint,
     shipped: ShippedKeys,
     remembered: HashMap<Vec<String>, u64>,
+    /// The rows the scan read while transactions older than the snapshot were open (key,
+    /// hash), at most `SNAPSHOT_CACHE_ROWS`: the catch-up ships again only those that changed
+    /// since (by this process; after a restart it ships them all again).
+    read_undrained: HashMap<Vec<String>, u64>,
     /// Told of the progress, when the snapshot runs for a worker.
     observer: Option<TableObserver>,
 }
@@ -76,6 +80,7 @@ impl Snapshot {
             checkpoint,
             shipped,
             remembered: HashMap::new(),
+            read_undrained: HashMap::new(),
             observer: None,
         }
     }
@@ -223,6 +228,14 @@ impl Snapshot {
                 self.record(shipped);
             }
             let (drained, rows) = read?;
+            if !next.snapshot.drained && !drained {
+                for r in &rows {
+                    if self.read_undrained.len() >= SNAPSHOT_CACHE_ROWS {
+                        break;
+                    }
+                    self.read_undrained.insert(r.key_text.clone(), r.hash);
+                }
+            }
             if drained {
                 next.snapshot.drained = true;
                 next.snapshot.drained_upto = next.snapshot.after_key.clone();
@@ -259,7 +272,7 @@ impl Snapshot {
                     Vec::new()
                 }
                 Some(upto) => {
-                    let rows = run
+                    let mut rows = run
                         .source
                         .rows_between(next.snapshot.after_key.as_deref(), &upto, self.chunk_rows)
                         .await?;
@@ -269,6 +282,9 @@ impl Snapshot {
                     if (rows.len() as i64) < self.chunk_rows {
                         next.snapshot.phase = SnapshotPhase::Done;
                     }
+                    // a row unchanged since the scan shipped it is not shipped again (a row that
+                    // breaks a validation rule would be in the DLQ twice)
+                    rows.retain(|r| self.read_undrained.get(&r.key_text) != Some(&r.hash));
                     account(&mut next, &rows);
                     rows
                 }
