@@ -166,6 +166,9 @@ async fn wait_and_report(
     let schema = &config.target.bookkeeping_schema;
     // partitions seen caught up stay so: what was written after the start is not waited for
     let mut done: HashMap<(String, i32), bool> = HashMap::new();
+    // where each partition's applying stood at the last look: while it moves, the consumer is
+    // still applying, and the topic need not be read to know it is not caught up
+    let mut last_from: HashMap<(String, i32), i64> = HashMap::new();
     loop {
         let mut all = true;
         for t in &goal.tables {
@@ -176,7 +179,11 @@ async fn wait_and_report(
                     continue;
                 }
                 let from = next.get(&p).copied().unwrap_or(low).max(low);
-                let caught = from >= end || nothing_between(config, &t.topic, p, from, end).await?;
+                let moving = last_from
+                    .insert(key.clone(), from)
+                    .is_some_and(|was| was != from);
+                let caught = from >= end
+                    || (!moving && nothing_between(config, &t.topic, p, from, end).await?);
                 debug!(topic = %t.topic, partition = p, from, end, caught, "catching up");
                 done.insert(key, caught);
                 all &= caught;

@@ -3,13 +3,11 @@
 //! bookkeeping schema creatable or writable), Kafka (reachable, the tables' topics), the
 //! registry, and each table's validation rules against its columns.
 
-use std::time::Duration;
-
 use tokio_postgres::Client;
 use tunnel_shared::catalog;
-use tunnel_shared::check::{self, Report, WAIT};
+use tunnel_shared::check::{self, Report};
 use tunnel_shared::config::{redact_url, Config, TableConfig};
-use tunnel_shared::pg::{self, qualified, Session};
+use tunnel_shared::pg::qualified;
 use tunnel_shared::registry::Registry;
 use tunnel_shared::{rules, schema};
 
@@ -28,27 +26,9 @@ pub async fn check(config: &Config) -> Report {
     r
 }
 
-async fn connect(url: &str, read_only: bool, what: &str) -> Result<Client, String> {
-    let session = Session {
-        application_name: format!("data-tunnel-check-{what}"),
-        statement_timeout: WAIT,
-        lock_timeout: Duration::from_secs(1),
-        read_only,
-        canonical_text: false,
-    };
-    match tokio::time::timeout(WAIT, pg::connect(url, &session)).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "{} did not answer within {WAIT:?}",
-            redact_url(url)
-        )),
-    }
-}
-
 async fn target(config: &Config, r: &mut Report) {
     let url = &config.target.url;
-    let client = match connect(url, false, "target").await {
+    let client = match check::connect(url, false, "target").await {
         Ok(c) => c,
         Err(e) => {
             r.fail("target", e, "check target.url (host, port, database), the role's password (target.password_file or TUNNEL_TARGET_PASSWORD), the TLS settings, and pg_hba.conf");
@@ -206,7 +186,7 @@ async fn columns(config: &Config, t: &TableConfig) -> Result<Vec<(String, String
         let fields = schema::row_fields(&writer, "value").map_err(|e| e.to_string())?;
         return Ok(fields.into_iter().map(|f| (f.column, f.pg_type)).collect());
     }
-    let client = connect(&config.source.url, true, "source").await?;
+    let client = check::connect(&config.source.url, true, "source").await?;
     let info = catalog::load_table(&client, &t.schema, &t.name, t.watermark_column.as_deref())
         .await
         .map_err(|e| e.to_string())?;

@@ -4,8 +4,6 @@
 //! (reachable, the tables' topics present or creatable, transactions usable) and the registry
 //! (reachable, its compatibility level).
 
-use std::time::Duration;
-
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer};
 use tokio_postgres::Client;
@@ -13,7 +11,6 @@ use tunnel_shared::catalog::{self, CatalogError};
 use tunnel_shared::check::{self, Report, WAIT};
 use tunnel_shared::config::{redact_url, Capture, Config, TableConfig};
 use tunnel_shared::kafka;
-use tunnel_shared::pg::{self, Session};
 
 use crate::detectors;
 use crate::trigger::Objects;
@@ -28,25 +25,10 @@ pub async fn check(config: &Config) -> Report {
 
 async fn source(config: &Config, r: &mut Report) {
     let url = &config.source.url;
-    let session = Session {
-        application_name: format!("{}-check", config.source.application_name),
-        statement_timeout: WAIT,
-        lock_timeout: Duration::from_secs(1),
-        read_only: true,
-        canonical_text: false,
-    };
-    let client = match tokio::time::timeout(WAIT, pg::connect(url, &session)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            r.fail("source", e.to_string(), "check source.url (host, port, database), the role's password (source.password_file or TUNNEL_SOURCE_PASSWORD), the TLS settings, and that pg_hba.conf lets the role in");
-            return;
-        }
-        Err(_) => {
-            r.fail(
-                "source",
-                format!("{} did not answer within {WAIT:?}", redact_url(url)),
-                "check the host and port of source.url, and that a firewall lets the producer in",
-            );
+    let client = match check::connect(url, true, "source").await {
+        Ok(c) => c,
+        Err(e) => {
+            r.fail("source", e, "check source.url (host, port, database), the role's password (source.password_file or TUNNEL_SOURCE_PASSWORD), the TLS settings, that pg_hba.conf lets the role in, and that no firewall stands between");
             return;
         }
     };

@@ -124,6 +124,30 @@ impl Report {
 /// How long a check waits for a server.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A PostgreSQL session for a check (`what` names it in `pg_stat_activity`), or why there is
+/// none: the connection's error, or the server's silence past [`WAIT`].
+pub async fn connect(
+    url: &str,
+    read_only: bool,
+    what: &str,
+) -> Result<tokio_postgres::Client, String> {
+    let session = crate::pg::Session {
+        application_name: format!("data-tunnel-check-{what}"),
+        statement_timeout: WAIT,
+        lock_timeout: Duration::from_secs(1),
+        read_only,
+        canonical_text: false,
+    };
+    match tokio::time::timeout(WAIT, crate::pg::connect(url, &session)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "{} did not answer within {WAIT:?}",
+            redact_url(url)
+        )),
+    }
+}
+
 /// Kafka answers this client (its TLS and SASL settings included); whether it does.
 pub async fn kafka(config: &Config, r: &mut Report) -> bool {
     let k = &config.kafka;

@@ -98,12 +98,7 @@ pub async fn uninstall(request: Request<'_>) -> Result<(), InstallError> {
     let objects: Vec<Objects> = match request.table {
         Some(t) => {
             let (schema, name) = split_table(t);
-            let cfg = TableConfig {
-                schema: schema.to_string(),
-                name: name.to_string(),
-                ..minimal_table()
-            };
-            vec![Objects::new(source, &cfg)]
+            vec![Objects::of(source, schema, name)]
         }
         None => change_tables(&client, &source.capture_schema).await?,
     };
@@ -169,20 +164,6 @@ fn find_table<'a>(config: &'a Config, name: &str) -> Result<&'a TableConfig, Ins
 
 fn split_table(name: &str) -> (&str, &str) {
     name.split_once('.').unwrap_or(("public", name))
-}
-
-/// A table entry with only its name set, for `uninstall` of a table no longer configured.
-fn minimal_table() -> TableConfig {
-    TableConfig {
-        schema: String::new(),
-        name: String::new(),
-        watermark_column: None,
-        target_schema: None,
-        target_name: None,
-        rules: Vec::new(),
-        on_schema_change: Default::default(),
-        capture: Capture::Trigger,
-    }
 }
 
 async fn connect(source: &SourceConfig, url: Option<&str>) -> Result<Client, PgError> {

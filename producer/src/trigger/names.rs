@@ -20,11 +20,16 @@ pub struct Objects {
 
 impl Objects {
     pub fn new(source: &SourceConfig, table: &TableConfig) -> Self {
+        Self::of(source, &table.schema, &table.name)
+    }
+
+    /// The objects of `schema.name`, whether or not the config still lists it.
+    pub fn of(source: &SourceConfig, schema: &str, name: &str) -> Self {
         Self {
             schema: source.capture_schema.clone(),
-            change_table: table.change_table_name(),
-            source_schema: table.schema.clone(),
-            source_name: table.name.clone(),
+            change_table: TableConfig::change_table_name_of(schema, name),
+            source_schema: schema.to_string(),
+            source_name: name.to_string(),
         }
     }
 

@@ -363,7 +363,12 @@ impl TableConfig {
     /// The name of the table's change table in `source.capture_schema` (trigger capture):
     /// `<schema>_<name>_cdc`.
     pub fn change_table_name(&self) -> String {
-        format!("{}_{}_cdc", self.schema, self.name)
+        Self::change_table_name_of(&self.schema, &self.name)
+    }
+
+    /// [`Self::change_table_name`] of `schema.name`.
+    pub fn change_table_name_of(schema: &str, name: &str) -> String {
+        format!("{schema}_{name}_cdc")
     }
     /// The table's validation rules, parsed.
     pub fn parsed_rules(&self) -> Result<Vec<Rule>, RuleError> {
