@@ -94,6 +94,9 @@ pub struct Publisher {
     /// out, say): the shipped key set may then miss keys of the topic, and is no longer saved
     /// ([`crate::keysnapshot`]).
     doubtful: AtomicBool,
+    /// Set when a transaction failed: the next one starts with a new instance (see
+    /// [`Publisher::usable`]).
+    replace: AtomicBool,
 }
 
 /// A saved key set to ship: its chunks (key, value; no value: a tombstone) to partition 0 of
@@ -126,14 +129,22 @@ async fn blocking<T: Send + 'static>(
 /// Creates a transactional producer and initialises its transactions, which fences any
 /// earlier instance with the same id.
 async fn start(config: &ClientConfig) -> Result<Arc<KafkaProducer>, PublishError> {
-    let producer: KafkaProducer = config
-        .create_with_context(Deliveries::default())
-        .map_err(kafka_err("creating the producer"))?;
-    let producer = Arc::new(producer);
-    blocking(&producer, |p| p.init_transactions(TXN_TIMEOUT))
-        .await
-        .map_err(kafka_err("initialising transactions"))?;
-    Ok(producer)
+    let config = config.clone();
+    // creating, initialising and (after a failure) dropping an instance all block
+    tokio::task::spawn_blocking(move || {
+        let producer: KafkaProducer = config
+            .create_with_context(Deliveries::default())
+            .map_err(kafka_err("creating the producer"))?;
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .map_err(kafka_err("initialising transactions"))?;
+        Ok(Arc::new(producer))
+    })
+    .await
+    .unwrap_or(Err(PublishError::Kafka {
+        context: "starting the producer".into(),
+        source: KafkaError::Canceled,
+    }))
 }
 
 impl Publisher {
@@ -156,6 +167,7 @@ impl Publisher {
             table_key,
             encoder,
             doubtful: AtomicBool::new(false),
+            replace: AtomicBool::new(false),
         })
     }
 
@@ -247,20 +259,30 @@ impl Publisher {
     }
 
     /// The producer to use now. An instance that has hit a fatal error (a transaction the
-    /// broker no longer knows after it restarted, say) can never ship again: a new one takes
-    /// its place, with the same transactional id, unless it was fenced by another producer.
+    /// broker no longer knows after it restarted, say) can never ship again, and one whose
+    /// transaction failed may never deliver again: after a broker outage, librdkafka 2.12 can
+    /// keep a partition without a leader for good when a metadata update named none
+    /// ("new leader-1 not found in cache", confluentinc/librdkafka#5430), so that every later
+    /// transaction times out waiting for its deliveries. Either is replaced by a new instance
+    /// with the same transactional id (which fences the old one), unless it was fenced by
+    /// another producer.
     async fn usable(&self) -> Result<Arc<KafkaProducer>, PublishError> {
         let current = self.instance().clone();
-        let Some((code, reason)) = current.client().fatal_error() else {
-            return Ok(current);
+        let why = match current.client().fatal_error() {
+            Some((code, reason)) if is_fenced(code) => {
+                return Err(PublishError::Fenced { reason });
+            }
+            Some((_, reason)) => format!("a fatal error: {reason}"),
+            None if self.replace.load(Ordering::Relaxed) => "a failed transaction".to_string(),
+            None => return Ok(current),
         };
-        if is_fenced(code) {
-            return Err(PublishError::Fenced { reason });
-        }
-        tracing::warn!(error = %reason, "the transactional producer hit a fatal error: starting a new one");
+        tracing::warn!(after = %why, "starting a new transactional kafka producer");
         let fresh = start(&self.config).await?;
+        self.replace.store(false, Ordering::Relaxed);
         tunnel_shared::metrics::metrics().restarted(&format!("{} kafka producer", self.topic));
-        *self.instance() = fresh.clone();
+        let old = std::mem::replace(&mut *self.instance(), fresh.clone());
+        // its threads are joined when it is dropped: not on the runtime's threads
+        tokio::task::spawn_blocking(move || drop(old));
         Ok(fresh)
     }
 
@@ -360,6 +382,7 @@ impl Publisher {
             }
             (Err(e), _) => {
                 abort(producer).await;
+                self.replace.store(true, Ordering::Relaxed);
                 Err(e)
             }
         }
