@@ -21,7 +21,7 @@ async fn broker_sigkill_in_steady_state() {
     let producer = Proc::start("producer", &case.config);
     let consumer = Proc::start("consumer", &case.config);
     let load = Load::start(&case.dbs, 1);
-    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    load.caught_up(&case.dbs, &[&producer, &consumer]).await;
     let back = case.broker_outage().await;
     let what = "broker SIGKILL in steady state";
     let changes = case
@@ -101,7 +101,7 @@ async fn broker_partitioned_longer_than_the_session_timeout() {
     let producer = Proc::start("producer", &case.config);
     let consumer = Proc::start("consumer", &case.config);
     let load = Load::start(&case.dbs, 3);
-    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    load.caught_up(&case.dbs, &[&producer, &consumer]).await;
     case.broker().pause(true);
     // the partition itself: 15 s, past session.timeout.ms
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -230,7 +230,7 @@ async fn broker_sigkill_during_a_rebalance() {
     let producer = Proc::start("producer", &case.config);
     let first = Proc::start("consumer", &case.config);
     let load = Load::start(&case.dbs, 5);
-    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &first]).await;
+    load.caught_up(&case.dbs, &[&producer, &first]).await;
     let second = Proc::start("consumer", &case.config);
     first.wait_logged("partitions revoked", RECOVERY).await;
     let back = case.broker_outage().await;
@@ -311,7 +311,7 @@ async fn registry_sigkill_while_the_pipeline_restarts() {
     let mut producer = Proc::start("producer", &case.config);
     let mut consumer = Proc::start("consumer", &case.config);
     let load = Load::start(&case.dbs, 7);
-    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    load.caught_up(&case.dbs, &[&producer, &consumer]).await;
     // events the consumer has not decoded yet wait in the topic when the registry dies
     consumer.kill9();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -348,7 +348,7 @@ async fn postgres_immediate_stop(source: bool, seed: u64) {
     let producer = Proc::start("producer", &case.config);
     let consumer = Proc::start("consumer", &case.config);
     let load = Load::start(&case.dbs, seed);
-    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    load.caught_up(&case.dbs, &[&producer, &consumer]).await;
     let back = case.postgres_outage(source).await;
     let which = if source { "source" } else { "target" };
     let what = format!("{which} PostgreSQL immediate stop");
@@ -423,7 +423,7 @@ async fn producer_and_consumer_sigkill_at_start_and_in_steady_state() {
     consumer.wait_logged("consuming", RECOVERY).await;
     consumer.kill9();
     let consumer = Proc::start("consumer", &case.config);
-    tk::wait_identical(&case.dbs, "media", RECOVERY, &[&producer, &consumer]).await;
+    load.caught_up(&case.dbs, &[&producer, &consumer]).await;
     producer.kill9();
     let producer = Proc::start("producer", &case.config);
     let back = Instant::now();

@@ -24,13 +24,20 @@ pub const RECOVERY: Duration = Duration::from_secs(90);
 /// Inserts (a tenth of them of `type` 3), updates and deletes at about 20 a second until
 /// `stop`; returns how many it made. A statement that fails (the source is down) is not
 /// counted, and the load connects again.
-async fn steady_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> usize {
+/// `gate` is held around each statement: [`Load::caught_up`] takes it to pause the load.
+async fn steady_load(
+    url: String,
+    stop: Arc<AtomicBool>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    seed: u64,
+) -> usize {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut client: Option<tokio_postgres::Client> = None;
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         // the load's own pace, not a wait for a condition
         tokio::time::sleep(Duration::from_millis(50)).await;
+        let _turn = gate.lock().await;
         if client
             .as_ref()
             .is_none_or(tokio_postgres::Client::is_closed)
@@ -74,18 +81,29 @@ async fn steady_load(url: String, stop: Arc<AtomicBool>, seed: u64) -> usize {
 /// A steady load running until [`Load::end`].
 pub struct Load {
     stop: Arc<AtomicBool>,
+    gate: Arc<tokio::sync::Mutex<()>>,
     task: tokio::task::JoinHandle<usize>,
 }
 
 impl Load {
     pub fn start(dbs: &Databases, seed: u64) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
         let task = tokio::spawn(steady_load(
             dbs.source_admin_url.clone(),
             stop.clone(),
+            gate.clone(),
             seed,
         ));
-        Load { stop, task }
+        Load { stop, gate, task }
+    }
+
+    /// Pauses the load until `table` is identical in the target (the pipeline runs and has
+    /// caught up), then lets it go on. (Under a change every 50 ms, a pipeline with a
+    /// latency above that on a loaded machine is seldom seen identical at all.)
+    pub async fn caught_up(&self, dbs: &Databases, procs: &[&Proc]) {
+        let _paused = self.gate.lock().await;
+        tk::wait_identical(dbs, "media", RECOVERY, procs).await;
     }
 
     /// Stops the load; how many changes it made.

@@ -291,7 +291,7 @@ pub async fn wait_identical(dbs: &Databases, table: &str, timeout: Duration, pro
             return;
         }
         if Instant::now() > deadline {
-            let logs: Vec<String> = procs.iter().map(|p| p.log_text()).collect();
+            let logs: Vec<String> = procs.iter().map(|p| p.log_summary()).collect();
             let states: Vec<String> = procs.iter().map(|p| p.kernel_state()).collect();
             let (a, b) = (a.unwrap_or_default(), b.unwrap_or_default());
             panic!(
@@ -506,6 +506,29 @@ impl Proc {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What a failure message shows of the log: its first warnings and errors, then its last
+    /// lines (a whole log is too long for a CI report, which cuts the middle out of it).
+    pub fn log_summary(&self) -> String {
+        const WARNINGS: usize = 30;
+        const LAST: usize = 80;
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let warnings: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+            .take(WARNINGS)
+            .collect();
+        let last = &lines[lines.len().saturating_sub(LAST)..];
+        format!(
+            "{} ({} lines)\nfirst warnings and errors:\n{}\nlast lines:\n{}",
+            self.log.display(),
+            lines.len(),
+            warnings.join("\n"),
+            last.join("\n")
+        )
     }
 
     /// Waits until its log holds `text`, or panics after `timeout`.
