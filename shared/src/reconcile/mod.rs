@@ -12,8 +12,14 @@ use std::time::Instant;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use crate::catalog::{ColumnKind, TableInfo};
+use crate::catalog::TableInfo;
 use crate::pg::{quote_ident, PgError};
+
+mod hash;
+mod listed;
+
+pub use hash::{key_hash_expr, listing_select, row_hash_expr};
+pub use listed::compare_listed;
 
 /// How far to cut, and what is compared.
 #[derive(Debug, Clone, Copy)]
@@ -81,50 +87,6 @@ impl Differences {
 pub struct Side<'a> {
     pub client: &'a Client,
     pub table: String,
-}
-
-/// The SQL expression of a row's hash (`bigint`): each column hashed with its type's hash
-/// function (as text where there is none), seeded with a hash of the row's key and the column's
-/// position, and the columns XORed. A value moved to another row or column changes the hash.
-pub fn row_hash_expr(t: &TableInfo) -> String {
-    let seed = key_hash_expr(t);
-    let cells: Vec<String> = t
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let col = quote_ident(&c.name);
-            let s = format!("({seed} # {})", i + 1);
-            let h = match c.kind {
-                ColumnKind::Int2 => format!("hashint2extended({col}, {s})"),
-                ColumnKind::Int4 => format!("hashint4extended({col}, {s})"),
-                ColumnKind::Int8 => format!("hashint8extended({col}, {s})"),
-                ColumnKind::Float4 => format!("hashfloat4extended({col}, {s})"),
-                ColumnKind::Float8 => format!("hashfloat8extended({col}, {s})"),
-                ColumnKind::Text if !c.type_name.starts_with("character(") => {
-                    format!("hashtextextended({col}::text, {s})")
-                }
-                ColumnKind::Timestamp => format!("timestamp_hash_extended({col}, {s})"),
-                ColumnKind::TimestampTz => {
-                    format!("timestamp_hash_extended({col} AT TIME ZONE 'UTC', {s})")
-                }
-                ColumnKind::Decimal { .. } => format!("hash_numeric_extended({col}, {s})"),
-                ColumnKind::Uuid => format!("uuid_hash_extended({col}, {s})"),
-                _ => format!("hashtextextended({col}::text, {s})"),
-            };
-            // a null cell hashes to its seed turned around, never to nothing
-            format!("COALESCE({h}, ~{s})")
-        })
-        .collect();
-    format!("({})", cells.join(" # "))
-}
-
-/// The SQL expression of the hash (`bigint`) of a row's key alone.
-pub fn key_hash_expr(t: &TableInfo) -> String {
-    match t.integer_key() {
-        Some(k) => format!("hashint8extended({}::int8, 0)", quote_ident(&k.name)),
-        None => format!("hashtextextended(ROW({})::text, 0)", t.key_order()),
-    }
 }
 
 struct Run<'a, 'p> {
@@ -476,123 +438,9 @@ impl Run<'_, '_> {
     }
 }
 
-/// `"id"::text, <row hash>`: what a listing of rows selects, keys first.
-pub fn listing_select(t: &TableInfo) -> String {
-    format!("{}, {}", t.key_as_text(None), row_hash_expr(t))
-}
-
-/// `"a"::text, "b"::text`: the key columns in text form.
-/// Keys per statement when listed rows are looked up in the target.
-const LOOKUP_CHUNK: usize = 5_000;
-
-/// Compares rows listed from the source (key in text form and the row's hash, selected with
-/// [`listing_select`] in a session with [`crate::pg::CANONICAL_TEXT`]) with the rows of the same keys in
-/// the target, looked up by key: those the target lacks are `missing`, those whose hash
-/// differs `differing`. Nothing else of the target is read.
-pub async fn compare_listed(
-    t: &TableInfo,
-    target: &Side<'_>,
-    listed: &[(Vec<String>, i64)],
-) -> Result<Differences, PgError> {
-    let started = Instant::now();
-    let mut out = Differences::default();
-    for chunk in listed.chunks(LOOKUP_CHUNK) {
-        let keys: Vec<&Vec<String>> = chunk.iter().map(|(k, _)| k).collect();
-        let there = hashes_by_keys(t, target, &keys).await?;
-        out.queries += 1;
-        out.rows_compared += (chunk.len() + there.len()) as u64;
-        for (k, h) in chunk {
-            match there.get(k) {
-                None => out.missing.push(k.clone()),
-                Some(h2) if h2 != h => out.differing.push(k.clone()),
-                Some(_) => {}
-            }
-        }
-    }
-    out.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok(out)
-}
-
-/// The hash of each row of `keys` (one statement) that `side` has.
-async fn hashes_by_keys(
-    t: &TableInfo,
-    side: &Side<'_>,
-    keys: &[&Vec<String>],
-) -> Result<HashMap<Vec<String>, i64>, PgError> {
-    let n = t.key.len();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {}",
-        listing_select(t),
-        side.table,
-        t.key_in_arrays()
-    );
-    let columns: Vec<Vec<&str>> = (0..n)
-        .map(|i| keys.iter().map(|k| k[i].as_str()).collect())
-        .collect();
-    let params: Vec<&(dyn ToSql + Sync)> =
-        columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    let rows = side
-        .client
-        .query(&sql, &params)
-        .await
-        .map_err(PgError::query("looking up listed keys"))?;
-    Ok(rows
-        .iter()
-        .map(|r| ((0..n).map(|i| r.get(i)).collect(), r.get(n)))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Column;
-
-    #[test]
-    fn hash_expression_seeds_every_cell_with_the_key() {
-        let t = TableInfo {
-            schema: "public".into(),
-            name: "media".into(),
-            columns: vec![
-                Column {
-                    name: "id".into(),
-                    type_name: "integer".into(),
-                    kind: ColumnKind::Int4,
-                    nullable: false,
-                    attnum: 1,
-                    default: None,
-                },
-                Column {
-                    name: "s3_path".into(),
-                    type_name: "character varying(1024)".into(),
-                    kind: ColumnKind::Text,
-                    nullable: true,
-                    attnum: 2,
-                    default: None,
-                },
-                Column {
-                    name: "doc".into(),
-                    type_name: "json".into(),
-                    kind: ColumnKind::Json,
-                    nullable: true,
-                    attnum: 3,
-                    default: None,
-                },
-            ],
-            key: vec![0],
-            watermark: None,
-        };
-        let h = row_hash_expr(&t);
-        assert!(
-            h.contains("hashint4extended(\"id\", (hashint8extended(\"id\"::int8, 0) # 1))"),
-            "{h}"
-        );
-        assert!(
-            h.contains("hashtextextended(\"doc\"::text, (hashint8extended(\"id\"::int8, 0) # 3))"),
-            "{h}"
-        );
-        assert_eq!(h.matches("COALESCE(").count(), 3);
-        assert_eq!(key_hash_expr(&t), "hashint8extended(\"id\"::int8, 0)");
-    }
 
     #[test]
     fn top_ranges_cover_the_span_once_in_order() {
