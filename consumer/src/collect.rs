@@ -5,8 +5,9 @@
 //! show the group's lag.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -14,7 +15,8 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
-use tunnel_shared::config::Config;
+use tunnel_shared::config::{Config, KafkaConfig};
+use tunnel_shared::kafka::LeaderWatch;
 use tunnel_shared::metrics::{metrics, Dependency};
 use tunnel_shared::{heartbeat, kafka};
 
@@ -23,16 +25,28 @@ use crate::intake::{Consumed, Intake, Raw};
 use crate::model::{Applied, Heartbeat, Item};
 use crate::offsets;
 
+/// How long a consumer whose log said a partition lost its leader is kept (in case the
+/// partition recovers by itself) before it is replaced.
+const STRANDED_GRACE: Duration = Duration::from_secs(10);
+/// How often an idle consumer looks at that.
+const LEADER_CHECK: Duration = Duration::from_secs(1);
+
 /// Logs the group's rebalances. Nothing has to be handed over by hand: a partition's offsets
 /// live in the target and are locked by the transaction that applies it, so a new owner that
 /// starts while the old one still applies a batch waits for that batch, then skips what it
 /// applied.
 pub(crate) struct GroupContext {
     /// Per topic, the source table's name (the label of its lag).
-    pub(crate) names: crate::observe::Names,
+    names: crate::observe::Names,
+    /// Whether the client's log said a partition lost its leader for good.
+    leaders: LeaderWatch,
 }
 
-impl rdkafka::ClientContext for GroupContext {}
+impl rdkafka::ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.leaders.observe(level, fac, message);
+    }
+}
 
 impl rdkafka::consumer::ConsumerContext for GroupContext {
     fn post_rebalance(
@@ -65,9 +79,35 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
     }
 }
 
+/// What the group's consumer is made of: a new one can be made of it.
+pub(crate) struct Subscription {
+    pub(crate) kafka: KafkaConfig,
+    pub(crate) group: String,
+    /// Per topic, the source table's name.
+    pub(crate) names: crate::observe::Names,
+    pub(crate) topics: Vec<Arc<str>>,
+}
+
+impl Subscription {
+    /// A consumer of the group, subscribed to its topics.
+    pub(crate) fn subscribe(&self) -> Result<StreamConsumer<GroupContext>, KafkaError> {
+        let consumer: StreamConsumer<GroupContext> =
+            kafka::consumer_config(&self.kafka, &self.group).create_with_context(GroupContext {
+                names: self.names.clone(),
+                leaders: LeaderWatch::default(),
+            })?;
+        let topics: Vec<&str> = self.topics.iter().map(|t| t.as_ref()).collect();
+        consumer.subscribe(&topics)?;
+        Ok(consumer)
+    }
+}
+
 /// Polls, filters and decodes batches.
 pub(crate) struct Collector {
+    subscription: Subscription,
     consumer: StreamConsumer<GroupContext>,
+    /// When this collector first saw that its consumer's log said a partition lost its leader.
+    stranded_since: Option<Instant>,
     intake: Intake,
     /// A connection of its own for offset look-ups, so that they can run during an apply.
     lookup: Client,
@@ -94,18 +134,21 @@ pub(crate) struct Batch {
 }
 
 impl Collector {
-    /// A collector of the batches of `consumer`'s topics (`topics`), with `lookup` a
+    /// A collector of the batches of `consumer` (made of `subscription`), with `lookup` a
     /// connection to the target of its own; `done` brings the committed batches back.
     pub(crate) fn new(
+        subscription: Subscription,
         consumer: StreamConsumer<GroupContext>,
         intake: Intake,
         lookup: Client,
         config: &Config,
-        topics: Vec<Arc<str>>,
         done: mpsc::UnboundedReceiver<Done>,
     ) -> Self {
+        let topics = subscription.topics.clone();
         Self {
+            subscription,
             consumer,
+            stranded_since: None,
             intake,
             lookup,
             bk: config.target.bookkeeping_schema.clone(),
@@ -146,9 +189,12 @@ impl Collector {
             if *stop.borrow() {
                 return Ok(None);
             }
+            self.mind_leaders()?;
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = stop.changed() => return Ok(None),
+                // an idle consumer looks at its leaders now and then too
+                _ = tokio::time::sleep(LEADER_CHECK) => continue,
             };
             let mut batch: Vec<Consumed> = Vec::new();
             match first {
@@ -185,6 +231,29 @@ impl Collector {
                 return Ok(Some(batch));
             }
         }
+    }
+
+    /// Replaces the consumer by a new one of the same group [`STRANDED_GRACE`] after its log
+    /// said a partition lost its leader for good (see [`LeaderWatch`]): it would never fetch
+    /// from that partition again. Nothing is lost or applied twice: the new consumer starts
+    /// from the offsets committed to Kafka, which are never ahead of the target's, and what
+    /// the target already has is skipped as after any rebalance.
+    fn mind_leaders(&mut self) -> Result<(), RunError> {
+        if !self.consumer.context().leaders.stranded() {
+            return Ok(());
+        }
+        let since = *self.stranded_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < STRANDED_GRACE {
+            return Ok(());
+        }
+        warn!("starting a new kafka consumer: a partition was left without a leader");
+        let fresh = self.subscription.subscribe()?;
+        let old = std::mem::replace(&mut self.consumer, fresh);
+        self.stranded_since = None;
+        metrics().restarted("kafka consumer");
+        // leaving the group blocks until the broker answers: not on the runtime's threads
+        tokio::task::spawn_blocking(move || drop(old));
+        Ok(())
     }
 
     /// An error the consumer's queue handed out instead of a message. Most are reports of what

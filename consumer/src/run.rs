@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -24,7 +23,7 @@ use tunnel_shared::rules::{self, Rule};
 use tunnel_shared::schema::{self, FieldShape};
 
 use crate::apply;
-use crate::collect::{Batch, Collector, Done, GroupContext};
+use crate::collect::{Batch, Collector, Done, Subscription};
 use crate::ddl;
 use crate::decode::Decoder;
 use crate::dlq::writer::{DlqWriter, DLQ_TOPIC_CONFIGS};
@@ -59,20 +58,21 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
     let mut tables = prepare_tables(&config, &registry, &admin).await?;
     let group = config.kafka.consumer_group.clone();
     let observer = ApplyObserver::new(&config, std::mem::take(&mut tables.names));
-    let consumer: StreamConsumer<GroupContext> = kafka::consumer_config(&config.kafka, &group)
-        .create_with_context(GroupContext {
-            names: observer.names(),
-        })?;
     let topics: Vec<Arc<str>> = tables.targets.keys().cloned().collect();
-    let names: Vec<&str> = topics.iter().map(|t| t.as_ref()).collect();
-    consumer.subscribe(&names)?;
+    let subscription = Subscription {
+        kafka: config.kafka.clone(),
+        group: group.clone(),
+        names: observer.names(),
+        topics: topics.clone(),
+    };
+    let consumer = subscription.subscribe()?;
     tunnel_shared::retry::started();
-    info!(group = %group, topics = ?names, "consuming");
+    info!(group = %group, topics = ?topics, "consuming");
 
     let lookup = connect(&config.target.url, &session).await?;
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
     let intake = Intake::new(Decoder::new(registry.clone()), tables.rules);
-    let collector = Collector::new(consumer, intake, lookup, &config, topics, done_rx);
+    let collector = Collector::new(subscription, consumer, intake, lookup, &config, done_rx);
     let applier = Applier {
         registry: registry.clone(),
         client,

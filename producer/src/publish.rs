@@ -11,28 +11,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::event::{ChangeEvent, EventEncoder, Op};
+use tunnel_shared::kafka::LeaderWatch;
 use tunnel_shared::{heartbeat, kafka};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{is_fenced, PublishError};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long deliveries may make no progress once the client said a partition lost its leader
+/// for good, before the transaction is given up (and the instance replaced).
+const STRANDED_GRACE: Duration = Duration::from_secs(5);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Records the first failed delivery of a transaction. With transactions, `commit_transaction`
 /// flushes every message and fails if any could not be delivered; this only keeps the reason.
 /// (Per-message delivery futures cost a channel and a wake-up per row.)
+/// It also watches the client's log for a partition left without a leader for good.
 #[derive(Default)]
 struct Deliveries {
     failed: Mutex<Option<KafkaError>>,
+    leaders: LeaderWatch,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.leaders.observe(level, fac, message);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -274,6 +285,9 @@ impl Publisher {
             }
             Some((_, reason)) => format!("a fatal error: {reason}"),
             None if self.replace.load(Ordering::Relaxed) => "a failed transaction".to_string(),
+            None if current.context().leaders.stranded() => {
+                "a partition left without a leader".to_string()
+            }
             None => return Ok(current),
         };
         tracing::warn!(after = %why, "starting a new transactional kafka producer");
@@ -381,7 +395,12 @@ impl Publisher {
                 })
             }
             (Err(e), _) => {
-                abort(producer).await;
+                // the instance that replaces a stranded one fences it, which aborts its
+                // transaction on the broker: asking it to abort would wait for deliveries that
+                // never come
+                if !producer.context().leaders.stranded() {
+                    abort(producer).await;
+                }
                 self.replace.store(true, Ordering::Relaxed);
                 Err(e)
             }
@@ -430,16 +449,31 @@ impl Publisher {
 /// Waits until every message sent is delivered (or failed). The client's own flush, which the
 /// commit starts with, waits in steps of 100 ms while deliveries are outstanding: a tenth of a
 /// second per transaction, most of a snapshot chunk's time.
+/// Gives up sooner, after [`STRANDED_GRACE`] without a delivery, once the client said a
+/// partition lost its leader for good: they would only time out.
 async fn delivered(producer: &KafkaProducer) -> Result<(), PublishError> {
-    let deadline = tokio::time::Instant::now() + TXN_TIMEOUT;
-    while producer.in_flight_count() > 0 {
-        if tokio::time::Instant::now() >= deadline {
+    let start = tokio::time::Instant::now();
+    let (mut pending, mut progress) = (producer.in_flight_count(), start);
+    while pending > 0 {
+        let now = tokio::time::Instant::now();
+        let stranded = producer.context().leaders.stranded();
+        if now >= start + TXN_TIMEOUT || (stranded && now >= progress + STRANDED_GRACE) {
+            let context = if stranded {
+                "waiting for the transaction's deliveries (a partition lost its leader)"
+            } else {
+                "waiting for the transaction's deliveries"
+            };
             return Err(PublishError::Kafka {
-                context: "waiting for the transaction's deliveries".into(),
+                context: context.into(),
                 source: KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
             });
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+        let now_pending = producer.in_flight_count();
+        if now_pending < pending {
+            progress = tokio::time::Instant::now();
+        }
+        pending = now_pending;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
-use tracing::{debug, error, info, warn};
+use tracing::warn;
 
 use crate::config::KafkaConfig;
 use crate::fault::{Classify, ErrorClass};
@@ -86,14 +86,7 @@ impl ClientContext for Refusals {
                     Some((code, message.to_string()));
             }
         }
-        match level {
-            RDKafkaLogLevel::Debug => debug!(fac, "librdkafka: {message}"),
-            RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
-                info!(fac, "librdkafka: {message}")
-            }
-            RDKafkaLogLevel::Warning => warn!(fac, "librdkafka: {message}"),
-            _ => error!(fac, "librdkafka: {message}"),
-        }
+        super::leader::forward(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

@@ -1,8 +1,10 @@
 //! Kafka client settings in one place, and the creation of topics with explicit configs.
 
 mod access;
+mod leader;
 
 pub use access::{check_access, AccessError};
+pub use leader::LeaderWatch;
 
 use std::time::Duration;
 
