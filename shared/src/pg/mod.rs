@@ -25,7 +25,7 @@ pub enum PgError {
         url: String,
         source: tokio_postgres::Error,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", with_causes(source))]
     Query {
         context: String,
         source: tokio_postgres::Error,
