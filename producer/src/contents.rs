@@ -243,8 +243,8 @@ struct Compared {
     /// Whether the whole table was compared (else the rows written since the last pass).
     whole_table: bool,
     diff: Differences,
-    /// The transaction horizon the next pass starts from.
-    horizon: i64,
+    /// The transaction horizon the next pass starts from (`None`: the one it started from).
+    horizon: Option<i64>,
     /// Keys parked by the consumer.
     parked: HashSet<Vec<String>>,
 }
@@ -298,6 +298,22 @@ impl ContentScan {
         let diff = match diff {
             Ok(d) => d,
             Err(e) if ctx.source.is_closed() => return Err(e.into()),
+            Err(e) if replica_shape_behind(&e) => {
+                // the consumer evolves the replica with the first event of the new schema, which
+                // a quiet table, or changes only a comparison finds, never send: one row is
+                // shipped again, and the next pass compares from the same horizon
+                info!(error = %e, "reconciliation waits for the replica to take the table's new columns: one row shipped again in the new shape");
+                let probe = first_key(ctx.source.client(), &table).await?;
+                return Ok(Some(Compared {
+                    whole_table: false,
+                    diff: Differences {
+                        differing: probe.into_iter().collect(),
+                        ..Differences::default()
+                    },
+                    horizon: None,
+                    parked: HashSet::new(),
+                }));
+            }
             Err(e) => {
                 // not created yet (42P01), or the target went away: try again next time
                 if e.sqlstate() != Some("42P01") {
@@ -322,7 +338,7 @@ impl ContentScan {
         Ok(Some(Compared {
             whole_table: written.is_none(),
             diff,
-            horizon,
+            horizon: Some(horizon),
             parked,
         }))
     }
@@ -336,7 +352,7 @@ impl ContentScan {
     ) -> Result<Found, SourceError> {
         let mut found = Found {
             scanned: c.diff.rows_compared,
-            reconciled_xmin: Some(c.horizon),
+            reconciled_xmin: c.horizon,
             ..Default::default()
         };
         if c.whole_table {
@@ -383,6 +399,42 @@ async fn whole_table(
         .await
         .map_err(PgError::query("resetting the session after reconciliation"))?;
     Ok(diff)
+}
+
+/// Whether a comparison failed in the target because the replica does not have the source's
+/// columns or types yet (a column added, renamed or retyped at the source, which the consumer
+/// applies when an event of the new shape arrives).
+fn replica_shape_behind(e: &PgError) -> bool {
+    matches!(
+        e.sqlstate(),
+        // undefined_column, datatype_mismatch, undefined_function, cannot_coerce
+        Some("42703" | "42804" | "42883" | "42846")
+    )
+}
+
+/// The smallest key of the source table, in text form (`None` when it is empty).
+async fn first_key(
+    source: &Client,
+    table: &tunnel_shared::catalog::TableInfo,
+) -> Result<Option<Vec<String>>, SourceError> {
+    let sql = format!(
+        "SELECT {} FROM {} ORDER BY {} LIMIT 1",
+        table.key_as_text(None),
+        qualified(&table.schema, &table.name),
+        table.key_order()
+    );
+    let row = source
+        .query_opt(&sql, &[])
+        .await
+        .map_err(PgError::query("reading the table's first key"))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let key = (0..table.key.len())
+        .map(|i| row.try_get::<_, String>(i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PgError::query("reading the table's first key"))?;
+    Ok(Some(key))
 }
 
 /// The keys the consumer has parked for `topic` (none if its bookkeeping is not there yet).
