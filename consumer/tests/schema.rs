@@ -341,6 +341,26 @@ async fn a_changed_primary_key_or_a_dropped_table_stops_it() {
     );
 }
 
+/// The primary key dropped: that table stops alone, naming the way out, while the producer
+/// goes on with the other table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_primary_key_stops_only_its_table() {
+    let other = "CREATE TABLE other (id int PRIMARY KEY, v text, w int);
+        INSERT INTO other VALUES (1, 'a', 1)";
+    let (case, load) = Case::start(other).await;
+    load.end().await;
+    let procs = [&case.producer, &case.consumer];
+    tk::wait_identical(&case.dbs, "other", TIMEOUT, &procs).await;
+    case.ddl("ALTER TABLE media DROP CONSTRAINT media_pkey")
+        .await;
+    case.producer.wait_logged("table stopped", TIMEOUT).await;
+    let log = case.producer.log_text();
+    assert!(log.contains("primary key was dropped"), "{log}");
+    case.ddl("INSERT INTO other VALUES (2, 'b', 2)").await;
+    tk::wait_identical(&case.dbs, "other", TIMEOUT, &procs).await;
+    assert_eq!(case.producer.log_text().matches("table stopped").count(), 1);
+}
+
 /// After a type change the registry refuses (`varchar` to `int4`), the way out the error names:
 /// the target table dropped (its values would not convert), `tunnel-producer resync`, which
 /// registers the new schema and has the next run snapshot the table again; the consumer

@@ -73,15 +73,25 @@ impl Worker {
     }
 }
 
-/// A table that is no longer there when it is set up again was dropped or renamed: it stops
-/// alone.
+/// A table that a DDL made unusable when it is set up again (dropped or renamed, its primary
+/// key dropped, its watermark column gone, a rule's column gone, its SELECT revoked) stops
+/// alone, saying what to do; the other tables go on.
 fn gone(e: WorkerError, table: &TableConfig) -> WorkerError {
-    match e {
-        WorkerError::Source(SourceError::Catalog(CatalogError::NotFound(_))) => WorkerError::Shape {
-            table: table.qualified(),
-            problem: "the table was dropped or renamed. Ways out: restore it under its name, or change the table's name in the config (a renamed table is replicated anew: `tunnel-producer resync`)".into(),
+    let name = table.qualified();
+    let problem = match &e {
+        WorkerError::Source(SourceError::Catalog(c)) => match c {
+            CatalogError::NotFound(_) => "the table was dropped or renamed. Ways out: restore it under its name, or change the table's name in the config (a renamed table is replicated anew: `tunnel-producer resync`)".to_string(),
+            CatalogError::NoPrimaryKey(_) => format!("its primary key was dropped: events are keyed by it and deletes found by it. Ways out: add the same primary key back and restart the producer, or replicate the table anew with its new key (another topic_prefix or target table, then `tunnel-producer resync --table {name}`)"),
+            CatalogError::NoSelect(_) => "the reader role can no longer SELECT from it. Way out: grant it SELECT again and restart the producer".to_string(),
+            CatalogError::BadWatermark { column, problem, .. } => format!("its watermark column '{column}' {problem}. Ways out: restore the column, or set watermark_column for the table in the config (\"\" for none: updates are then found by reconciliation) and restart the producer"),
+            CatalogError::Pg(_) => return e,
         },
-        other => other,
+        WorkerError::Rule { source, .. } => format!("a validation rule no longer fits its columns: {source}. Way out: change the rule in the config and restart the producer"),
+        _ => return e,
+    };
+    WorkerError::Shape {
+        table: name,
+        problem,
     }
 }
 
