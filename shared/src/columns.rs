@@ -2,7 +2,8 @@
 //! prints them), nullability, and defaults where the source's is a constant the target copies
 //! (see [`crate::default_expr`]). A default that is not a constant (`now()`, `nextval(...)`)
 //! is never copied to the target, so it is not compared: the comparison lists those columns
-//! apart. Nothing here writes to either database.
+//! apart. A generated column of the source is replicated as a plain column holding its values:
+//! it is compared without its generation expression. Nothing here writes to either database.
 
 use std::fmt;
 
@@ -24,13 +25,12 @@ pub struct ColumnDef {
 
 const COLUMNS_SQL: &str = "
 SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
-       pg_get_expr(d.adbin, d.adrelid)
+       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END
   FROM pg_catalog.pg_attribute a
   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
  WHERE n.nspname = $1::text AND c.relname = $2::text AND a.attnum > 0 AND NOT a.attisdropped
-   AND a.attgenerated = ''
  ORDER BY a.attnum";
 
 /// A table's columns, in their order; empty when the table does not exist.
