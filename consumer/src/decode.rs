@@ -15,16 +15,20 @@ use tunnel_shared::wire;
 
 use crate::error::DecodeError;
 use crate::model::{Event, Row, WriterSchema};
+use crate::stand_in::TargetTypes;
 
 pub(crate) struct Decoder {
     registry: Arc<Registry>,
+    /// A writer schema's fields are kept as the target can hold them.
+    types: Arc<TargetTypes>,
     shapes: FxHashMap<u32, Arc<WriterSchema>>,
 }
 
 impl Decoder {
-    pub(crate) fn new(registry: Arc<Registry>) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>, types: Arc<TargetTypes>) -> Self {
         Self {
             registry,
+            types,
             shapes: FxHashMap::default(),
         }
     }
@@ -44,6 +48,11 @@ impl Decoder {
             .map_err(|source| DecodeError::Registry { part, source })?;
         let fields = schema::row_fields(&schema, part)
             .map_err(|source| DecodeError::Schema { part, source })?;
+        let fields = self
+            .types
+            .fit(fields)
+            .await
+            .map_err(|source| DecodeError::TargetTypes { part, source })?;
         let envelope = EnvelopeLayout::of(&schema);
         let record = RecordLayout::of_key(&schema);
         let w = Arc::new(WriterSchema {

@@ -48,6 +48,9 @@ pub(crate) enum DecodeError {
     },
     #[error("message has no key")]
     NoKey,
+    /// The target could not be asked which of the schema's types it has.
+    #[error("{part}: {source}")]
+    TargetTypes { part: &'static str, source: PgError },
 }
 
 impl Classify for DecodeError {
@@ -56,6 +59,7 @@ impl Classify for DecodeError {
         // fault: it goes to the DLQ
         match self {
             DecodeError::Registry { source, .. } if source.is_transient() => ErrorClass::Transient,
+            DecodeError::TargetTypes { .. } => ErrorClass::Transient,
             _ => ErrorClass::Definite,
         }
     }
@@ -74,6 +78,8 @@ impl DecodeError {
             DecodeError::Registry { .. } => class::NOT_AN_EVENT,
             DecodeError::Avro { .. } => class::AVRO_DECODE,
             DecodeError::Event { .. } | DecodeError::Schema { .. } => class::NOT_AN_EVENT,
+            // transient: held back, never dead-lettered
+            DecodeError::TargetTypes { .. } => class::NOT_AN_EVENT,
         }
     }
 }

@@ -77,8 +77,12 @@ impl Intake {
             match self.decode_parts(&raw).await {
                 Ok(decoded) => return Item::Event(entry(raw, decoded)),
                 Err((_, e)) if e.is_transient() => {
-                    metrics().dependency(Dependency::Registry, false);
-                    backoff.wait_after("decoding needs the registry", &e).await;
+                    if matches!(e, DecodeError::Registry { .. }) {
+                        metrics().dependency(Dependency::Registry, false);
+                    }
+                    backoff
+                        .wait_after("decoding needs the registry and the target", &e)
+                        .await;
                 }
                 Err((
                     _,

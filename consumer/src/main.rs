@@ -19,6 +19,7 @@ mod plan;
 mod rows;
 mod run;
 mod schemas;
+mod stand_in;
 mod target;
 mod verify;
 

@@ -33,6 +33,7 @@ use crate::model::{dlq_topic, Applied, Item, TargetTable, WriterSchema};
 use crate::observe::{self, ApplyObserver};
 use crate::park::ParkedCache;
 use crate::schemas::Schemas;
+use crate::stand_in::TargetTypes;
 use crate::target::BatchTransaction;
 
 const SETUP_ATTEMPTS: u32 = 20;
@@ -71,10 +72,12 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
 
     let lookup = connect(&config.target.url, &session).await?;
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
-    let intake = Intake::new(Decoder::new(registry.clone()), tables.rules);
+    let types = Arc::new(TargetTypes::new(&config.target));
+    let intake = Intake::new(Decoder::new(registry.clone(), types.clone()), tables.rules);
     let collector = Collector::new(subscription, consumer, intake, lookup, &config, done_rx);
     let applier = Applier {
         registry: registry.clone(),
+        types,
         client,
         config: config.clone(),
         session,
@@ -211,6 +214,8 @@ fn collector_end(
 /// retried on the same batch.
 struct Applier {
     registry: Arc<Registry>,
+    /// Which of the schemas' column types the target has.
+    types: Arc<TargetTypes>,
     client: Client,
     config: Arc<Config>,
     session: Session,
@@ -285,6 +290,14 @@ impl Applier {
                 continue;
             };
             let (id, vf) = newest_value_schema(&self.registry, &e.topic, vs).await?;
+            // the newest schema's types as the target can hold them, as the decoder keeps
+            // every writer schema's
+            let vf = retry(
+                "looking up the column types in the target",
+                SETUP_ATTEMPTS,
+                || self.types.fit(vf.clone()),
+            )
+            .await?;
             let kf = e.key_schema.fields.clone();
             let (url, session) = (&self.config.target.url, &self.session);
             let bk = &self.config.target.bookkeeping_schema;

@@ -341,6 +341,25 @@ async fn a_changed_primary_key_or_a_dropped_table_stops_it() {
     );
 }
 
+/// Types the target does not have (an enum, a domain, an array of the enum), at creation and
+/// added later, are held as text with their constant defaults; a generated column is held as
+/// a plain column with its values: identical, and `verify` clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn types_the_target_lacks_are_held_as_text() {
+    let other = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+        CREATE TABLE other (id int PRIMARY KEY, m mood NOT NULL DEFAULT 'ok', p posint,
+            ms mood[], g int GENERATED ALWAYS AS (id * 2) STORED);
+        INSERT INTO other (id, m, p, ms) VALUES (1, 'sad', 5, '{sad,happy}'), (2, 'ok', NULL, NULL)";
+    let (case, load) = Case::start(other).await;
+    let procs = [&case.producer, &case.consumer];
+    tk::wait_identical(&case.dbs, "other", TIMEOUT, &procs).await;
+    case.ddl("ALTER TABLE media ADD COLUMN feel mood DEFAULT 'happy'; INSERT INTO other (id, p, ms) VALUES (3, 7, '{ok}')")
+        .await;
+    tk::wait_identical(&case.dbs, "other", TIMEOUT, &procs).await;
+    case.assert_followed(load, "types the target lacks").await;
+}
+
 /// The primary key dropped: that table stops alone, naming the way out, while the producer
 /// goes on with the other table.
 #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,7 @@ use crate::intake::{Intake, Raw};
 use tunnel_shared::progress::Bar;
 
 use crate::model::{class, Entry, Item, Rejected, TargetTable};
+use crate::stand_in::TargetTypes;
 use crate::{ddl, offsets, park, rows};
 
 pub(crate) struct ReplayOptions {
@@ -225,7 +226,7 @@ impl<'a> TableReplay<'a> {
             table: t,
             dry_run: opts.dry_run,
             intake: Intake::new(
-                Decoder::new(registry.clone()),
+                Decoder::new(registry.clone(), Arc::new(TargetTypes::new(&config.target))),
                 HashMap::from([(source_topic.clone(), rules)]),
             ),
             source_topic,

@@ -79,6 +79,7 @@ pub(crate) async fn run(config: &Config, opts: &Options) -> Result<bool, VerifyE
             });
         }
         let source_columns = columns::load(&source, &t.schema, &t.name).await?;
+        let source_columns = crate::stand_in::held_by(&target, source_columns).await?;
         let keep = t.on_schema_change == SchemaChangePolicy::KeepDropped;
         let cmp = columns::compare(&source_columns, &replica_columns, keep);
         report::print_columns(t, &cmp);
