@@ -165,6 +165,26 @@ impl TableObserver {
         health().remove_table(&self.table);
     }
 
+    /// The table cannot be replicated for now (`reason`): counted as stopped until
+    /// [`Self::resumed`].
+    pub fn waiting(&self, reason: &str) {
+        metrics()
+            .table_stopped
+            .get_or_create(&self.table_labels())
+            .set(1);
+        health().remove_table(&self.table);
+        health().stop(&self.table, reason);
+    }
+
+    /// The table waited for is back.
+    pub fn resumed(&self) {
+        metrics()
+            .table_stopped
+            .get_or_create(&self.table_labels())
+            .set(0);
+        health().remove(&self.table);
+    }
+
     /// The table stopped for good (`reason`), the others go on.
     pub fn stopped(&self, reason: &str) {
         metrics()

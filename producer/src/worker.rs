@@ -20,6 +20,7 @@ use crate::checkpoint::Checkpoint;
 use crate::detectors;
 use crate::error::{SourceError, WorkerError};
 use crate::horizon::Margins;
+use crate::observe::TableObserver;
 use crate::setup::{self, Prepared};
 use crate::shape::ShapeChange;
 use crate::snapshot::{Snapshot, Snapshotted};
@@ -64,18 +65,68 @@ impl Worker {
             if run_prepared(prepared, &table, once).await? == Ended::Stopped {
                 return Ok(());
             }
-            prepared = setup::prepare(config.clone(), table.clone(), shutdown.clone())
-                .await
-                .map_err(|e| gone(e, &table))?;
+            prepared = match set_up_again(&config, &table, &shutdown, once).await? {
+                Some(p) => p,
+                None => return Ok(()),
+            };
             prepared.link.observe().restarted();
             after_shape_change(&before, &mut prepared, &table)?;
         }
     }
 }
 
-/// A table that a DDL made unusable when it is set up again (dropped or renamed, its primary
-/// key dropped, its watermark column gone, a rule's column gone, its SELECT revoked) stops
-/// alone, saying what to do; the other tables go on.
+/// How often a dropped table is looked for.
+const RETURN_CHECK: Duration = Duration::from_secs(5);
+
+/// Sets the table up again after a change of its shape. A table that is no longer there
+/// (dropped, or renamed away) is waited for under its name while streaming: a reload that
+/// drops and creates it again goes on by itself, and its next reconciliation compares the
+/// whole table. A batch run (`once`) stops the table instead. `None`: asked to stop meanwhile.
+async fn set_up_again(
+    config: &Arc<Config>,
+    table: &TableConfig,
+    shutdown: &watch::Receiver<bool>,
+    once: bool,
+) -> Result<Option<Prepared>, WorkerError> {
+    let mut waiting: Option<TableObserver> = None;
+    loop {
+        match setup::prepare(config.clone(), table.clone(), shutdown.clone()).await {
+            Ok(mut prepared) => {
+                if let Some(observer) = waiting {
+                    info!("the table is back: replicating it again, its next reconciliation compares the whole table");
+                    observer.resumed();
+                    prepared.checkpoint.reconciled_xmin = None;
+                }
+                return Ok(Some(prepared));
+            }
+            Err(WorkerError::Source(SourceError::Catalog(
+                e @ (CatalogError::NotFound(_) | CatalogError::NoSelect(_)),
+            ))) if !once => {
+                if waiting.is_none() {
+                    let reason = match e {
+                        CatalogError::NoSelect(_) => "the reader role can no longer SELECT from the table: waiting for the grant",
+                        _ => "the table was dropped or renamed: waiting for it to come back under its name (to replicate it under another name, change the config and restart the producer)",
+                    };
+                    warn!("{reason}");
+                    let observer =
+                        TableObserver::new(&table.qualified(), config.health.ready_within_s);
+                    observer.waiting(reason);
+                    waiting = Some(observer);
+                }
+                let mut stop = shutdown.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(RETURN_CHECK) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(None),
+                }
+            }
+            Err(e) => return Err(gone(e, table)),
+        }
+    }
+}
+
+/// A table that a DDL made unusable when it is set up again (its primary key dropped, its
+/// watermark column gone, a rule's column gone; in a batch run, dropped or its SELECT revoked
+/// too) stops alone, saying what to do; the other tables go on.
 fn gone(e: WorkerError, table: &TableConfig) -> WorkerError {
     let name = table.qualified();
     let problem = match &e {
