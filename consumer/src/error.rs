@@ -131,6 +131,14 @@ pub(crate) enum ApplyError {
     Evolve { table: String, source: EvolveError },
 }
 
+impl ApplyError {
+    /// Whether the target has no table (or bookkeeping table) that the batch needs: dropped
+    /// by hand while the consumer ran.
+    pub(crate) fn table_missing(&self) -> bool {
+        matches!(self, ApplyError::Pg(e) if e.sqlstate() == Some("42P01"))
+    }
+}
+
 impl Classify for ApplyError {
     fn class(&self) -> ErrorClass {
         match self {

@@ -12,7 +12,7 @@ use rdkafka::client::DefaultClientContext;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
-use tracing::info;
+use tracing::{info, warn};
 use tunnel_shared::config::{Config, KafkaConfig};
 use tunnel_shared::fault::Classify;
 use tunnel_shared::kafka::{self, TABLE_TOPIC_CONFIGS};
@@ -231,16 +231,18 @@ struct Applier {
 impl Applier {
     async fn apply(&mut self, items: &[Item]) -> Result<Applied, RunError> {
         self.ensure_tables(items).await?;
-        let usable: HashMap<Arc<str>, TargetTable> = self
-            .targets
-            .iter()
-            .filter(|(t, _)| self.ready.contains(*t))
-            .map(|(t, v)| (t.clone(), v.clone()))
-            .collect();
+        let mut usable = self.usable();
         let mut backoff = Backoff::default();
+        let mut created_again = false;
         loop {
             match self.apply_once(&usable, items).await {
                 Ok(a) => return Ok(a),
+                Err(e) if e.table_missing() && !created_again => {
+                    warn!(error = %e, "a replica or bookkeeping table was dropped while the consumer ran: creating it again; the rows it held are gone from it until `tunnel-consumer verify --repair` has them shipped again (or `tunnel-producer resync --table <table>` snapshots the table again)");
+                    created_again = true;
+                    self.create_again(items).await?;
+                    usable = self.usable();
+                }
                 Err(e) if e.is_transient() => {
                     tunnel_shared::metrics::metrics()
                         .dependency(tunnel_shared::metrics::Dependency::Target, false);
@@ -257,6 +259,31 @@ impl Applier {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// The tables created in the target, by topic.
+    fn usable(&self) -> HashMap<Arc<str>, TargetTable> {
+        self.targets
+            .iter()
+            .filter(|(t, _)| self.ready.contains(*t))
+            .map(|(t, v)| (t.clone(), v.clone()))
+            .collect()
+    }
+
+    /// After a table was dropped in the target: a new connection (the failed statement may
+    /// have left the old one out of step), the bookkeeping tables, and the batch's tables
+    /// created again, their columns read afresh.
+    async fn create_again(&mut self, items: &[Item]) -> Result<(), RunError> {
+        let (url, session) = (&self.config.target.url, &self.session);
+        self.client = retry("reconnecting to the target", SETUP_ATTEMPTS, || {
+            pg::connect(url, session)
+        })
+        .await?;
+        let bk = &self.config.target.bookkeeping_schema;
+        ddl::ensure_bookkeeping(&mut self.client, bk).await?;
+        self.ready.clear();
+        self.schemas = Schemas::default();
+        self.ensure_tables(items).await
     }
 
     /// One attempt at applying `items`, in one transaction.

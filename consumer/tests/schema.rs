@@ -371,6 +371,39 @@ async fn types_the_target_lacks_are_held_as_text() {
     case.assert_followed(load, "types the target lacks").await;
 }
 
+/// The replica table dropped by hand while the pipeline runs: the consumer creates it again
+/// and goes on; `verify --repair` has the rows it held shipped again: identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_table_dropped_by_hand_is_created_again_and_repaired() {
+    let (case, load) = Case::start("").await;
+    load.end().await;
+    let procs = [&case.producer, &case.consumer];
+    tk::wait_identical(&case.dbs, "media", TIMEOUT, &procs).await;
+    let target = case.dbs.target().await;
+    target.batch_execute("DROP TABLE media").await.unwrap();
+    case.ddl("INSERT INTO media (s3_path) VALUES ('/after-the-drop')")
+        .await;
+    tk::wait_for(
+        "the new row in the replica created again",
+        TIMEOUT,
+        || async {
+            let rows = tk::try_table_text(&target, "media").await?;
+            rows.iter()
+                .any(|r| r.contains("/after-the-drop"))
+                .then_some(())
+        },
+    )
+    .await;
+    case.consumer
+        .wait_logged("creating it again", TIMEOUT)
+        .await;
+    let (code, out) = tk::verify(&case.config, &["--repair"]);
+    assert_ne!(code, 0, "the replica lacked the rows it held: {out}");
+    tk::wait_identical(&case.dbs, "media", TIMEOUT, &procs).await;
+    let (code, out) = tk::verify(&case.config, &[]);
+    assert_eq!(code, 0, "verify: {out}");
+}
+
 /// The primary key dropped: that table stops alone, naming the way out, while the producer
 /// goes on with the other table.
 #[tokio::test(flavor = "multi_thread")]

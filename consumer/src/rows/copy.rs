@@ -43,13 +43,16 @@ pub(super) async fn copy_in(
     tx.batch_execute("SAVEPOINT tunnel_copy")
         .await
         .map_err(PgError::query("setting a savepoint"))?;
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({}) FROM STDIN{options}",
+            cols.join(", ")
+        ))
+        .await
+        // refused before copy mode (no such table or column): the connection is then out of
+        // step with the server (rust-postgres#1337), so the transaction is given up whole
+        .map_err(PgError::query(format!("starting a COPY into {table}")))?;
     let copied = async {
-        let sink = tx
-            .copy_in(&format!(
-                "COPY {table} ({}) FROM STDIN{options}",
-                cols.join(", ")
-            ))
-            .await?;
         futures::pin_mut!(sink);
         sink.send(bytes::Bytes::from(buf)).await?;
         sink.finish().await
