@@ -404,6 +404,40 @@ async fn a_replica_table_dropped_by_hand_is_created_again_and_repaired() {
     assert_eq!(code, 0, "verify: {out}");
 }
 
+/// Rows of several megabytes (past Kafka's default limit of 1 MB) are replicated; a row past
+/// the pipeline's limit (64 MiB) is not shipped, with an error naming its key, and the rows
+/// after it are.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_rows_are_replicated_and_one_too_large_is_named_and_passed_over() {
+    let (case, load) = Case::start("").await;
+    load.end().await;
+    let procs = [&case.producer, &case.consumer];
+    case.ddl(
+        "INSERT INTO media (id, s3_path) VALUES (100001, repeat('x', 3000000)),
+        (100002, (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 200000) g))",
+    )
+    .await;
+    tk::wait_identical(&case.dbs, "media", TIMEOUT, &procs).await;
+    case.ddl("INSERT INTO media (id, s3_path) VALUES (100003, repeat('y', 70000000))")
+        .await;
+    case.ddl("INSERT INTO media (id, s3_path) VALUES (100004, '/after')")
+        .await;
+    let target = case.dbs.target().await;
+    tk::wait_for("the row after the one too large", TIMEOUT, || async {
+        let n: i64 = target
+            .query_one("SELECT count(*) FROM media WHERE id = 100004", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    case.producer
+        .wait_logged("larger than the largest message", TIMEOUT)
+        .await;
+    assert!(case.producer.log_text().contains("100003"));
+}
+
 /// The primary key dropped: that table stops alone, naming the way out, while the producer
 /// goes on with the other table.
 #[tokio::test(flavor = "multi_thread")]

@@ -17,6 +17,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::ClientConfig;
 use tunnel_shared::config::KafkaConfig;
 use tunnel_shared::event::{ChangeEvent, EventEncoder, Op};
+use tunnel_shared::fault::ErrorClass;
 use tunnel_shared::kafka::LeaderWatch;
 use tunnel_shared::{heartbeat, kafka};
 
@@ -337,7 +338,15 @@ impl Publisher {
         let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(events.len() + 1);
         for e in events {
             let key = self.encoder.encode_key(&e.key)?;
-            records.push((key.clone(), Some(self.encoder.encode_value(e)?)));
+            let value = self.encoder.encode_value(e)?;
+            // with room for the record's framing and headers
+            let bytes = key.len() + value.len();
+            if bytes + 4096 > kafka::MAX_MESSAGE_BYTES {
+                tracing::error!(key = ?e.key, bytes, limit = kafka::MAX_MESSAGE_BYTES, "an event larger than the largest message Kafka takes here is not shipped: the row stays behind in the replica until it is smaller");
+                tunnel_shared::metrics::metrics().error(ErrorClass::Definite);
+                continue;
+            }
+            records.push((key.clone(), Some(value)));
             if e.op == Op::Delete {
                 records.push((key, None)); // the tombstone
             }

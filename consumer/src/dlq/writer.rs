@@ -30,8 +30,15 @@ pub(crate) trait DeadLetters {
 
 /// The configs of a DLQ topic: kept until deleted by an operator (entries are never compacted
 /// away: two entries of one key are two events).
-pub(crate) const DLQ_TOPIC_CONFIGS: &[(&str, &str)] =
-    &[("cleanup.policy", "delete"), ("retention.ms", "-1")];
+pub(crate) const DLQ_TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "delete"),
+    ("retention.ms", "-1"),
+    // an entry holds the message that failed, which may be as large as the table's topic takes
+    (
+        "max.message.bytes",
+        tunnel_shared::kafka::MAX_MESSAGE_BYTES_TEXT,
+    ),
+];
 
 pub(crate) struct DlqWriter {
     producer: FutureProducer,

@@ -73,6 +73,13 @@ fn with_user_properties(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfi
     c
 }
 
+/// The largest message the producers send (before compression, as librdkafka counts it) and
+/// the topics take (after it): 64 MiB, where Kafka's default is 1 MB. A bigger event is not
+/// shipped (the producer says which row).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// [`MAX_MESSAGE_BYTES`] as the clients' and topics' settings take it.
+pub const MAX_MESSAGE_BYTES_TEXT: &str = "67108864";
+
 /// A transactional, idempotent producer: events and the checkpoint that covers them are
 /// committed together or not at all.
 pub fn transactional_producer_config(kafka: &KafkaConfig, transactional_id: &str) -> ClientConfig {
@@ -82,6 +89,7 @@ pub fn transactional_producer_config(kafka: &KafkaConfig, transactional_id: &str
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
+        .set("message.max.bytes", MAX_MESSAGE_BYTES_TEXT)
         .set("transaction.timeout.ms", "60000")
         .set("message.timeout.ms", "55000")
         // the publisher only keeps failures (a commit fails anyway if a message was not
@@ -95,7 +103,9 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = base_config(kafka);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5");
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.max.bytes", MAX_MESSAGE_BYTES_TEXT);
     with_user_properties(c, kafka)
 }
 
@@ -514,6 +524,8 @@ fn read_spans(
 /// table from the topic alone.
 pub const TABLE_TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("cleanup.policy", "compact"),
+    // a row of large values (a document, an image) fits (see MAX_MESSAGE_BYTES)
+    ("max.message.bytes", MAX_MESSAGE_BYTES_TEXT),
     ("min.compaction.lag.ms", "60000"),
     ("delete.retention.ms", "86400000"),
 ];
