@@ -137,6 +137,12 @@ impl ApplyError {
     pub(crate) fn table_missing(&self) -> bool {
         matches!(self, ApplyError::Pg(e) if e.sqlstate() == Some("42P01"))
     }
+
+    /// Whether a `COPY` was refused at its start, which leaves the connection out of step
+    /// with the server (rust-postgres#1337): it must not be used again.
+    pub(crate) fn copy_refused(&self) -> bool {
+        matches!(self, ApplyError::Pg(PgError::Query { context, .. }) if context.starts_with(crate::rows::COPY_REFUSED))
+    }
 }
 
 impl Classify for ApplyError {

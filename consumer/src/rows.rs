@@ -6,6 +6,8 @@
 mod binary;
 mod copy;
 
+pub(crate) use copy::COPY_REFUSED;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -247,7 +247,9 @@ impl Applier {
                     tunnel_shared::metrics::metrics()
                         .dependency(tunnel_shared::metrics::Dependency::Target, false);
                     backoff.wait_after("applying a batch", &e).await;
-                    if self.client.is_closed() {
+                    // a new connection whenever the old one may not serve: closed, or a COPY
+                    // refused at its start left it out of step with the server
+                    if self.client.is_closed() || e.copy_refused() {
                         let (url, session) = (&self.config.target.url, &self.session);
                         self.client = retry("reconnecting to the target", u32::MAX, || {
                             pg::connect(url, session)

@@ -16,6 +16,9 @@ const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The field count -1 that ends a binary `COPY` stream.
 const BINARY_TRAILER: &[u8] = &[0xff, 0xff];
 
+/// What the error of a `COPY` refused at its start says first (see [`copy_in`]).
+pub(crate) const COPY_REFUSED: &str = "starting a COPY";
+
 /// Snapshot reads and inserts first try a plain `COPY` into the table, several times cheaper
 /// for the server than an upsert. A key that exists already (a replay, a row re-read) makes the
 /// `COPY` fail as a whole: it is rolled back to its savepoint and the caller upserts instead.
@@ -51,7 +54,7 @@ pub(super) async fn copy_in(
         .await
         // refused before copy mode (no such table or column): the connection is then out of
         // step with the server (rust-postgres#1337), so the transaction is given up whole
-        .map_err(PgError::query(format!("starting a COPY into {table}")))?;
+        .map_err(PgError::query(format!("{COPY_REFUSED} into {table}")))?;
     let copied = async {
         futures::pin_mut!(sink);
         sink.send(bytes::Bytes::from(buf)).await?;
