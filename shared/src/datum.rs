@@ -24,11 +24,35 @@ pub enum FieldType {
     LocalTimestampMicros,
 }
 
-/// A record field: its type and whether it is the union `["null", T]`.
+/// A record field: its type, whether it is the union `["null", T]`, and whether it is
+/// `["null", T, "string"]`: a decimal or timestamp whose third branch carries, as PostgreSQL's
+/// text form, a value the logical type cannot hold (`NaN`, `±Infinity` of a numeric; a
+/// timestamp past what microseconds since 1970 hold).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FieldSpec {
     pub ty: FieldType,
     pub nullable: bool,
+    pub special: bool,
+}
+
+impl FieldSpec {
+    /// `T`, or `["null", T]` when `nullable`.
+    pub fn plain(ty: FieldType, nullable: bool) -> Self {
+        Self {
+            ty,
+            nullable,
+            special: false,
+        }
+    }
+}
+
+/// Whether a field of type `ty` may carry PostgreSQL's text form of a value in a string
+/// branch of its union (see [`FieldSpec`]).
+pub fn may_be_special(ty: FieldType) -> bool {
+    matches!(
+        ty,
+        FieldType::Decimal | FieldType::TimestampMicros | FieldType::LocalTimestampMicros
+    )
 }
 
 fn field_type(s: &Schema) -> Option<FieldType> {
@@ -54,16 +78,18 @@ fn field_type(s: &Schema) -> Option<FieldType> {
 pub fn field_spec(s: &Schema) -> Option<FieldSpec> {
     match s {
         Schema::Union(u) => match u.variants() {
-            [Schema::Null, inner] => Some(FieldSpec {
-                ty: field_type(inner)?,
-                nullable: true,
-            }),
+            [Schema::Null, inner] => Some(FieldSpec::plain(field_type(inner)?, true)),
+            [Schema::Null, inner, Schema::String] => {
+                let ty = field_type(inner)?;
+                may_be_special(ty).then_some(FieldSpec {
+                    ty,
+                    nullable: true,
+                    special: true,
+                })
+            }
             _ => None,
         },
-        other => Some(FieldSpec {
-            ty: field_type(other)?,
-            nullable: false,
-        }),
+        other => Some(FieldSpec::plain(field_type(other)?, false)),
     }
 }
 
@@ -104,6 +130,12 @@ pub fn write_field(
         }
         (None | Some(Value::Null), false) => {
             return Err("null for a field that is not nullable".into())
+        }
+        (Some(Value::String(text)), true) if spec.special => {
+            // the value the logical type cannot hold, as PostgreSQL's text form of it
+            write_long(buf, 2);
+            write_bytes(buf, text.as_bytes());
+            return Ok(());
         }
         (Some(_), true) => write_long(buf, 1),
         (Some(_), false) => {}
@@ -158,10 +190,7 @@ mod tests {
 
     #[test]
     fn wrong_types_and_nulls_are_errors() {
-        let spec = FieldSpec {
-            ty: FieldType::Int,
-            nullable: false,
-        };
+        let spec = FieldSpec::plain(FieldType::Int, false);
         let mut b = Vec::new();
         assert!(write_field(&mut b, spec, None).is_err());
         assert!(write_field(&mut b, spec, Some(&Value::String("x".into()))).is_err());
@@ -251,7 +280,14 @@ impl<'a> Reader<'a> {
     /// their text form can render (or `i32`/`i64` MIN/MAX, PostgreSQL's infinities), so that a
     /// field read once renders, as text or binary, without failing.
     pub fn read_field(&mut self, spec: FieldSpec) -> Result<Option<Field<'a>>, String> {
-        if spec.nullable && !self.read_present()? {
+        if spec.special {
+            match self.read_long()? {
+                0 => return Ok(None),
+                1 => {}
+                2 => return Ok(Some(Field::Special(self.read_str()?))),
+                i => return Err(format!("union index {i} of a field of three branches")),
+            }
+        } else if spec.nullable && !self.read_present()? {
             return Ok(None);
         }
         Ok(Some(match spec.ty {
@@ -269,22 +305,16 @@ impl<'a> Reader<'a> {
             FieldType::Decimal => Field::Decimal(self.read_bytes()?),
             FieldType::Date => {
                 let d = self.read_int()?;
-                if d != i32::MAX
-                    && d != i32::MIN
-                    && chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0).is_none()
-                {
-                    return Err(format!("date {d} days is out of range"));
+                if d != i32::MAX && d != i32::MIN && !crate::calendar::date_in_range(d) {
+                    return Err(format!("date {d} days is out of PostgreSQL's range"));
                 }
                 Field::Date(d)
             }
             FieldType::TimeMicros => Field::Time(self.read_long()?),
             FieldType::TimestampMicros | FieldType::LocalTimestampMicros => {
                 let us = self.read_long()?;
-                if us != i64::MAX
-                    && us != i64::MIN
-                    && chrono::DateTime::from_timestamp_micros(us).is_none()
-                {
-                    return Err(format!("timestamp {us} µs is out of range"));
+                if us != i64::MAX && us != i64::MIN && !crate::calendar::timestamp_in_range(us) {
+                    return Err(format!("timestamp {us} µs is out of PostgreSQL's range"));
                 }
                 if spec.ty == FieldType::TimestampMicros {
                     Field::Timestamp(us)
@@ -326,6 +356,8 @@ pub enum Field<'a> {
     Timestamp(i64),
     /// The same, without a time zone.
     LocalTimestamp(i64),
+    /// A decimal or timestamp its logical type cannot hold, in PostgreSQL's text form.
+    Special(&'a str),
 }
 
 impl Field<'_> {
@@ -356,6 +388,7 @@ impl Field<'_> {
             Field::Time(us) => time_text(us),
             Field::Timestamp(us) => timestamp_text(us, "+00").unwrap_or_else(|_| us.to_string()),
             Field::LocalTimestamp(us) => timestamp_text(us, "").unwrap_or_else(|_| us.to_string()),
+            Field::Special(s) => s.to_string(),
         }
     }
 }
@@ -381,7 +414,7 @@ mod reader_tests {
 
     #[test]
     fn fields_borrow_their_bytes_and_dates_beyond_the_text_form_are_errors() {
-        let spec = |ty| FieldSpec { ty, nullable: true };
+        let spec = |ty| FieldSpec::plain(ty, true);
         let mut b = Vec::new();
         write_field(
             &mut b,
@@ -415,12 +448,9 @@ mod reader_tests {
         // out of the text form's range: refused when read, as when rendered
         let mut b = Vec::new();
         write_long(&mut b, i64::from(i32::MAX - 1));
-        write_long(&mut b, i64::MAX - 1);
+        write_long(&mut b, i64::MIN + 1);
         let mut r = Reader::new(&b);
-        let not_null = |ty| FieldSpec {
-            ty,
-            nullable: false,
-        };
+        let not_null = |ty| FieldSpec::plain(ty, false);
         assert!(r.read_field(not_null(FieldType::Date)).is_err());
         assert!(r
             .read_field(not_null(FieldType::LocalTimestampMicros))

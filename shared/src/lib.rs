@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod bookkeeping;
+pub mod calendar;
 pub mod catalog;
 pub mod check;
 pub mod columns;

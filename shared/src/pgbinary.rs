@@ -65,12 +65,14 @@ fn utf8(column: &str, raw: &[u8]) -> Result<String, ValueError> {
     })
 }
 
-/// Shifts a PostgreSQL timestamp onto the Unix epoch, keeping the infinities.
-fn shift_micros(pg: i64) -> i64 {
+/// Shifts a PostgreSQL timestamp onto the Unix epoch, keeping the infinities; `None` for the
+/// last 30 years of PostgreSQL's range (294247 to 294276), which microseconds since 1970 do not
+/// reach in 64 bits (or which would read as `infinity`): those travel as text.
+fn shift_micros(pg: i64) -> Option<i64> {
     if pg == i64::MAX || pg == i64::MIN {
-        pg
+        Some(pg)
     } else {
-        pg.saturating_add(PG_EPOCH_MICROS)
+        pg.checked_add(PG_EPOCH_MICROS).filter(|us| *us != i64::MAX)
     }
 }
 
@@ -104,26 +106,46 @@ pub fn decode(column: &str, kind: ColumnKind, raw: &[u8]) -> Result<Value, Value
         ColumnKind::Date => {
             Value::Date(shift_days(i32::from_be_bytes(fixed(column, "date", raw)?)))
         }
-        ColumnKind::Timestamp => Value::LocalTimestampMicros(shift_micros(i64::from_be_bytes(
-            fixed(column, "timestamp", raw)?,
-        ))),
-        ColumnKind::TimestampTz => Value::TimestampMicros(shift_micros(i64::from_be_bytes(fixed(
-            column,
-            "timestamptz",
-            raw,
-        )?))),
+        ColumnKind::Timestamp => {
+            let pg = i64::from_be_bytes(fixed(column, "timestamp", raw)?);
+            match shift_micros(pg) {
+                Some(us) => Value::LocalTimestampMicros(us),
+                None => Value::String(crate::calendar::pg_timestamp_text(pg, "")),
+            }
+        }
+        ColumnKind::TimestampTz => {
+            let pg = i64::from_be_bytes(fixed(column, "timestamptz", raw)?);
+            match shift_micros(pg) {
+                Some(us) => Value::TimestampMicros(us),
+                None => Value::String(crate::calendar::pg_timestamp_text(pg, "+00")),
+            }
+        }
         ColumnKind::Time => Value::TimeMicros(i64::from_be_bytes(fixed(column, "time", raw)?)),
         ColumnKind::Bytea => Value::Bytes(raw.to_vec()),
         ColumnKind::Uuid => Value::Uuid(uuid::Uuid::from_bytes(fixed(column, "uuid", raw)?)),
         ColumnKind::Decimal { scale, .. } => {
             let text = utf8(column, raw)?;
-            let unscaled = unscaled_decimal(&text, scale).ok_or_else(|| ValueError::Invalid {
-                column: column.to_string(),
-                message: format!("numeric value '{text}' cannot be carried as an Avro decimal"),
-            })?;
-            Value::Decimal(Decimal::from(unscaled.to_signed_bytes_be()))
+            match unscaled_decimal(&text, scale) {
+                Some(unscaled) => Value::Decimal(Decimal::from(unscaled.to_signed_bytes_be())),
+                // the decimal logical type has no NaN or infinities: they travel as text in the
+                // field's string branch
+                None if is_special_numeric(&text) => Value::String(text),
+                None => {
+                    return Err(ValueError::Invalid {
+                        column: column.to_string(),
+                        message: format!(
+                            "numeric value '{text}' has more fraction digits than its scale {scale}"
+                        ),
+                    })
+                }
+            }
         }
     })
+}
+
+/// Whether `text` is one of numeric's values that are not numbers.
+pub fn is_special_numeric(text: &str) -> bool {
+    matches!(text, "NaN" | "Infinity" | "-Infinity")
 }
 
 /// `"-12.3"` at scale 2 is the unscaled integer -1230. `None` for NaN, infinities, or more
@@ -158,12 +180,6 @@ pub fn from_pg_text(column: &str, kind: ColumnKind, text: &str) -> Result<Value,
         column: column.to_string(),
         message: format!("'{text}' is not a valid {what}"),
     };
-    let micros = |t: &str| -> Option<i64> {
-        let t = t.trim_end_matches("+00");
-        chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f")
-            .ok()
-            .map(|d| d.and_utc().timestamp_micros())
-    };
     Ok(match kind {
         ColumnKind::Int2 | ColumnKind::Int4 => {
             Value::Int(text.parse().map_err(|_| bad("integer"))?)
@@ -177,17 +193,26 @@ pub fn from_pg_text(column: &str, kind: ColumnKind, text: &str) -> Result<Value,
         ColumnKind::Date => match text {
             "infinity" => Value::Date(i32::MAX),
             "-infinity" => Value::Date(i32::MIN),
-            _ => {
-                let d =
-                    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| bad("date"))?;
-                Value::Date((d - chrono::NaiveDate::default()).num_days() as i32)
-            }
+            _ => Value::Date(
+                crate::calendar::parse_date(text)
+                    .and_then(|d| i32::try_from(d).ok())
+                    .ok_or_else(|| bad("date"))?,
+            ),
         },
         ColumnKind::Timestamp | ColumnKind::TimestampTz => {
             let us = match text {
                 "infinity" => i64::MAX,
                 "-infinity" => i64::MIN,
-                _ => micros(text).ok_or_else(|| bad("timestamp"))?,
+                _ => match crate::calendar::parse_timestamp(text) {
+                    Some(us) if us != i64::MAX => us,
+                    // past what microseconds since 1970 hold: carried as text
+                    _ if crate::calendar::parse_date(text.split(' ').next().unwrap_or(""))
+                        .is_some() =>
+                    {
+                        return Ok(Value::String(text.to_string()))
+                    }
+                    _ => return Err(bad("timestamp")),
+                },
             };
             if kind == ColumnKind::Timestamp {
                 Value::LocalTimestampMicros(us)
@@ -200,10 +225,11 @@ pub fn from_pg_text(column: &str, kind: ColumnKind, text: &str) -> Result<Value,
                 chrono::NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| bad("time"))?;
             Value::TimeMicros((t - chrono::NaiveTime::MIN).num_microseconds().unwrap_or(0))
         }
-        ColumnKind::Decimal { scale, .. } => {
-            let unscaled = unscaled_decimal(text, scale).ok_or_else(|| bad("decimal"))?;
-            Value::Decimal(Decimal::from(unscaled.to_signed_bytes_be()))
-        }
+        ColumnKind::Decimal { scale, .. } => match unscaled_decimal(text, scale) {
+            Some(unscaled) => Value::Decimal(Decimal::from(unscaled.to_signed_bytes_be())),
+            None if is_special_numeric(text) => Value::String(text.to_string()),
+            None => return Err(bad("decimal")),
+        },
         ColumnKind::Bytea => {
             let hex = text.strip_prefix("\\x").ok_or_else(|| bad("bytea"))?;
             let bytes: Option<Vec<u8>> = (0..hex.len())
@@ -270,46 +296,8 @@ pub(crate) fn date_text(days: i32) -> Result<String, String> {
     Ok(match days {
         i32::MAX => "infinity".into(),
         i32::MIN => "-infinity".into(),
-        d => {
-            let t = chrono::DateTime::from_timestamp(i64::from(d) * 86_400, 0)
-                .ok_or_else(|| format!("date {d} days is out of range"))?;
-            let mut out = String::with_capacity(10);
-            push_date(&mut out, &t.naive_utc());
-            out
-        }
+        d => crate::calendar::date_text(i64::from(d)),
     })
-}
-
-/// `YYYY-MM-DD`, written directly: `format()` would parse its pattern for every value.
-fn push_date(out: &mut String, t: &chrono::NaiveDateTime) {
-    use chrono::Datelike;
-    use std::fmt::Write;
-    match u32::try_from(t.year()) {
-        Ok(year) if year <= 9999 => {
-            push_padded(out, year, 4);
-            out.push('-');
-            push_padded(out, t.month(), 2);
-            out.push('-');
-            push_padded(out, t.day(), 2);
-        }
-        _ => {
-            let _ = write!(out, "{:04}-{:02}-{:02}", t.year(), t.month(), t.day());
-        }
-    }
-}
-
-/// `n` in decimal, zero-padded to at least `width` digits (`write!` is several times slower,
-/// and every timestamp of every row goes through here).
-fn push_padded(out: &mut String, mut n: u32, width: usize) {
-    let mut digits = [b'0'; 10];
-    let mut start = digits.len();
-    while n > 0 {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    let start = start.min(digits.len().saturating_sub(width));
-    out.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
 pub(crate) fn time_text(us: i64) -> String {
@@ -334,28 +322,11 @@ pub(crate) fn float_text(v: f64, shortest: String) -> String {
 }
 
 pub(crate) fn timestamp_text(us: i64, zone: &str) -> Result<String, String> {
-    use chrono::Timelike;
-    match us {
-        i64::MAX => Ok("infinity".into()),
-        i64::MIN => Ok("-infinity".into()),
-        _ => {
-            let t = chrono::DateTime::from_timestamp_micros(us)
-                .ok_or_else(|| format!("timestamp {us} µs is out of range"))?
-                .naive_utc();
-            let mut out = String::with_capacity(32);
-            push_date(&mut out, &t);
-            out.push(' ');
-            push_padded(&mut out, t.hour(), 2);
-            out.push(':');
-            push_padded(&mut out, t.minute(), 2);
-            out.push(':');
-            push_padded(&mut out, t.second(), 2);
-            out.push('.');
-            push_padded(&mut out, t.nanosecond() / 1_000, 6);
-            out.push_str(zone);
-            Ok(out)
-        }
-    }
+    Ok(match us {
+        i64::MAX => "infinity".into(),
+        i64::MIN => "-infinity".into(),
+        _ => crate::calendar::timestamp_text(us, zone),
+    })
 }
 
 pub(crate) fn decimal_text(unscaled: &BigInt, scale: u32) -> String {
@@ -422,12 +393,8 @@ mod tests {
         }
         assert_eq!(
             timestamp_text(-62_135_596_800_000_001, "").unwrap(),
-            "0000-12-31 23:59:59.999999"
+            "0001-12-31 23:59:59.999999 BC"
         );
-        let mut out = String::new();
-        push_padded(&mut out, 0, 2);
-        push_padded(&mut out, 12345, 2);
-        assert_eq!(out, "0012345");
     }
 
     #[test]
@@ -488,8 +455,19 @@ mod tests {
                 "{input}"
             );
         }
-        assert!(decode("c", kind, b"NaN").is_err());
+        // no decimal holds these: they travel as text (the field's string branch)
+        for special in ["NaN", "Infinity", "-Infinity"] {
+            assert_eq!(
+                decode("c", kind, special.as_bytes()),
+                Ok(Value::String(special.into()))
+            );
+            assert_eq!(
+                from_pg_text("c", kind, special),
+                Ok(Value::String(special.into()))
+            );
+        }
         assert!(decode("c", kind, b"1.234").is_err());
+        assert!(decode("c", kind, b"nan").is_err());
         assert_eq!(decimal_text(&BigInt::from(-5), 3), "-0.005");
     }
 

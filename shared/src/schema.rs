@@ -101,8 +101,16 @@ fn record(
         let ty = field_type(c.kind);
         // A row's fields are all optional, NOT NULL columns too (`pg.nullable` says which
         // are): a column added later, or renamed, then keeps the schema BACKWARD compatible.
+        // a numeric's NaN and infinities, and the last years of timestamps, have no value in
+        // the logical type: a row field carries them as text in a third branch
+        let special = matches!(
+            c.kind,
+            ColumnKind::Decimal { .. } | ColumnKind::Timestamp | ColumnKind::TimestampTz
+        );
         let mut f = if all_required {
             json!({"name": field, "type": ty})
+        } else if special {
+            json!({"name": field, "type": ["null", ty, "string"], "default": null})
         } else {
             json!({"name": field, "type": ["null", ty], "default": null})
         };

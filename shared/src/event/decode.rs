@@ -101,30 +101,12 @@ impl EnvelopeLayout {
             .map(|f| datum::field_spec(&f.schema))
             .collect();
         let expected = [
-            Some(FieldSpec {
-                ty: datum::FieldType::String,
-                nullable: false,
-            }),
-            Some(FieldSpec {
-                ty: datum::FieldType::String,
-                nullable: false,
-            }),
-            Some(FieldSpec {
-                ty: datum::FieldType::String,
-                nullable: false,
-            }),
-            Some(FieldSpec {
-                ty: datum::FieldType::Boolean,
-                nullable: false,
-            }),
-            Some(FieldSpec {
-                ty: datum::FieldType::String,
-                nullable: false,
-            }),
-            Some(FieldSpec {
-                ty: datum::FieldType::TimestampMicros,
-                nullable: true,
-            }),
+            Some(FieldSpec::plain(datum::FieldType::String, false)),
+            Some(FieldSpec::plain(datum::FieldType::String, false)),
+            Some(FieldSpec::plain(datum::FieldType::String, false)),
+            Some(FieldSpec::plain(datum::FieldType::Boolean, false)),
+            Some(FieldSpec::plain(datum::FieldType::String, false)),
+            Some(FieldSpec::plain(datum::FieldType::TimestampMicros, true)),
         ];
         if source_types != expected
             || !matches!(envelope.fields[0].schema, Schema::String)
