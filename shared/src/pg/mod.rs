@@ -151,6 +151,7 @@ pub async fn connect(url: &str, session: &Session) -> Result<Client, PgError> {
         })?;
     config.application_name(&session.application_name);
     config.connect_timeout(Duration::from_secs(10));
+    detect_dead_peers(&mut config);
     let mut options = format!(
         "-c client_min_messages=warning -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
         session.statement_timeout.as_millis(),
@@ -186,6 +187,30 @@ pub async fn connect(url: &str, session: &Session) -> Result<Client, PgError> {
     Ok(client)
 }
 
+/// libpq's default: no keepalive probe before two hours of silence.
+const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// A connection that a firewall or a failed host dropped without a word is found dead within
+/// about half a minute, instead of an apply or a pass hanging for hours: TCP keepalives after
+/// 15 s of silence (every 5 s, 3 unanswered probes), and data left unacknowledged for 60 s
+/// closes the connection (`TCP_USER_TIMEOUT`). Settings the URL gives (`keepalives_idle`,
+/// `keepalives_interval`, `keepalives_retries`, `tcp_user_timeout`) are kept.
+fn detect_dead_peers(config: &mut tokio_postgres::Config) {
+    config.keepalives(true);
+    if config.get_keepalives_idle() == DEFAULT_KEEPALIVES_IDLE {
+        config.keepalives_idle(Duration::from_secs(15));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(5));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(60));
+    }
+}
+
 /// Quotes an identifier for SQL (`"a""b"`).
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -198,6 +223,26 @@ pub fn qualified(schema: &str, table: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn connections_detect_a_silently_dropped_peer_unless_the_url_says_otherwise() {
+        use std::str::FromStr;
+        use std::time::Duration;
+        let mut c = tokio_postgres::Config::from_str("postgres://u@h/db").unwrap();
+        super::detect_dead_peers(&mut c);
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(15));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(c.get_keepalives_retries(), Some(3));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
+        let mut c = tokio_postgres::Config::from_str(
+            "postgres://u@h/db?keepalives_idle=100&tcp_user_timeout=7",
+        )
+        .unwrap();
+        super::detect_dead_peers(&mut c);
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(100));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)));
+    }
+
     use super::*;
 
     #[test]
