@@ -55,10 +55,16 @@ pub(crate) enum DecodeError {
 
 impl Classify for DecodeError {
     fn class(&self) -> ErrorClass {
-        // a registry that is down holds the message back; anything else is this message's
-        // fault: it goes to the DLQ
+        // a registry that does not answer, refuses this consumer (401, 403, another refusal)
+        // or cannot be asked (its CA file) holds the message back until it can be read; only a
+        // schema id the registry does not have, or a schema that is no usable Avro, is this
+        // message's fault, as is anything else: it goes to the DLQ
         match self {
-            DecodeError::Registry { source, .. } if source.is_transient() => ErrorClass::Transient,
+            DecodeError::Registry {
+                source: RegistryError::UnknownId(_) | RegistryError::BadSchema { .. },
+                ..
+            } => ErrorClass::Definite,
+            DecodeError::Registry { .. } => ErrorClass::Transient,
             DecodeError::TargetTypes { .. } => ErrorClass::Transient,
             _ => ErrorClass::Definite,
         }
@@ -300,6 +306,30 @@ mod tests {
             source: unreachable(),
         };
         assert_eq!(down.class(), ErrorClass::Transient);
+        // a registry that refuses this consumer is no fault of the message
+        for (message, retryable) in [
+            ("401 Unauthorized", false),
+            ("403 Forbidden", false),
+            ("400 Bad Request", false),
+        ] {
+            let refused = DecodeError::Registry {
+                part: "value",
+                source: RegistryError::Refused {
+                    what: "schema 7".into(),
+                    message: message.into(),
+                    retryable,
+                },
+            };
+            assert_eq!(refused.class(), ErrorClass::Transient, "{message}");
+        }
+        let setup = DecodeError::Registry {
+            part: "key",
+            source: RegistryError::Setup {
+                url: "https://r".into(),
+                message: "ca_file unreadable".into(),
+            },
+        };
+        assert_eq!(setup.class(), ErrorClass::Transient);
         let unknown = DecodeError::Registry {
             part: "value",
             source: RegistryError::UnknownId(7),
