@@ -48,6 +48,22 @@ pub enum PublishError {
     Fenced { reason: String },
 }
 
+/// The context of a commit that failed (it may have gone through all the same).
+pub const COMMITTING: &str = "committing a transaction";
+/// The context of a failed delivery that a commit reported as committed.
+pub const DELIVERING_COMMITTED: &str = "delivering an event of a committed transaction";
+
+impl PublishError {
+    /// Whether the transaction may be visible although shipping it failed: its commit failed
+    /// (the broker may have logged the decision before it went away), or it was committed
+    /// with a failed delivery. Every other failure comes before the commit, and the
+    /// transaction is aborted.
+    pub fn may_have_committed(&self) -> bool {
+        matches!(self, PublishError::Kafka { context, .. }
+            if context == COMMITTING || context == DELIVERING_COMMITTED)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("cannot read checkpoints from topic {topic}: {source}")]

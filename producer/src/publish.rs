@@ -22,7 +22,7 @@ use tunnel_shared::kafka::LeaderWatch;
 use tunnel_shared::{heartbeat, kafka};
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{is_fenced, PublishError};
+use crate::error::{is_fenced, PublishError, COMMITTING, DELIVERING_COMMITTED};
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long deliveries may make no progress once the client said a partition lost its leader
@@ -378,7 +378,7 @@ impl Publisher {
             Ok(()) => {
                 let c = blocking(producer, |p| p.commit_transaction(TXN_TIMEOUT))
                     .await
-                    .map_err(kafka_err("committing a transaction"));
+                    .map_err(kafka_err(COMMITTING));
                 if c.is_err() {
                     // the broker may have committed it all the same
                     self.doubtful.store(true, Ordering::Relaxed);
@@ -399,7 +399,7 @@ impl Publisher {
             (Ok(()), Some(e)) => {
                 self.doubtful.store(true, Ordering::Relaxed);
                 Err(PublishError::Kafka {
-                    context: "delivering an event of a committed transaction".into(),
+                    context: DELIVERING_COMMITTED.into(),
                     source: e,
                 })
             }

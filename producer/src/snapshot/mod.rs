@@ -125,10 +125,17 @@ impl Snapshot {
                 // the snapshot's start is fixed by now: the rows the first watermark pass reads
                 // again
                 recent_from: self.recent_from(),
+                maybe_shipped: Vec::new(),
             },
         };
-        self.scan(&mut run).await?;
-        if self.catch_up(&mut run).await? {
+        let scanned = self.scan(&mut run).await;
+        self.shipped
+            .apply(&std::mem::take(&mut run.out.maybe_shipped));
+        scanned?;
+        let caught_up = self.catch_up(&mut run).await;
+        self.shipped
+            .apply(&std::mem::take(&mut run.out.maybe_shipped));
+        if caught_up? {
             return Ok(());
         }
         run.out.progress.finish();
@@ -393,6 +400,9 @@ struct Outlet<'a, S> {
     /// Shipped rows with a watermark from here on are the ones the first watermark pass reads
     /// again.
     recent_from: i64,
+    /// Events of chunks whose commit failed in a way that may have gone through: their keys
+    /// join the shipped key set all the same (see [`crate::capture::CaptureState::maybe_shipped`]).
+    maybe_shipped: Vec<ChangeEvent>,
 }
 
 impl<S: Shipper> Outlet<'_, S> {
@@ -420,7 +430,13 @@ impl<S: Shipper> Outlet<'_, S> {
                 }
             })
             .collect();
-        self.shipper.publish(&events, next).await?;
+        if let Err(e) = self.shipper.publish(&events, next).await {
+            if e.may_have_committed() {
+                tracing::warn!(error = %e, events = events.len(), "a commit of snapshot rows failed in a way that may have gone through: their keys count as shipped");
+                self.maybe_shipped.extend(events);
+            }
+            return Err(e.into());
+        }
         self.progress.add(events.len() as u64);
         Ok(Shipped { events, recent })
     }

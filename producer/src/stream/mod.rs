@@ -473,10 +473,18 @@ impl Stream {
         let ts_ms = chrono::Utc::now().timestamp_millis();
         let outcome = self.state.outcome(&plan, &found, ts_ms, Instant::now());
         if outcome.must_ship() {
-            self.link
+            if let Err(e) = self
+                .link
                 .publisher()
                 .publish(outcome.events(), outcome.checkpoint())
-                .await?;
+                .await
+            {
+                if e.may_have_committed() {
+                    warn!(error = %e, events = outcome.events().len(), "a commit failed in a way that may have gone through: its keys count as shipped, so that deletes of them are still found");
+                    self.state.maybe_shipped(&outcome);
+                }
+                return Err(e.into());
+            }
             self.link.observe().checkpoint_shipped();
         }
         let (events, deletes, scanned) = (outcome.events().len(), found.gone.len(), found.scanned);

@@ -449,6 +449,22 @@ impl CaptureState {
         }
     }
 
+    /// The events of `outcome` failed to ship in a way that may have committed them all the
+    /// same ([`crate::error::PublishError::may_have_committed`]): the keys they insert or
+    /// update are taken into the shipped key set, and nothing else moves. A key set with a key
+    /// the topic lacks costs at most a delete event for a row the replica never had; one that
+    /// lacks a key of the topic hides that row's delete from every later delete scan, when the
+    /// row is deleted before the pass is repeated (the repeated pass no longer finds it).
+    pub fn maybe_shipped(&mut self, outcome: &Outcome) {
+        let upserts: Vec<ChangeEvent> = outcome
+            .events
+            .iter()
+            .filter(|e| e.op != tunnel_shared::event::Op::Delete)
+            .cloned()
+            .collect();
+        self.shipped.apply(&upserts);
+    }
+
     /// The pass was shipped (or had nothing to ship) at `now`, after taking `took`: its slot
     /// keeps the pass's horizon and bounds and `activity`, the key set and the cache take in
     /// its events and rows, and its checkpoint becomes the current one.

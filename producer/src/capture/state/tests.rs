@@ -152,6 +152,44 @@ fn a_pass_repeated_after_a_failed_publish_ships_the_same_and_keeps_its_bounds() 
 }
 
 #[test]
+fn keys_of_a_commit_that_may_have_gone_through_stay_in_the_key_set_for_the_delete_scan() {
+    let mut s = state(checkpoint(5_000, None));
+    let first = s.plan(KEY_SCAN, probe(1_000));
+    let found = Found {
+        rows: vec![row(11, 1, None), row(12, 2, None)],
+        max_key: key("12"),
+        ..Default::default()
+    };
+    let outcome = s.outcome(&first, &found, 7, Instant::now());
+    // its commit failed, and the broker may have committed it: the replica may hold 11 and 12
+    s.maybe_shipped(&outcome);
+    assert_eq!(s.checkpoint(), &checkpoint(5_000, None));
+    // 12 is deleted before the pass is repeated: the repeated pass finds 11 alone
+    let again = s.plan(KEY_SCAN, probe(2_000));
+    let found = Found {
+        rows: vec![row(11, 1, None)],
+        max_key: key("11"),
+        ..Default::default()
+    };
+    let outcome = s.outcome(&again, &found, 7, Instant::now());
+    // 11 is an update now: the topic may have it
+    assert_eq!(ops(&outcome), vec![(Op::Update, Value::Long(11))]);
+    s.shipped(
+        again,
+        found,
+        outcome,
+        &Activity::default(),
+        Instant::now(),
+        Duration::ZERO,
+    );
+    // 12 is still a key the delete scan compares, so its delete is found
+    assert_eq!(
+        s.shipped_keys().integer().unwrap().keys(0..=100),
+        vec![11, 12]
+    );
+}
+
+#[test]
 fn a_row_is_a_create_exactly_when_its_key_was_never_shipped_whoever_finds_it() {
     let mut s = state(checkpoint(5_000, None));
     // the watermark scan finds a new row before the key scan does: still an insert
