@@ -16,8 +16,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
 use tunnel_shared::config::{Config, KafkaConfig};
+use tunnel_shared::fault::Classify;
 use tunnel_shared::kafka::LeaderWatch;
 use tunnel_shared::metrics::{metrics, Dependency};
+use tunnel_shared::pg::{self, Session};
+use tunnel_shared::retry::Backoff;
 use tunnel_shared::{heartbeat, kafka};
 
 use crate::error::RunError;
@@ -111,6 +114,9 @@ pub(crate) struct Collector {
     intake: Intake,
     /// A connection of its own for offset look-ups, so that they can run during an apply.
     lookup: Client,
+    /// How to open it again after the target went away.
+    target_url: String,
+    session: Session,
     bk: String,
     topics: Vec<Arc<str>>,
     /// The next offset the target needs, per partition, as far as this process knows.
@@ -141,6 +147,7 @@ impl Collector {
         consumer: StreamConsumer<GroupContext>,
         intake: Intake,
         lookup: Client,
+        session: Session,
         config: &Config,
         done: mpsc::UnboundedReceiver<Done>,
     ) -> Self {
@@ -151,6 +158,8 @@ impl Collector {
             stranded_since: None,
             intake,
             lookup,
+            target_url: config.target.url.clone(),
+            session,
             bk: config.target.bookkeeping_schema.clone(),
             topics,
             known: FxHashMap::default(),
@@ -305,6 +314,34 @@ impl Collector {
         }
     }
 
+    /// The offset the target stored for a partition seen for the first time (after an
+    /// assignment). A target that is down or restarting meanwhile is waited for, its
+    /// connection opened again, as everywhere else: the consumer stopped with "reading stored
+    /// offsets: connection closed" when the target went away during a rebalance.
+    async fn stored_offset(&mut self, topic: &str, partition: i32) -> Result<i64, RunError> {
+        let mut backoff = Backoff::default();
+        loop {
+            let e = match offsets::stored(&self.lookup, &self.bk, topic, partition).await {
+                Ok(stored) => return Ok(stored),
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e.into()),
+            };
+            metrics().dependency(Dependency::Target, false);
+            backoff
+                .wait_after("reading the offset stored in the target", &e)
+                .await;
+            if self.lookup.is_closed() {
+                match pg::connect(&self.target_url, &self.session).await {
+                    Ok(c) => self.lookup = c,
+                    Err(e) if e.is_transient() => {
+                        debug!(error = %e, "the target is not back yet");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
     /// Skips what the target already has, seeking past it on a partition seen for the first
     /// time, and decodes the rest.
     async fn filter_and_decode(&mut self, batch: Vec<Consumed>) -> Result<Batch, RunError> {
@@ -326,8 +363,7 @@ impl Collector {
             let known = match self.known.get(&tp) {
                 Some(&next) => next,
                 None => {
-                    let stored =
-                        offsets::stored(&self.lookup, &self.bk, &raw.topic, raw.partition).await?;
+                    let stored = self.stored_offset(&raw.topic, raw.partition).await?;
                     self.known.insert(tp, stored);
                     if raw.offset + 1 < stored {
                         info!(topic = %raw.topic, partition = raw.partition, offset = stored, "seeking to the offset stored in the target");

@@ -74,7 +74,15 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
     let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
     let types = Arc::new(TargetTypes::new(&config.target));
     let intake = Intake::new(Decoder::new(registry.clone(), types.clone()), tables.rules);
-    let collector = Collector::new(subscription, consumer, intake, lookup, &config, done_rx);
+    let collector = Collector::new(
+        subscription,
+        consumer,
+        intake,
+        lookup,
+        session.clone(),
+        &config,
+        done_rx,
+    );
     let applier = Applier {
         registry: registry.clone(),
         types,
