@@ -46,6 +46,14 @@ impl FieldSpec {
     }
 }
 
+/// The most bytes an Avro decimal of a `numeric(p,s)` takes (p is at most 1000 digits: 416
+/// bytes), with room: a longer one is a hostile or broken message, whose text form would cost
+/// time and memory out of all proportion.
+pub const MAX_DECIMAL_BYTES: usize = 512;
+/// The largest scale of a `numeric(p,s)`; a decimal field with a larger one is refused before
+/// any value is rendered with it (a scale of 2^31 would write gigabytes of zeros).
+pub const MAX_DECIMAL_SCALE: u32 = 1000;
+
 /// Whether a field of type `ty` may carry PostgreSQL's text form of a value in a string
 /// branch of its union (see [`FieldSpec`]).
 pub fn may_be_special(ty: FieldType) -> bool {
@@ -302,7 +310,16 @@ impl<'a> Reader<'a> {
             FieldType::Boolean => Field::Bool(self.read_bool()?),
             FieldType::String | FieldType::Uuid => Field::Str(self.read_str()?),
             FieldType::Bytes => Field::Bytes(self.read_bytes()?),
-            FieldType::Decimal => Field::Decimal(self.read_bytes()?),
+            FieldType::Decimal => {
+                let b = self.read_bytes()?;
+                if b.len() > MAX_DECIMAL_BYTES {
+                    return Err(format!(
+                        "a decimal of {} bytes: PostgreSQL's numeric(p,s) needs at most {MAX_DECIMAL_BYTES}",
+                        b.len()
+                    ));
+                }
+                Field::Decimal(b)
+            }
             FieldType::Date => {
                 let d = self.read_int()?;
                 if d != i32::MAX && d != i32::MIN && !crate::calendar::date_in_range(d) {
@@ -455,6 +472,17 @@ mod reader_tests {
         assert!(r
             .read_field(not_null(FieldType::LocalTimestampMicros))
             .is_err());
+    }
+
+    #[test]
+    fn a_decimal_longer_than_any_numeric_is_an_error() {
+        let spec = FieldSpec::plain(FieldType::Decimal, false);
+        let mut b = Vec::new();
+        write_bytes(&mut b, &[0x7f; MAX_DECIMAL_BYTES]);
+        write_bytes(&mut b, &[0x7f; MAX_DECIMAL_BYTES + 1]);
+        let mut r = Reader::new(&b);
+        assert!(r.read_field(spec).is_ok());
+        assert!(r.read_field(spec).is_err());
     }
 
     #[test]

@@ -285,8 +285,17 @@ pub fn to_pg_text(value: &Value, scale: Option<u32>) -> Result<Option<String>, S
             to_pg_text(&Value::TimeMicros(i64::from(*ms) * 1000), None)?.unwrap_or_default()
         }
         Value::Decimal(d) => {
+            let scale = scale.unwrap_or(0);
             let unscaled = BigInt::from(d.clone());
-            decimal_text(&unscaled, scale.unwrap_or(0))
+            let bytes = unscaled.bits().div_ceil(8);
+            if scale > crate::datum::MAX_DECIMAL_SCALE
+                || bytes > crate::datum::MAX_DECIMAL_BYTES as u64
+            {
+                return Err(format!(
+                    "a decimal of {bytes} bytes at scale {scale}: beyond any PostgreSQL numeric(p,s)"
+                ));
+            }
+            decimal_text(&unscaled, scale)
         }
         other => return Err(format!("no PostgreSQL form for Avro value {other:?}")),
     }))
@@ -468,6 +477,10 @@ mod tests {
         }
         assert!(decode("c", kind, b"1.234").is_err());
         assert!(decode("c", kind, b"nan").is_err());
+        // a hostile decimal: refused before it is rendered
+        let huge = Value::Decimal(Decimal::from(vec![0x7f; 100_000]));
+        assert!(to_pg_text(&huge, Some(2)).is_err());
+        assert!(to_pg_text(&Value::Decimal(Decimal::from(vec![1])), Some(u32::MAX)).is_err());
         assert_eq!(decimal_text(&BigInt::from(-5), 3), "-0.005");
     }
 

@@ -22,10 +22,17 @@ impl RecordLayout {
                 other => Some(other),
             };
             match inner {
-                Some(Schema::Decimal(d)) => u32::try_from(d.scale).ok(),
-                _ => None,
+                Some(Schema::Decimal(d)) => Some(
+                    u32::try_from(d.scale)
+                        .ok()
+                        .filter(|s| *s <= datum::MAX_DECIMAL_SCALE),
+                ),
+                _ => Some(None),
             }
         });
+        // a decimal of a scale no numeric has: not a layout of ours
+        let scales: Option<Vec<Option<u32>>> = scales.collect::<Option<Vec<_>>>();
+        let scales = scales?;
         Some(Self {
             fields: specs.into_iter().zip(scales).collect(),
         })
