@@ -139,10 +139,20 @@ pub fn pg_timestamp_text(pg: i64, zone: &str) -> String {
 /// Days since 1970-01-01 of a date in PostgreSQL's ISO text form (`2024-02-29`,
 /// `0044-03-15 BC`, `10000-01-01`); `None` if it is not one.
 pub fn parse_date(text: &str) -> Option<i64> {
-    let (text, bc) = match text.strip_suffix(" BC") {
+    let (text, bc) = strip_bc(text);
+    parse_civil(text, bc)
+}
+
+/// `text` without a trailing ` BC`, and whether it had one.
+fn strip_bc(text: &str) -> (&str, bool) {
+    match text.strip_suffix(" BC") {
         Some(t) => (t, true),
         None => (text, false),
-    };
+    }
+}
+
+/// Days since 1970-01-01 of `YYYY-MM-DD`, the year counted back when `bc`.
+fn parse_civil(text: &str, bc: bool) -> Option<i64> {
     let mut parts = text.splitn(3, '-');
     let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
@@ -161,17 +171,10 @@ pub fn parse_date(text: &str) -> Option<i64> {
 /// `+00` or no zone (`2021-01-01 00:10:00.123`, `4713-01-01 00:00:00+00 BC`); `None` if it is
 /// not one or lies past what 64 bits of microseconds hold.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
-    let (text, bc) = match text.strip_suffix(" BC") {
-        Some(t) => (t, true),
-        None => (text, false),
-    };
+    let (text, bc) = strip_bc(text);
     let text = text.strip_suffix("+00").unwrap_or(text);
     let (date, time) = text.split_once(' ')?;
-    let days = parse_date(&if bc {
-        format!("{date} BC")
-    } else {
-        date.to_string()
-    })?;
+    let days = parse_civil(date, bc)?;
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
     let mut hms = hms.splitn(3, ':');
     let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);

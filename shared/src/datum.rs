@@ -6,6 +6,8 @@
 use apache_avro::schema::{RecordSchema, Schema};
 use apache_avro::types::Value;
 
+use crate::pgbinary::MAX_DECIMAL_BYTES;
+
 /// The Avro type of a field, as far as writing needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldType {
@@ -45,14 +47,6 @@ impl FieldSpec {
         }
     }
 }
-
-/// The most bytes an Avro decimal of a `numeric(p,s)` takes (p is at most 1000 digits: 416
-/// bytes), with room: a longer one is a hostile or broken message, whose text form would cost
-/// time and memory out of all proportion.
-pub const MAX_DECIMAL_BYTES: usize = 512;
-/// The largest scale of a `numeric(p,s)`; a decimal field with a larger one is refused before
-/// any value is rendered with it (a scale of 2^31 would write gigabytes of zeros).
-pub const MAX_DECIMAL_SCALE: u32 = 1000;
 
 /// Whether a field of type `ty` may carry PostgreSQL's text form of a value in a string
 /// branch of its union (see [`FieldSpec`]).

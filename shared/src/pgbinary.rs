@@ -12,6 +12,14 @@ use tokio_postgres::types::{FromSql, Type};
 
 use crate::catalog::ColumnKind;
 
+/// The most bytes an Avro decimal of a `numeric(p,s)` takes (p is at most 1000 digits: 416
+/// bytes), with room: a longer one is a hostile or broken message, whose text form would cost
+/// time and memory out of all proportion.
+pub const MAX_DECIMAL_BYTES: usize = 512;
+/// The largest scale of a `numeric(p,s)`; a decimal field with a larger one is refused before
+/// any value is rendered with it (a scale of 2^31 would write gigabytes of zeros).
+pub const MAX_DECIMAL_SCALE: u32 = 1000;
+
 /// Microseconds between 1970-01-01 and 2000-01-01, PostgreSQL's epoch.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// Days between 1970-01-01 and 2000-01-01.
@@ -288,9 +296,7 @@ pub fn to_pg_text(value: &Value, scale: Option<u32>) -> Result<Option<String>, S
             let scale = scale.unwrap_or(0);
             let unscaled = BigInt::from(d.clone());
             let bytes = unscaled.bits().div_ceil(8);
-            if scale > crate::datum::MAX_DECIMAL_SCALE
-                || bytes > crate::datum::MAX_DECIMAL_BYTES as u64
-            {
+            if scale > MAX_DECIMAL_SCALE || bytes > MAX_DECIMAL_BYTES as u64 {
                 return Err(format!(
                     "a decimal of {bytes} bytes at scale {scale}: beyond any PostgreSQL numeric(p,s)"
                 ));

@@ -25,7 +25,7 @@ impl RecordLayout {
                 Some(Schema::Decimal(d)) => Some(
                     u32::try_from(d.scale)
                         .ok()
-                        .filter(|s| *s <= datum::MAX_DECIMAL_SCALE),
+                        .filter(|s| *s <= crate::pgbinary::MAX_DECIMAL_SCALE),
                 ),
                 _ => Some(None),
             }
