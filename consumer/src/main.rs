@@ -2,6 +2,7 @@
 //! database, exactly once per event.
 
 mod apply;
+mod beats;
 mod catchup;
 mod check;
 mod collect;

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 use tunnel_shared::config::KafkaConfig;
@@ -90,6 +89,8 @@ pub struct PublisherTopics {
     pub checkpoints: String,
     /// The chunks of saved key sets.
     pub keysets: String,
+    /// The heartbeats.
+    pub heartbeats: String,
 }
 
 pub struct Publisher {
@@ -100,6 +101,7 @@ pub struct Publisher {
     topic: String,
     checkpoint_topic: String,
     keysets_topic: String,
+    heartbeat_topic: String,
     table_key: String,
     encoder: EventEncoder,
     /// Set when a commit failed in a way that may have committed anyway (a commit that timed
@@ -176,6 +178,7 @@ impl Publisher {
             topic: topics.table,
             checkpoint_topic: topics.checkpoints,
             keysets_topic: topics.keysets,
+            heartbeat_topic: topics.heartbeats,
             table_key,
             encoder,
             doubtful: AtomicBool::new(false),
@@ -308,31 +311,66 @@ impl Publisher {
         events: &[ChangeEvent],
         checkpoint: &Checkpoint,
     ) -> Result<(), PublishError> {
-        self.ship(events, Some(checkpoint), None).await
+        self.ship(events, checkpoint).await
     }
 
-    /// Ships a heartbeat to every partition of the table's topic, stamped `at_ms`, in a
-    /// transaction of its own (see [`tunnel_shared::heartbeat`]).
+    /// Ships a heartbeat of the table, stamped `at_ms`, to the heartbeat topic in a
+    /// transaction of its own, with the end of each partition of the table's topic (see
+    /// [`tunnel_shared::heartbeat`]). Called between passes: no transaction of the table is
+    /// open, so those ends follow everything it committed.
     pub async fn heartbeat(&self, at_ms: i64) -> Result<(), PublishError> {
         let producer = self.usable().await?;
         let topic = self.topic.clone();
-        let partitions = blocking(&producer, move |p| {
+        let ends = blocking(&producer, move |p| {
             let md = p.client().fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
-            Ok(md.topics().first().map_or(0, |t| t.partitions().len()))
+            let partitions: Vec<i32> = md
+                .topics()
+                .first()
+                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+                .unwrap_or_default();
+            let mut ends = Vec::with_capacity(partitions.len());
+            for partition in partitions {
+                let (_, high) = p
+                    .client()
+                    .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)?;
+                ends.push((partition, high));
+            }
+            Ok(ends)
         })
         .await
-        .map_err(kafka_err("reading the topic's partitions for a heartbeat"))?;
-        let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
-        self.ship(&[], None, Some((partitions, at_ms))).await
+        .map_err(kafka_err(
+            "reading the ends of the topic's partitions for a heartbeat",
+        ))?;
+        let beat = heartbeat::Beat {
+            topic: self.topic.clone(),
+            at_ms,
+            ends,
+            version: tunnel_shared::VERSION.to_string(),
+        };
+        let producer = self.usable().await?;
+        if let Ok(mut failed) = producer.context().failed.lock() {
+            *failed = None;
+        }
+        producer
+            .begin_transaction()
+            .map_err(kafka_err("beginning a transaction"))?;
+        let value = beat.to_json();
+        let record = BaseRecord::to(&self.heartbeat_topic)
+            .key(self.table_key.as_bytes())
+            .payload(value.as_slice())
+            .timestamp(at_ms);
+        let sent = match send(&producer, record).await {
+            Ok(()) => delivered(&producer).await,
+            Err(e) => Err(e),
+        };
+        self.finish(&producer, sent).await
     }
 
-    /// Ships `events`, `checkpoint` and heartbeats (to `partitions` partitions, stamped
-    /// `at_ms`) in one transaction.
+    /// Ships `events` and `checkpoint` in one transaction.
     async fn ship(
         &self,
         events: &[ChangeEvent],
-        checkpoint: Option<&Checkpoint>,
-        heartbeats: Option<(i32, i64)>,
+        checkpoint: &Checkpoint,
     ) -> Result<(), PublishError> {
         // encode everything first: an encoding error must not leave a transaction open
         let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(events.len() + 1);
@@ -358,10 +396,7 @@ impl Publisher {
         producer
             .begin_transaction()
             .map_err(kafka_err("beginning a transaction"))?;
-        let sent = match self
-            .send_all(&producer, &records, checkpoint, heartbeats)
-            .await
-        {
+        let sent = match self.send_all(&producer, &records, checkpoint).await {
             Ok(()) => delivered(&producer).await,
             Err(e) => Err(e),
         };
@@ -420,8 +455,7 @@ impl Publisher {
         &self,
         producer: &KafkaProducer,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
-        checkpoint: Option<&Checkpoint>,
-        heartbeats: Option<(i32, i64)>,
+        checkpoint: &Checkpoint,
     ) -> Result<(), PublishError> {
         for (key, value) in records {
             let mut record = BaseRecord::to(&self.topic).key(key.as_slice());
@@ -430,23 +464,6 @@ impl Publisher {
             }
             send(producer, record).await?;
         }
-        if let Some((partitions, at_ms)) = heartbeats {
-            for partition in 0..partitions {
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: heartbeat::HEADER,
-                    value: Some(tunnel_shared::VERSION),
-                });
-                let record = BaseRecord::<[u8], [u8]>::to(&self.topic)
-                    .key(heartbeat::KEY)
-                    .partition(partition)
-                    .timestamp(at_ms)
-                    .headers(headers);
-                send(producer, record).await?;
-            }
-        }
-        let Some(checkpoint) = checkpoint else {
-            return Ok(());
-        };
         let cp = checkpoint.to_json();
         let record = BaseRecord::to(&self.checkpoint_topic)
             .key(self.table_key.as_bytes())
