@@ -119,6 +119,53 @@ fn properties_that_would_break_exactly_once_are_refused() {
 }
 
 #[test]
+fn settings_too_large_for_the_arithmetic_on_them_are_refused_with_their_name() {
+    for (section, name) in [
+        ("source", "statement_timeout_ms"),
+        ("target", "statement_timeout_ms"),
+        ("producer", "heartbeat_interval_ms"),
+        ("producer", "horizon_max_wait_s"),
+        ("producer", "key_snapshot_max_mb"),
+        ("producer", "max_rows_per_second"),
+        ("consumer", "batch_max_events"),
+        ("consumer", "batch_max_wait_ms"),
+        ("health", "ready_within_s"),
+        ("alerts", "repeat_after_s"),
+    ] {
+        // TOML's integers stop at i64::MAX
+        let setting = format!("[{section}]\n{name} = {}\n", i64::MAX);
+        let header = format!("[{section}]\n");
+        let text = if MINIMAL.contains(&header) {
+            MINIMAL.replace(&header, &setting)
+        } else {
+            format!("{MINIMAL}{setting}")
+        };
+        let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+        assert!(err.contains(name), "{section}.{name}: {err}");
+    }
+    for name in ["snapshot_chunk_rows", "scan_chunk_rows"] {
+        let text = format!("{MINIMAL}[producer]\n{name} = {}\n", i64::MAX);
+        let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+        assert!(err.contains(name), "{name}: {err}");
+    }
+    let text = format!("startup_timeout_s = {}\n{MINIMAL}", i64::MAX);
+    let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+    assert!(err.contains("startup_timeout_s"), "{err}");
+    let text = MINIMAL.replace(
+        "[kafka]\n",
+        &format!("[kafka]\npartitions = {}\n", i32::MAX),
+    );
+    let err = Config::parse(&text, "t.toml", &[]).unwrap_err().to_string();
+    assert!(err.contains("kafka.partitions"), "{err}");
+    // the largest values allowed load
+    let text = format!(
+        "{MINIMAL}[producer]\nheartbeat_interval_ms = {}\nscan_chunk_rows = 10000000\n",
+        365 * 24 * 3600 * 1000_u64
+    );
+    assert!(Config::parse(&text, "t.toml", &[]).is_ok());
+}
+
+#[test]
 fn zero_intervals_are_refused_but_reconciliation_may_be_off() {
     for name in [
         "delete_interval_ms",

@@ -28,6 +28,17 @@ const RESERVED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("group.id", "the group is kafka.consumer_group"),
 ];
 
+/// The longest any interval, timeout or wait may be set to (a year).
+const MAX_DURATION_S: u64 = 365 * 24 * 3600;
+/// The most rows a chunk, a scan statement or a consumer batch may be set to hold.
+const MAX_CHUNK_ROWS: u64 = 10_000_000;
+/// The highest row rate that may be set.
+const MAX_ROWS_PER_SECOND: u64 = 1_000_000_000_000;
+/// The largest size in MB that may be set.
+const MAX_MB: u64 = 1 << 20;
+/// The most partitions a table topic may be set to have.
+const MAX_PARTITIONS: i32 = 100_000;
+
 /// The longest identifier PostgreSQL keeps whole (`NAMEDATALEN - 1`).
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
@@ -36,7 +47,113 @@ impl Config {
         self.validate_tables()?;
         self.validate_endpoints()?;
         self.validate_kafka()?;
-        self.validate_settings()
+        self.validate_settings()?;
+        self.validate_bounds()
+    }
+
+    /// No setting so large that the arithmetic on it overflows: a deadline of `u64::MAX` ms
+    /// panicked when added to a clock, and a chunk size cast to a statement's `bigint` wrapped
+    /// negative.
+    fn validate_bounds(&self) -> Result<(), String> {
+        let (s, t, p, c, h, a) = (
+            &self.source,
+            &self.target,
+            &self.producer,
+            &self.consumer,
+            &self.health,
+            &self.alerts,
+        );
+        let durations_ms = [
+            ("source.statement_timeout_ms", s.statement_timeout_ms),
+            ("source.lock_timeout_ms", s.lock_timeout_ms),
+            ("target.statement_timeout_ms", t.statement_timeout_ms),
+            ("producer.insert_interval_ms", p.insert_interval_ms),
+            ("producer.update_interval_ms", p.update_interval_ms),
+            ("producer.watermark_overlap_ms", p.watermark_overlap_ms),
+            ("producer.checkpoint_interval_ms", p.checkpoint_interval_ms),
+            ("producer.delete_interval_ms", p.delete_interval_ms),
+            ("producer.reconcile_interval_ms", p.reconcile_interval_ms),
+            (
+                "producer.reconcile_full_interval_ms",
+                p.reconcile_full_interval_ms,
+            ),
+            ("producer.repair_interval_ms", p.repair_interval_ms),
+            ("producer.heartbeat_interval_ms", p.heartbeat_interval_ms),
+            ("consumer.batch_max_wait_ms", c.batch_max_wait_ms),
+        ];
+        for (name, ms) in durations_ms {
+            if ms > MAX_DURATION_S * 1000 {
+                return Err(format!(
+                    "{name} = {ms} is longer than a year ({} ms): nothing here waits that long",
+                    MAX_DURATION_S * 1000
+                ));
+            }
+        }
+        let durations_s = [
+            ("startup_timeout_s", self.startup_timeout_s),
+            ("producer.horizon_max_wait_s", p.horizon_max_wait_s),
+            (
+                "producer.key_snapshot_interval_s",
+                p.key_snapshot_interval_s,
+            ),
+            ("health.ready_within_s", h.ready_within_s),
+            ("alerts.lag_above_s", a.lag_above_s),
+            ("alerts.check_interval_s", a.check_interval_s),
+            ("alerts.repeat_after_s", a.repeat_after_s),
+        ];
+        for (name, secs) in durations_s {
+            if secs > MAX_DURATION_S {
+                return Err(format!(
+                    "{name} = {secs} is longer than a year ({MAX_DURATION_S} s): nothing here waits that long"
+                ));
+            }
+        }
+        let sizes = [
+            (
+                "producer.snapshot_chunk_rows",
+                u64::try_from(p.snapshot_chunk_rows).unwrap_or(0),
+                MAX_CHUNK_ROWS,
+            ),
+            (
+                "producer.scan_chunk_rows",
+                u64::try_from(p.scan_chunk_rows).unwrap_or(0),
+                MAX_CHUNK_ROWS,
+            ),
+            (
+                "producer.max_rows_per_second",
+                p.max_rows_per_second,
+                MAX_ROWS_PER_SECOND,
+            ),
+            (
+                "producer.key_snapshot_max_mb",
+                p.key_snapshot_max_mb,
+                MAX_MB,
+            ),
+            (
+                "consumer.batch_max_events",
+                u64::try_from(c.batch_max_events).unwrap_or(u64::MAX),
+                MAX_CHUNK_ROWS,
+            ),
+        ];
+        for (name, value, most) in sizes {
+            if value > most {
+                return Err(format!("{name} = {value} is above its largest, {most}"));
+            }
+        }
+        if self.kafka.partitions > MAX_PARTITIONS {
+            return Err(format!(
+                "kafka.partitions = {} is above Kafka's practical largest, {MAX_PARTITIONS}",
+                self.kafka.partitions
+            ));
+        }
+        if self.kafka.replication_factor > i32::from(i16::MAX) {
+            return Err(format!(
+                "kafka.replication_factor = {} is above Kafka's largest, {}",
+                self.kafka.replication_factor,
+                i16::MAX
+            ));
+        }
+        Ok(())
     }
 
     /// At least one table, none twice, each with rules that parse and have distinct names.
