@@ -23,7 +23,6 @@ use tunnel_shared::pg::{self, Session};
 use tunnel_shared::retry::Backoff;
 use tunnel_shared::{heartbeat, kafka};
 
-use crate::beats::Beats;
 use crate::error::RunError;
 use crate::intake::{Consumed, Intake, Raw};
 use crate::model::{Applied, Heartbeat, Item};
@@ -90,21 +89,9 @@ pub(crate) struct Subscription {
     /// Per topic, the source table's name.
     pub(crate) names: crate::observe::Names,
     pub(crate) topics: Vec<Arc<str>>,
-    /// Where the producer's heartbeats are.
-    pub(crate) heartbeat_topic: String,
 }
 
 impl Subscription {
-    /// A reader of the heartbeats of its topics.
-    pub(crate) fn heartbeats(&self) -> Result<Beats, KafkaError> {
-        Beats::new(
-            &self.kafka,
-            &self.group,
-            &self.heartbeat_topic,
-            &self.topics,
-        )
-    }
-
     /// A consumer of the group, subscribed to its topics.
     pub(crate) fn subscribe(&self) -> Result<StreamConsumer<GroupContext>, KafkaError> {
         let consumer: StreamConsumer<GroupContext> =
@@ -122,8 +109,6 @@ impl Subscription {
 pub(crate) struct Collector {
     subscription: Subscription,
     consumer: StreamConsumer<GroupContext>,
-    /// The producer's heartbeats.
-    beats: Beats,
     /// When this collector first saw that its consumer's log said a partition lost its leader.
     stranded_since: Option<Instant>,
     intake: Intake,
@@ -165,13 +150,11 @@ impl Collector {
         session: Session,
         config: &Config,
         done: mpsc::UnboundedReceiver<Done>,
-    ) -> Result<Self, KafkaError> {
+    ) -> Self {
         let topics = subscription.topics.clone();
-        let beats = subscription.heartbeats()?;
-        Ok(Self {
+        Self {
             subscription,
             consumer,
-            beats,
             stranded_since: None,
             intake,
             lookup,
@@ -183,7 +166,7 @@ impl Collector {
             max: config.consumer.batch_max_events,
             wait: Duration::from_millis(config.consumer.batch_max_wait_ms),
             done,
-        })
+        }
     }
 
     /// Sends batches to `batches` until asked to stop, or until the applier is gone.
@@ -219,21 +202,8 @@ impl Collector {
             let first = tokio::select! {
                 m = self.consumer.recv() => m,
                 _ = stop.changed() => return Ok(None),
-                beat = self.beats.next() => {
-                    if let Err(e) = beat {
-                        self.reported(e)?;
-                    }
-                    match self.beats_only().await? {
-                        Some(batch) => return Ok(Some(batch)),
-                        None => continue,
-                    }
-                }
-                // an idle consumer looks at its leaders (and the heartbeats waiting) now and
-                // then too
-                _ = tokio::time::sleep(LEADER_CHECK) => match self.beats_only().await? {
-                    Some(batch) => return Ok(Some(batch)),
-                    None => continue,
-                },
+                // an idle consumer looks at its leaders now and then too
+                _ = tokio::time::sleep(LEADER_CHECK) => continue,
             };
             let mut batch: Vec<Consumed> = Vec::new();
             match first {
@@ -262,72 +232,14 @@ impl Collector {
                 }
             }
             metrics().dependency(Dependency::Kafka, true);
-            let mut batch = self.filter_and_decode(batch).await?;
+            let batch = self.filter_and_decode(batch).await?;
             if batch.items.iter().any(|i| matches!(i, Item::Event(_))) {
                 metrics().dependency(Dependency::Registry, true);
             }
-            let beats = self.reached_beats().await?;
-            if !batch.items.is_empty() || !beats.is_empty() {
-                batch.stamps.extend(beats);
+            if !batch.items.is_empty() {
                 return Ok(Some(batch));
             }
         }
-    }
-
-    /// A batch of no events, of the heartbeats the consumer's positions reached, if any.
-    async fn beats_only(&mut self) -> Result<Option<Batch>, RunError> {
-        let stamps = self.reached_beats().await?;
-        Ok((!stamps.is_empty()).then_some(Batch {
-            items: Vec::new(),
-            stamps,
-        }))
-    }
-
-    /// The heartbeats waiting that the group consumer's position reached, as stamps of their
-    /// partitions (see [`crate::beats`]). Everything before that position is in the batch being
-    /// cut or in one before it: the stamps count once it committed.
-    async fn reached_beats(&mut self) -> Result<Vec<(Arc<str>, i32, i64)>, RunError> {
-        let waiting = self.beats.waiting.partitions();
-        if waiting.is_empty() {
-            return Ok(Vec::new());
-        }
-        // the client's own record of the assignment: no request to the broker
-        let positions: FxHashMap<(String, i32), Offset> = match self.consumer.position() {
-            Ok(p) => p
-                .elements()
-                .iter()
-                .map(|e| ((e.topic().to_string(), e.partition()), e.offset()))
-                .collect(),
-            Err(e) => {
-                debug!(error = %e, "the consumer's positions are not known; the heartbeats wait");
-                return Ok(Vec::new());
-            }
-        };
-        let mut stamps = Vec::new();
-        for tp in waiting {
-            let Some(&position) = positions.get(&(tp.0.to_string(), tp.1)) else {
-                // not (or no longer) ours
-                self.beats.waiting.forget(&tp);
-                continue;
-            };
-            let position = match position {
-                Offset::Offset(n) => n,
-                // nothing fetched since it was assigned: the consumer is where it started,
-                // which is where the target's offset is
-                _ => match self.known.get(&tp) {
-                    Some(&next) => next,
-                    None => {
-                        let stored = self.stored_offset(&tp.0, tp.1).await?;
-                        self.known.insert(tp.clone(), stored);
-                        stored
-                    }
-                },
-            };
-            if let Some(at_ms) = self.beats.waiting.reached(&tp, position) {
-                stamps.push((tp.0, tp.1, at_ms));
-            }
-        }
-        Ok(stamps)
     }
 
     /// Replaces the consumer by a new one of the same group [`STRANDED_GRACE`] after its log

@@ -2,7 +2,6 @@
 //! database, exactly once per event.
 
 mod apply;
-mod beats;
 mod catchup;
 mod check;
 mod collect;

@@ -65,7 +65,6 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
         group: group.clone(),
         names: observer.names(),
         topics: topics.clone(),
-        heartbeat_topic: config.heartbeat_topic(),
     };
     let consumer = subscription.subscribe()?;
     tunnel_shared::retry::started();
@@ -83,7 +82,7 @@ pub(crate) async fn run(config: Arc<Config>, stop: watch::Receiver<bool>) -> Res
         session.clone(),
         &config,
         done_rx,
-    )?;
+    );
     let applier = Applier {
         registry: registry.clone(),
         types,
@@ -132,17 +131,6 @@ async fn prepare_tables(
     admin: &AdminClient<DefaultClientContext>,
 ) -> Result<Tables, RunError> {
     let mut tables = Tables::default();
-    let heartbeats = config.heartbeat_topic();
-    retry("creating the heartbeat topic", SETUP_ATTEMPTS, || {
-        kafka::ensure_topic(
-            admin,
-            &heartbeats,
-            1,
-            config.kafka.replication_factor,
-            kafka::HEARTBEAT_TOPIC_CONFIGS,
-        )
-    })
-    .await?;
     for t in &config.tables {
         let topic = config.topic(t);
         ensure_topics(admin, &config.kafka, &topic).await?;
@@ -203,12 +191,6 @@ async fn apply_batches(
                 // (a stop, or its error: this branch may win the race with the one below)
                 let Some(batch) = batch else { return collector_end((&mut collecting).await) };
                 let started = std::time::Instant::now();
-                if batch.items.is_empty() {
-                    // heartbeats only: everything before them is committed (batches are
-                    // applied in order)
-                    observer.committed(&Applied::default(), &batch.stamps, started.elapsed());
-                    continue;
-                }
                 match applier.apply(&batch.items).await {
                     Ok(applied) => {
                         observer.committed(&applied, &batch.stamps, started.elapsed());

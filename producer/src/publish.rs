@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
 use tunnel_shared::config::KafkaConfig;
@@ -89,8 +90,6 @@ pub struct PublisherTopics {
     pub checkpoints: String,
     /// The chunks of saved key sets.
     pub keysets: String,
-    /// The heartbeats.
-    pub heartbeats: String,
 }
 
 pub struct Publisher {
@@ -101,7 +100,6 @@ pub struct Publisher {
     topic: String,
     checkpoint_topic: String,
     keysets_topic: String,
-    heartbeat_topic: String,
     table_key: String,
     encoder: EventEncoder,
     /// Set when a commit failed in a way that may have committed anyway (a commit that timed
@@ -178,7 +176,6 @@ impl Publisher {
             topic: topics.table,
             checkpoint_topic: topics.checkpoints,
             keysets_topic: topics.keysets,
-            heartbeat_topic: topics.heartbeats,
             table_key,
             encoder,
             doubtful: AtomicBool::new(false),
@@ -311,66 +308,31 @@ impl Publisher {
         events: &[ChangeEvent],
         checkpoint: &Checkpoint,
     ) -> Result<(), PublishError> {
-        self.ship(events, checkpoint).await
+        self.ship(events, Some(checkpoint), None).await
     }
 
-    /// Ships a heartbeat of the table, stamped `at_ms`, to the heartbeat topic in a
-    /// transaction of its own, with the end of each partition of the table's topic (see
-    /// [`tunnel_shared::heartbeat`]). Called between passes: no transaction of the table is
-    /// open, so those ends follow everything it committed.
+    /// Ships a heartbeat to every partition of the table's topic, stamped `at_ms`, in a
+    /// transaction of its own (see [`tunnel_shared::heartbeat`]).
     pub async fn heartbeat(&self, at_ms: i64) -> Result<(), PublishError> {
         let producer = self.usable().await?;
         let topic = self.topic.clone();
-        let ends = blocking(&producer, move |p| {
+        let partitions = blocking(&producer, move |p| {
             let md = p.client().fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
-            let partitions: Vec<i32> = md
-                .topics()
-                .first()
-                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-                .unwrap_or_default();
-            let mut ends = Vec::with_capacity(partitions.len());
-            for partition in partitions {
-                let (_, high) = p
-                    .client()
-                    .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)?;
-                ends.push((partition, high));
-            }
-            Ok(ends)
+            Ok(md.topics().first().map_or(0, |t| t.partitions().len()))
         })
         .await
-        .map_err(kafka_err(
-            "reading the ends of the topic's partitions for a heartbeat",
-        ))?;
-        let beat = heartbeat::Beat {
-            topic: self.topic.clone(),
-            at_ms,
-            ends,
-            version: tunnel_shared::VERSION.to_string(),
-        };
-        let producer = self.usable().await?;
-        if let Ok(mut failed) = producer.context().failed.lock() {
-            *failed = None;
-        }
-        producer
-            .begin_transaction()
-            .map_err(kafka_err("beginning a transaction"))?;
-        let value = beat.to_json();
-        let record = BaseRecord::to(&self.heartbeat_topic)
-            .key(self.table_key.as_bytes())
-            .payload(value.as_slice())
-            .timestamp(at_ms);
-        let sent = match send(&producer, record).await {
-            Ok(()) => delivered(&producer).await,
-            Err(e) => Err(e),
-        };
-        self.finish(&producer, sent).await
+        .map_err(kafka_err("reading the topic's partitions for a heartbeat"))?;
+        let partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
+        self.ship(&[], None, Some((partitions, at_ms))).await
     }
 
-    /// Ships `events` and `checkpoint` in one transaction.
+    /// Ships `events`, `checkpoint` and heartbeats (to `partitions` partitions, stamped
+    /// `at_ms`) in one transaction.
     async fn ship(
         &self,
         events: &[ChangeEvent],
-        checkpoint: &Checkpoint,
+        checkpoint: Option<&Checkpoint>,
+        heartbeats: Option<(i32, i64)>,
     ) -> Result<(), PublishError> {
         // encode everything first: an encoding error must not leave a transaction open
         let mut records: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(events.len() + 1);
@@ -396,7 +358,10 @@ impl Publisher {
         producer
             .begin_transaction()
             .map_err(kafka_err("beginning a transaction"))?;
-        let sent = match self.send_all(&producer, &records, checkpoint).await {
+        let sent = match self
+            .send_all(&producer, &records, checkpoint, heartbeats)
+            .await
+        {
             Ok(()) => delivered(&producer).await,
             Err(e) => Err(e),
         };
@@ -455,7 +420,8 @@ impl Publisher {
         &self,
         producer: &KafkaProducer,
         records: &[(Vec<u8>, Option<Vec<u8>>)],
-        checkpoint: &Checkpoint,
+        checkpoint: Option<&Checkpoint>,
+        heartbeats: Option<(i32, i64)>,
     ) -> Result<(), PublishError> {
         for (key, value) in records {
             let mut record = BaseRecord::to(&self.topic).key(key.as_slice());
@@ -464,6 +430,23 @@ impl Publisher {
             }
             send(producer, record).await?;
         }
+        if let Some((partitions, at_ms)) = heartbeats {
+            for partition in 0..partitions {
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: heartbeat::HEADER,
+                    value: Some(tunnel_shared::VERSION),
+                });
+                let record = BaseRecord::<[u8], [u8]>::to(&self.topic)
+                    .key(heartbeat::KEY)
+                    .partition(partition)
+                    .timestamp(at_ms)
+                    .headers(headers);
+                send(producer, record).await?;
+            }
+        }
+        let Some(checkpoint) = checkpoint else {
+            return Ok(());
+        };
         let cp = checkpoint.to_json();
         let record = BaseRecord::to(&self.checkpoint_topic)
             .key(self.table_key.as_bytes())

@@ -239,7 +239,6 @@ async fn publisher_and_checkpoint(
                     table: topic.clone(),
                     checkpoints: cp_topic.clone(),
                     keysets: config.keysets_topic(),
-                    heartbeats: config.heartbeat_topic(),
                 },
                 table_key.clone(),
                 encoder.clone(),
@@ -283,7 +282,6 @@ async fn schemas_and_topics(
     let admin = kafka::admin(&config.kafka)?;
     let repair_topic = config.repair_topic();
     let keysets_topic = config.keysets_topic();
-    let heartbeat_topic = config.heartbeat_topic();
     let ((key_id, value_id), ()) = tokio::try_join!(
         register_schemas(
             &registry,
@@ -296,13 +294,7 @@ async fn schemas_and_topics(
         ensure_topics(
             &admin,
             &config.kafka,
-            [
-                topic,
-                cp_topic,
-                &repair_topic,
-                &keysets_topic,
-                &heartbeat_topic
-            ]
+            [topic, cp_topic, &repair_topic, &keysets_topic]
         ),
     )?;
     Ok(EventEncoder::new(schemas, key_id, value_id, info).map_err(PublishError::from)?)
@@ -402,16 +394,16 @@ async fn incompatible(
     }
 }
 
-/// Creates the table's topic, the checkpoint topic, the repair topic, the key sets' topic and
-/// the heartbeat topic where missing (all at once).
+/// Creates the table's topic, the checkpoint topic, the repair topic and the key sets' topic
+/// where missing (all at once).
 async fn ensure_topics(
     admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
     k: &KafkaConfig,
-    [topic, cp_topic, repair_topic, keysets_topic, heartbeat_topic]: [&str; 5],
+    [topic, cp_topic, repair_topic, keysets_topic]: [&str; 4],
 ) -> Result<(), WorkerError> {
     // (what, name, partitions, configs)
     type TopicSpec<'a> = (&'a str, &'a str, i32, &'a [(&'a str, &'a str)]);
-    let topics: [TopicSpec<'_>; 5] = [
+    let topics: [TopicSpec<'_>; 4] = [
         (
             "creating the table's topic",
             topic,
@@ -439,12 +431,6 @@ async fn ensure_topics(
                 // so that the generations replaced are compacted away soon
                 ("segment.bytes", "67108864"),
             ],
-        ),
-        (
-            "creating the heartbeat topic",
-            heartbeat_topic,
-            1,
-            kafka::HEARTBEAT_TOPIC_CONFIGS,
         ),
     ];
     futures::future::try_join_all(topics.iter().map(|&(what, name, partitions, configs)| {

@@ -36,6 +36,10 @@ pub(super) async fn ops_by_key(kafka: &KafkaConfig, topic: &str) -> Ops {
         let mut raw: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         tunnel_shared::kafka::read_to_end(&k, &t, Duration::from_secs(60), |m| {
             use rdkafka::Message;
+            // the producer's heartbeats are not events
+            if m.key() == Some(tunnel_shared::heartbeat::KEY) {
+                return;
+            }
             raw.push((
                 m.key().unwrap_or_default().to_vec(),
                 m.payload().map(<[u8]>::to_vec),

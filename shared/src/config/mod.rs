@@ -210,9 +210,8 @@ pub struct ProducerConfig {
     pub reconcile_full_interval_ms: u64,
     /// How often repair requests (from `tunnel-consumer verify --repair`) are looked for.
     pub repair_interval_ms: u64,
-    /// How often, while streaming, a heartbeat of the table goes to the heartbeat topic
-    /// (`<prefix>._heartbeats`), so that the consumer's lag stays honest when the source is
-    /// idle; 0 = never.
+    /// How often, while streaming, a heartbeat goes to every partition of the table's topic,
+    /// so that the consumer's lag stays honest when the source is idle; 0 = never.
     pub heartbeat_interval_ms: u64,
     /// How often, while streaming, the set of keys shipped is saved to `<prefix>._keysets` (when
     /// it changed), so that a restart reads it back instead of the whole table topic; also
@@ -485,12 +484,6 @@ impl Config {
     /// The compacted topic that holds the producer's checkpoints.
     pub fn checkpoint_topic(&self) -> String {
         format!("{}._checkpoints", self.kafka.topic_prefix)
-    }
-
-    /// The compacted topic of the producer's heartbeats (a record per table, see
-    /// [`crate::heartbeat`]).
-    pub fn heartbeat_topic(&self) -> String {
-        format!("{}._heartbeats", self.kafka.topic_prefix)
     }
 
     /// The compacted topic that holds the chunks of the producer's saved key sets.

@@ -520,11 +520,6 @@ fn read_spans(
     Ok(())
 }
 
-/// The configs of the heartbeat topic (one partition): the newest heartbeat of each table is
-/// kept, the others are compacted away within an hour.
-pub const HEARTBEAT_TOPIC_CONFIGS: &[(&str, &str)] =
-    &[("cleanup.policy", "compact"), ("segment.ms", "3600000")];
-
 /// The configs of a table's topic: compacted, so that a new consumer group can rebuild the
 /// table from the topic alone.
 pub const TABLE_TOPIC_CONFIGS: &[(&str, &str)] = &[
