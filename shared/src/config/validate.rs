@@ -81,14 +81,6 @@ impl Config {
             ("producer.heartbeat_interval_ms", p.heartbeat_interval_ms),
             ("consumer.batch_max_wait_ms", c.batch_max_wait_ms),
         ];
-        for (name, ms) in durations_ms {
-            if ms > MAX_DURATION_S * 1000 {
-                return Err(format!(
-                    "{name} = {ms} is longer than a year ({} ms): nothing here waits that long",
-                    MAX_DURATION_S * 1000
-                ));
-            }
-        }
         let durations_s = [
             ("startup_timeout_s", self.startup_timeout_s),
             ("producer.horizon_max_wait_s", p.horizon_max_wait_s),
@@ -101,10 +93,19 @@ impl Config {
             ("alerts.check_interval_s", a.check_interval_s),
             ("alerts.repeat_after_s", a.repeat_after_s),
         ];
-        for (name, secs) in durations_s {
-            if secs > MAX_DURATION_S {
+        let max_ms = MAX_DURATION_S * 1000;
+        let durations = durations_ms
+            .iter()
+            .map(|&(name, v)| (name, v, max_ms, "ms"))
+            .chain(
+                durations_s
+                    .iter()
+                    .map(|&(name, v)| (name, v, MAX_DURATION_S, "s")),
+            );
+        for (name, value, most, unit) in durations {
+            if value > most {
                 return Err(format!(
-                    "{name} = {secs} is longer than a year ({MAX_DURATION_S} s): nothing here waits that long"
+                    "{name} = {value} is longer than a year ({most} {unit}): nothing here waits that long"
                 ));
             }
         }
